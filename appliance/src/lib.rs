@@ -1,0 +1,9 @@
+//! The Switchboard appliance: configuration, CLI and wiring of the tiers.
+//!
+//! # Layout
+//! - [`cli`]: the `switchboard` command line (clap derive).
+//! - [`logcmd`]: `switchboard log`: operator commands on a shard's storage log.
+#![forbid(unsafe_code)]
+
+pub mod cli;
+pub mod logcmd;

@@ -1,0 +1,222 @@
+//! The two helper threads of a log: the flusher (group commit) and the preparer (next
+//! segment). The writer talks to them through atomics and channels; neither takes a
+//! lock the writer waits on while appending.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use memmap2::MmapRaw;
+
+use crate::segment::{flush_map, Segment};
+use crate::types::{Lsn, SegmentId};
+
+/// State the writer publishes and the flusher and readers of positions observe.
+#[derive(Default)]
+pub(crate) struct Shared {
+    /// End of the last appended record (Release-stored by the writer).
+    pub written: AtomicU64,
+    /// Everything before this is flushed.
+    pub durable: AtomicU64,
+    pub failed: AtomicBool,
+    pub failure: Mutex<Option<String>>,
+    pub stop: AtomicBool,
+    pub flushes: AtomicU64,
+    pub flush_ns_max: AtomicU64,
+    pub flush_ns_total: AtomicU64,
+    wait: Mutex<()>,
+    cv: Condvar,
+}
+
+impl Shared {
+    pub fn durable(&self) -> Lsn {
+        Lsn(self.durable.load(Ordering::Acquire))
+    }
+
+    pub fn set_durable(&self, lsn: Lsn) {
+        self.durable.store(lsn.0, Ordering::Release);
+        let _guard = self.wait.lock().unwrap_or_else(|p| p.into_inner());
+        self.cv.notify_all();
+    }
+
+    pub fn wait_durable(&self, lsn: Lsn, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut guard = self.wait.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if self.durable() >= lsn {
+                return true;
+            }
+            if self.failed.load(Ordering::Acquire) {
+                return false;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            guard = self
+                .cv
+                .wait_timeout(guard, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+
+    pub fn fail(&self, why: String) {
+        *self.failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
+        self.failed.store(true, Ordering::Release);
+        let _guard = self.wait.lock().unwrap_or_else(|p| p.into_inner());
+        self.cv.notify_all();
+    }
+
+    pub fn failure(&self) -> Option<String> {
+        self.failure.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn record_flush(&self, took: Duration) {
+        let ns = took.as_nanos() as u64;
+        self.flushes.fetch_add(1, Ordering::Relaxed);
+        self.flush_ns_total.fetch_add(ns, Ordering::Relaxed);
+        self.flush_ns_max.fetch_max(ns, Ordering::Relaxed);
+    }
+}
+
+/// Sent by the writer when it starts a segment, before any position in it is published.
+pub(crate) struct Activation {
+    pub id: SegmentId,
+    pub map: Arc<MmapRaw>,
+    /// Where the previous segment's data ended (after its seal).
+    pub prev_end: Option<(SegmentId, usize)>,
+}
+
+pub(crate) struct Flusher {
+    pub tx: Sender<Activation>,
+    handle: JoinHandle<()>,
+}
+
+impl Flusher {
+    pub fn start(shared: Arc<Shared>, interval: Duration) -> std::io::Result<Flusher> {
+        let (tx, rx) = mpsc::channel();
+        let handle = thread::Builder::new()
+            .name("log-flusher".into())
+            .spawn(move || flusher_loop(&shared, &rx, interval))?;
+        Ok(Flusher { tx, handle })
+    }
+
+    pub fn wake(&self) {
+        self.handle.thread().unpark();
+    }
+
+    /// Flushes what is written and stops.
+    pub fn stop(self, shared: &Shared) {
+        shared.stop.store(true, Ordering::Release);
+        self.handle.thread().unpark();
+        let _ = self.handle.join();
+    }
+}
+
+struct Mapped {
+    map: Arc<MmapRaw>,
+    end: Option<usize>,
+}
+
+fn flusher_loop(shared: &Shared, rx: &Receiver<Activation>, interval: Duration) {
+    let mut maps: BTreeMap<SegmentId, Mapped> = BTreeMap::new();
+    loop {
+        let stopping = shared.stop.load(Ordering::Acquire);
+        if !stopping {
+            thread::park_timeout(interval);
+        }
+        if !shared.failed.load(Ordering::Acquire) {
+            if let Err(e) = flush_once(shared, rx, &mut maps) {
+                shared.fail(format!("msync: {e}"));
+            }
+        }
+        if stopping {
+            return;
+        }
+    }
+}
+
+fn flush_once(
+    shared: &Shared,
+    rx: &Receiver<Activation>,
+    maps: &mut BTreeMap<SegmentId, Mapped>,
+) -> std::io::Result<()> {
+    // Load the position first: every activation sent before it was stored is now in
+    // the channel.
+    let written = Lsn(shared.written.load(Ordering::Acquire));
+    while let Ok(a) = rx.try_recv() {
+        if let Some((prev, end)) = a.prev_end {
+            if let Some(m) = maps.get_mut(&prev) {
+                m.end = Some(end);
+            }
+        }
+        maps.insert(a.id, Mapped { map: a.map, end: None });
+    }
+    let durable = shared.durable();
+    if written <= durable {
+        return Ok(());
+    }
+    let started = Instant::now();
+    for (&id, m) in maps.range(durable.segment()..=written.segment()) {
+        let from = if id == durable.segment() { durable.offset() as usize } else { 0 };
+        let to = if id == written.segment() {
+            written.offset() as usize
+        } else {
+            m.end.unwrap_or(m.map.len())
+        };
+        flush_map(&m.map, from, to)?;
+    }
+    shared.record_flush(started.elapsed());
+    shared.set_durable(written);
+    // Segments wholly flushed are no longer ours to keep mapped.
+    maps.retain(|&id, _| id >= written.segment());
+    Ok(())
+}
+
+/// Prepares the next segment file on its own thread.
+pub(crate) struct Preparer {
+    tx: Option<Sender<SegmentId>>,
+    pub rx: Receiver<std::io::Result<Segment>>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl Preparer {
+    pub fn start(dir: PathBuf, bytes: u64, prefault: bool) -> std::io::Result<Preparer> {
+        let (req_tx, req_rx) = mpsc::channel::<SegmentId>();
+        let (tx, rx) = mpsc::channel();
+        let handle = thread::Builder::new()
+            .name("log-preparer".into())
+            .spawn(move || {
+                for id in req_rx {
+                    if tx.send(Segment::create(&dir, id, bytes, prefault)).is_err() {
+                        return;
+                    }
+                }
+            })?;
+        Ok(Preparer {
+            tx: Some(req_tx),
+            rx,
+            handle: Some(handle),
+        })
+    }
+
+    pub fn request(&self, id: SegmentId) {
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(id);
+        }
+    }
+}
+
+impl Drop for Preparer {
+    fn drop(&mut self) {
+        self.tx = None;
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}

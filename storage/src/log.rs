@@ -1,0 +1,612 @@
+//! The log of one router shard: appends, erases, accounts, reads, positions.
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ahash::AHashMap;
+
+use crate::config::{Durability, LogConfig};
+use crate::error::{Limit, StorageError};
+use crate::flusher::{Activation, Flusher, Preparer, Shared};
+use crate::index::{Entry, Index};
+use crate::record::{decode, MessageRecord, Record, SegmentHeader, FORMAT_VERSION, SEAL_RECORD_BYTES, SEGMENT_HEADER_BYTES};
+use crate::segment::{DirLock, Segment};
+use crate::types::{Lsn, MsgSeq, SegmentId, UserId};
+
+/// A segment and what the log knows about its records.
+pub(crate) struct SegState {
+    pub seg: Segment,
+    /// End of its data: the next record would go here.
+    pub used: usize,
+    pub sealed: bool,
+    /// Live messages and account values in it, and their bytes on disk.
+    pub live_records: u64,
+    pub live_bytes: u64,
+    /// The highest `target_segment` among its tombstones, if any must be kept.
+    pub tombstone_target: Option<SegmentId>,
+    /// No live message in it expires before this (unix ms).
+    pub min_expiry_ms: u64,
+}
+
+impl SegState {
+    pub fn new(seg: Segment, used: usize) -> Self {
+        SegState {
+            seg,
+            used,
+            sealed: false,
+            live_records: 0,
+            live_bytes: 0,
+            tombstone_target: None,
+            min_expiry_ms: u64::MAX,
+        }
+    }
+
+    pub fn add_tombstone(&mut self, target: SegmentId) {
+        self.tombstone_target = self.tombstone_target.max(Some(target));
+    }
+}
+
+/// An account value and where it is.
+pub(crate) struct Account {
+    pub value: Box<[u8]>,
+    pub at: Lsn,
+    pub record_bytes: u32,
+}
+
+/// A message to store.
+#[derive(Clone, Copy, Debug)]
+pub struct NewMessage<'a> {
+    pub recipient: UserId,
+    pub sender: UserId,
+    /// The sender's id for it.
+    pub msg_id: u64,
+    pub timestamp_ms: u64,
+    /// When it expires (unix ms); `None`: `timestamp_ms` plus the configured TTL.
+    pub expiry_ms: Option<u64>,
+    pub body: &'a [u8],
+}
+
+/// What an append produced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Appended {
+    pub seq: MsgSeq,
+    /// The record is safe once [`Log::durable`] reaches this.
+    pub lsn: Lsn,
+}
+
+/// A pending message read from the log; `body` borrows the mapping.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StoredMessage<'a> {
+    pub seq: MsgSeq,
+    pub recipient: UserId,
+    pub sender: UserId,
+    pub msg_id: u64,
+    pub timestamp_ms: u64,
+    pub expiry_ms: u64,
+    pub body: &'a [u8],
+}
+
+/// Counters and gauges of a log.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LogStats {
+    pub segments: u64,
+    pub disk_bytes: u64,
+    pub pending_messages: u64,
+    pub pending_bytes: u64,
+    pub users_with_pending: u64,
+    pub accounts: u64,
+    pub written: Lsn,
+    pub durable: Lsn,
+    pub appends: u64,
+    pub erases: u64,
+    pub rollovers: u64,
+    /// Rollovers that had to wait for the preparer.
+    pub prepare_stalls: u64,
+    pub prefaulted_segments: u64,
+    pub expired: u64,
+    pub compacted_records: u64,
+    pub compacted_bytes: u64,
+    pub segments_deleted: u64,
+    pub flushes: u64,
+    pub flush_us_max: u64,
+    pub flush_us_total: u64,
+}
+
+pub struct Log {
+    pub(crate) dir: PathBuf,
+    pub(crate) config: LogConfig,
+    _lock: DirLock,
+    /// Every segment on disk, in id order; the last is the one appended to.
+    pub(crate) segments: VecDeque<SegState>,
+    pub(crate) next_seq: u64,
+    pub(crate) index: Index,
+    pub(crate) accounts: AHashMap<Box<[u8]>, Account>,
+    pub(crate) shared: Arc<Shared>,
+    flusher: Option<Flusher>,
+    preparer: Preparer,
+    unflushed: u32,
+    pub(crate) reclaim: crate::reclaim::ReclaimState,
+    pub(crate) stats: LogStats,
+}
+
+impl Log {
+    pub(crate) fn assemble(
+        dir: &Path,
+        config: LogConfig,
+        lock: DirLock,
+        segments: VecDeque<SegState>,
+        next_seq: u64,
+        index: Index,
+        accounts: AHashMap<Box<[u8]>, Account>,
+    ) -> Result<Log, StorageError> {
+        let shared = Arc::new(Shared::default());
+        let preparer = Preparer::start(dir.to_owned(), config.segment_bytes, config.prefault)
+            .map_err(StorageError::io("start preparer thread", dir))?;
+        let flusher = match config.durability {
+            Durability::Group => Some(
+                Flusher::start(Arc::clone(&shared), Duration::from_micros(config.group_interval_us))
+                    .map_err(StorageError::io("start flusher thread", dir))?,
+            ),
+            _ => None,
+        };
+        let log = Log {
+            dir: dir.to_owned(),
+            config,
+            _lock: lock,
+            segments,
+            next_seq,
+            index,
+            accounts,
+            shared,
+            flusher,
+            preparer,
+            unflushed: 0,
+            reclaim: Default::default(),
+            stats: LogStats::default(),
+        };
+        let active = log.active();
+        let end = Lsn::new(active.seg.id, active.used as u32);
+        if let Some(f) = &log.flusher {
+            let _ = f.tx.send(Activation {
+                id: active.seg.id,
+                map: active.seg.shared_map(),
+                prev_end: None,
+            });
+        }
+        // What recovery found (and any tail it zeroed) is made durable before use.
+        for s in &log.segments {
+            s.seg
+                .flush(0, s.used.max(SEGMENT_HEADER_BYTES))
+                .map_err(StorageError::io("msync", &s.seg.path))?;
+        }
+        log.shared.written.store(end.0, Ordering::Release);
+        log.shared.set_durable(end);
+        log.preparer.request(SegmentId(active.seg.id.0 + 1));
+        Ok(log)
+    }
+
+    pub(crate) fn active(&self) -> &SegState {
+        self.segments.back().expect("a log always has an active segment")
+    }
+
+    pub(crate) fn seg_index(&self, id: SegmentId) -> Option<usize> {
+        // Appends touch the newest segments: look there first.
+        let n = self.segments.len();
+        if n > 0 && self.segments[n - 1].seg.id == id {
+            return Some(n - 1);
+        }
+        self.segments.binary_search_by_key(&id, |s| s.seg.id).ok()
+    }
+
+    pub(crate) fn seg_mut(&mut self, id: SegmentId) -> Option<&mut SegState> {
+        self.seg_index(id).map(|i| &mut self.segments[i])
+    }
+
+    /// The record that starts at `at`.
+    pub(crate) fn record_at(&self, at: Lsn) -> Option<(Record<'_>, usize)> {
+        let s = &self.segments[self.seg_index(at.segment())?];
+        decode(&s.seg.bytes()[at.offset() as usize..]).ok()
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn config(&self) -> &LogConfig {
+        &self.config
+    }
+
+    /// End of the last appended record.
+    pub fn written(&self) -> Lsn {
+        Lsn(self.shared.written.load(Ordering::Acquire))
+    }
+
+    /// Everything before this position survives a machine crash (`group`, `always`) or
+    /// a process crash (`none`).
+    pub fn durable(&self) -> Lsn {
+        self.shared.durable()
+    }
+
+    /// Waits until `lsn` is durable; false on timeout or when flushing has failed.
+    pub fn wait_durable(&self, lsn: Lsn, timeout: Duration) -> bool {
+        self.shared.wait_durable(lsn, timeout)
+    }
+
+    /// Flushes everything written now, on this thread.
+    pub fn flush(&mut self) -> Result<Lsn, StorageError> {
+        let written = self.written();
+        let durable = self.durable();
+        if written > durable {
+            for s in self.segments.iter().filter(|s| s.seg.id >= durable.segment()) {
+                let from = if s.seg.id == durable.segment() { durable.offset() as usize } else { 0 };
+                s.seg.flush(from, s.used).map_err(StorageError::io("msync", &s.seg.path))?;
+            }
+            self.shared.set_durable(written);
+        }
+        Ok(written)
+    }
+
+    /// Appends one record; returns where it starts and ends.
+    pub(crate) fn append(&mut self, rec: &Record<'_>) -> Result<(Lsn, Lsn), StorageError> {
+        self.append_with(rec.encoded_len(), |buf| {
+            rec.encode(buf);
+        })
+    }
+
+    /// Appends `len` bytes that `write` fills (an encoded record).
+    pub(crate) fn append_with(
+        &mut self,
+        len: usize,
+        write: impl FnOnce(&mut [u8]),
+    ) -> Result<(Lsn, Lsn), StorageError> {
+        if self.shared.failed.load(Ordering::Relaxed) {
+            return Err(StorageError::FlushFailed(self.shared.failure().unwrap_or_default()));
+        }
+        let max = self.config.record_bytes_max();
+        if len > max {
+            return Err(StorageError::RecordTooLarge { bytes: len, max });
+        }
+        let seg_bytes = self.config.segment_bytes as usize;
+        if self.active().sealed || self.active().used + len + SEAL_RECORD_BYTES > seg_bytes {
+            self.roll()?;
+        }
+        let active = self.segments.back_mut().expect("active");
+        let at = active.used;
+        write(&mut active.seg.bytes_mut()[at..at + len]);
+        active.used += len;
+        let id = active.seg.id;
+        let start = Lsn::new(id, at as u32);
+        let end = Lsn::new(id, (at + len) as u32);
+        self.publish(start, end)?;
+        Ok((start, end))
+    }
+
+    fn publish(&mut self, start: Lsn, end: Lsn) -> Result<(), StorageError> {
+        self.shared.written.store(end.0, Ordering::Release);
+        match self.config.durability {
+            Durability::None => self.shared.durable.store(end.0, Ordering::Release),
+            Durability::Group => {
+                self.unflushed += 1;
+                if self.unflushed >= self.config.group_records {
+                    self.unflushed = 0;
+                    if let Some(f) = &self.flusher {
+                        f.wake();
+                    }
+                }
+            }
+            Durability::Always => {
+                let s = self.active();
+                let from = if start.segment() == end.segment() { start.offset() as usize } else { 0 };
+                s.seg
+                    .flush(from, end.offset() as usize)
+                    .map_err(StorageError::io("msync", &s.seg.path))?;
+                self.shared.set_durable(end);
+            }
+        }
+        Ok(())
+    }
+
+    /// Seals the active segment and starts the prepared one.
+    fn roll(&mut self) -> Result<(), StorageError> {
+        let active = self.segments.back_mut().expect("active");
+        let next = SegmentId(active.seg.id.0 + 1);
+        if !active.sealed {
+            let at = active.used;
+            Record::Seal { next }.encode(&mut active.seg.bytes_mut()[at..]);
+            active.used += SEAL_RECORD_BYTES;
+            active.sealed = true;
+            if self.config.durability == Durability::Always {
+                active
+                    .seg
+                    .flush(at, active.used)
+                    .map_err(StorageError::io("msync", &active.seg.path))?;
+            }
+        }
+        let prev = (active.seg.id, active.used);
+        let prepared = match self.preparer.rx.try_recv() {
+            Ok(r) => r,
+            Err(_) => {
+                self.stats.prepare_stalls += 1;
+                self.preparer.rx.recv().map_err(|_| {
+                    StorageError::io("prepare segment", &self.dir)(std::io::Error::other(
+                        "preparer thread is gone",
+                    ))
+                })?
+            }
+        };
+        let mut seg = match prepared {
+            Ok(seg) if seg.id == next => seg,
+            Ok(seg) => {
+                // Cannot happen (one request in flight); refuse rather than misnumber.
+                let _ = std::fs::remove_file(&seg.path);
+                self.preparer.request(next);
+                return Err(StorageError::io("prepare segment", &self.dir)(std::io::Error::other(
+                    format!("prepared {:?}, wanted {:?}", seg.id, next),
+                )));
+            }
+            Err(e) => {
+                self.preparer.request(next);
+                return Err(StorageError::io("prepare segment", self.dir.join(next.file_name()))(e));
+            }
+        };
+        let header = SegmentHeader {
+            version: FORMAT_VERSION,
+            segment: next,
+            seq_base: self.next_seq,
+            created_unix_ms: unix_ms(),
+            segment_bytes: self.config.segment_bytes,
+        };
+        seg.bytes_mut()[..SEGMENT_HEADER_BYTES].copy_from_slice(&header.encode());
+        if self.config.durability == Durability::Always {
+            seg.flush(0, SEGMENT_HEADER_BYTES)
+                .map_err(StorageError::io("msync", &seg.path))?;
+        }
+        if seg.prefaulted {
+            self.stats.prefaulted_segments += 1;
+        }
+        if let Some(f) = &self.flusher {
+            let _ = f.tx.send(Activation {
+                id: next,
+                map: seg.shared_map(),
+                prev_end: Some(prev),
+            });
+        }
+        self.segments.push_back(SegState::new(seg, SEGMENT_HEADER_BYTES));
+        self.stats.rollovers += 1;
+        self.preparer.request(SegmentId(next.0 + 1));
+        let start = Lsn::new(next, SEGMENT_HEADER_BYTES as u32);
+        self.shared.written.store(start.0, Ordering::Release);
+        if self.config.durability != Durability::Group {
+            self.shared.set_durable(start);
+        }
+        Ok(())
+    }
+
+    /// Stores a message for its recipient. Not deduplicated here: the router does that.
+    pub fn append_message(&mut self, m: &NewMessage<'_>) -> Result<Appended, StorageError> {
+        let body = m.body.len() as u64;
+        let c = &self.config;
+        let (user_msgs, user_bytes) = self
+            .index
+            .queue(m.recipient)
+            .map_or((0, 0), |q| (q.entries.len() as u64, q.bytes));
+        for (limit, now, add, max) in [
+            (Limit::UserMessages, user_msgs, 1, c.user_messages_max),
+            (Limit::UserBytes, user_bytes, body, c.user_bytes_max),
+            (Limit::ShardMessages, self.index.messages, 1, c.shard_messages_max),
+            (Limit::ShardBytes, self.index.bytes, body, c.shard_bytes_max),
+        ] {
+            if now + add > max {
+                return Err(StorageError::Full { limit, max });
+            }
+        }
+        let seq = MsgSeq(self.next_seq);
+        let expiry_ms = m
+            .expiry_ms
+            .unwrap_or(m.timestamp_ms.saturating_add(self.config.message_ttl_ms));
+        let rec = Record::Message(MessageRecord {
+            recipient: m.recipient,
+            sender: m.sender,
+            msg_id: m.msg_id,
+            seq,
+            timestamp_ms: m.timestamp_ms,
+            expiry_ms,
+            body: m.body,
+        });
+        rec.check()?;
+        let (start, end) = self.append(&rec)?;
+        self.next_seq += 1;
+        self.index.push(m.recipient, Entry { seq, at: start }, body);
+        let active = self.segments.back_mut().expect("active");
+        active.live_records += 1;
+        active.live_bytes += rec.encoded_len() as u64;
+        active.min_expiry_ms = active.min_expiry_ms.min(expiry_ms);
+        self.stats.appends += 1;
+        Ok(Appended { seq, lsn: end })
+    }
+
+    /// Erases a delivered message. `Ok(None)` when it is not pending (already erased,
+    /// expired, or never stored): nothing is written.
+    pub fn erase(&mut self, recipient: UserId, seq: MsgSeq) -> Result<Option<Lsn>, StorageError> {
+        let Some(entry) = self.index.get(recipient, seq) else {
+            return Ok(None);
+        };
+        let target = entry.at.segment();
+        let (_, end) = self.append(&Record::Erase {
+            recipient,
+            seq,
+            target,
+        })?;
+        self.segments.back_mut().expect("active").add_tombstone(target);
+        self.kill_message(recipient, seq);
+        self.stats.erases += 1;
+        Ok(Some(end))
+    }
+
+    /// Drops a message from the index and its segment's live count.
+    pub(crate) fn kill_message(&mut self, recipient: UserId, seq: MsgSeq) {
+        let mut rec_bytes = 0;
+        let segments = &self.segments;
+        let found = self.index.remove(recipient, seq, |at| {
+            let Some(i) = segments.binary_search_by_key(&at.segment(), |s| s.seg.id).ok() else {
+                return 0;
+            };
+            match decode(&segments[i].seg.bytes()[at.offset() as usize..]) {
+                Ok((Record::Message(m), len)) => {
+                    rec_bytes = len as u64;
+                    m.body.len() as u64
+                }
+                _ => 0,
+            }
+        });
+        if let Some(e) = found {
+            if let Some(s) = self.seg_mut(e.at.segment()) {
+                s.live_records -= 1;
+                s.live_bytes -= rec_bytes;
+            }
+        }
+    }
+
+    /// Stores or replaces an account value.
+    pub fn put_account(&mut self, key: &[u8], value: &[u8]) -> Result<Lsn, StorageError> {
+        if !self.accounts.contains_key(key) && self.accounts.len() as u64 >= self.config.accounts_max {
+            return Err(StorageError::Full {
+                limit: Limit::Accounts,
+                max: self.config.accounts_max,
+            });
+        }
+        let rec = Record::AccountPut { key, value };
+        rec.check()?;
+        let (start, end) = self.append(&rec)?;
+        let len = rec.encoded_len() as u32;
+        let old = self.accounts.insert(
+            key.into(),
+            Account {
+                value: value.into(),
+                at: start,
+                record_bytes: len,
+            },
+        );
+        if let Some(old) = old {
+            self.unlive(old.at, old.record_bytes);
+        }
+        let active = self.segments.back_mut().expect("active");
+        active.live_records += 1;
+        active.live_bytes += len as u64;
+        Ok(end)
+    }
+
+    /// Deletes an account. `Ok(None)` when there was none.
+    pub fn delete_account(&mut self, key: &[u8]) -> Result<Option<Lsn>, StorageError> {
+        let Some(old) = self.accounts.get(key) else {
+            return Ok(None);
+        };
+        let target = old.at.segment();
+        let rec = Record::AccountDelete { key, target };
+        rec.check()?;
+        let (_, end) = self.append(&rec)?;
+        self.segments.back_mut().expect("active").add_tombstone(target);
+        let old = self.accounts.remove(key).expect("present");
+        self.unlive(old.at, old.record_bytes);
+        Ok(Some(end))
+    }
+
+    fn unlive(&mut self, at: Lsn, bytes: u32) {
+        if let Some(s) = self.seg_mut(at.segment()) {
+            s.live_records -= 1;
+            s.live_bytes -= bytes as u64;
+        }
+    }
+
+    pub fn account(&self, key: &[u8]) -> Option<&[u8]> {
+        self.accounts.get(key).map(|a| &*a.value)
+    }
+
+    /// Every account, in no particular order.
+    pub fn accounts(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        self.accounts.iter().map(|(k, a)| (&**k, &*a.value))
+    }
+
+    /// A user's pending messages in order, read from the log as the iterator advances.
+    /// Messages expired at `now_ms` are skipped.
+    pub fn pending(&self, user: UserId, now_ms: u64) -> impl Iterator<Item = StoredMessage<'_>> {
+        self.index
+            .queue(user)
+            .into_iter()
+            .flat_map(|q| q.entries.iter())
+            .filter_map(move |e| match self.record_at(e.at) {
+                Some((Record::Message(m), _)) if m.seq == e.seq && m.expiry_ms > now_ms => {
+                    Some(StoredMessage {
+                        seq: m.seq,
+                        recipient: m.recipient,
+                        sender: m.sender,
+                        msg_id: m.msg_id,
+                        timestamp_ms: m.timestamp_ms,
+                        expiry_ms: m.expiry_ms,
+                        body: m.body,
+                    })
+                }
+                _ => None,
+            })
+    }
+
+    /// Pending messages and body bytes of a user (expired ones count until swept).
+    pub fn pending_count(&self, user: UserId) -> (u64, u64) {
+        self.index
+            .queue(user)
+            .map_or((0, 0), |q| (q.entries.len() as u64, q.bytes))
+    }
+
+    /// Pending messages and body bytes in the whole log.
+    pub fn pending_total(&self) -> (u64, u64) {
+        (self.index.messages, self.index.bytes)
+    }
+
+    pub fn stats(&self) -> LogStats {
+        let s = &self.shared;
+        LogStats {
+            segments: self.segments.len() as u64,
+            disk_bytes: self.segments.iter().map(|s| s.seg.len() as u64).sum(),
+            pending_messages: self.index.messages,
+            pending_bytes: self.index.bytes,
+            users_with_pending: self.index.users() as u64,
+            accounts: self.accounts.len() as u64,
+            written: self.written(),
+            durable: self.durable(),
+            flushes: s.flushes.load(Ordering::Relaxed),
+            flush_us_max: s.flush_ns_max.load(Ordering::Relaxed) / 1000,
+            flush_us_total: s.flush_ns_total.load(Ordering::Relaxed) / 1000,
+            ..self.stats.clone()
+        }
+    }
+
+    /// Flushes and stops the helper threads; reports a flush failure.
+    pub fn close(mut self) -> Result<(), StorageError> {
+        self.shutdown()
+    }
+
+    fn shutdown(&mut self) -> Result<(), StorageError> {
+        if let Some(f) = self.flusher.take() {
+            f.stop(&self.shared);
+        }
+        if let Some(why) = self.shared.failure() {
+            return Err(StorageError::FlushFailed(why));
+        }
+        self.flush().map(|_| ())
+    }
+}
+
+impl Drop for Log {
+    fn drop(&mut self) {
+        let _ = self.shutdown();
+    }
+}
+
+pub(crate) fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}

@@ -1,0 +1,154 @@
+//! Segment files and their mappings, and the lock on a log directory. The only module
+//! of the crate with `unsafe`: turning the mapping into byte slices.
+//!
+//! Why this is sound: a [`Segment`] maps a file that this process created or opened in
+//! a directory it holds an exclusive lock on ([`DirLock`]), and never truncates. Bytes are
+//! written only through `&mut Segment`, read through `&Segment`, so Rust's borrow rules
+//! keep readers and the writer apart. Other threads (the flusher) hold the mapping only
+//! to call `msync` on it and never form references into it. A file truncated behind
+//! our back by another program would raise SIGBUS, as with any mapped file.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use memmap2::MmapRaw;
+
+use crate::types::SegmentId;
+
+pub(crate) struct Segment {
+    pub id: SegmentId,
+    pub path: PathBuf,
+    map: Arc<MmapRaw>,
+    /// Whether `MADV_POPULATE_WRITE` pre-faulted the mapping.
+    pub prefaulted: bool,
+}
+
+impl Segment {
+    /// Creates, preallocates and maps a new segment of `bytes`, all zeros.
+    /// Runs on the preparer thread, never on the append path.
+    pub fn create(dir: &Path, id: SegmentId, bytes: u64, prefault: bool) -> io::Result<Segment> {
+        let path = dir.join(id.file_name());
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)?;
+        let made = preallocate(&file, bytes).and_then(|()| {
+            let map = MmapRaw::map_raw(&file)?;
+            // The directory entry must survive a machine crash before records go in.
+            File::open(dir)?.sync_all()?;
+            Ok(map)
+        });
+        let map = match made {
+            Ok(map) => map,
+            Err(e) => {
+                let _ = std::fs::remove_file(&path);
+                return Err(e);
+            }
+        };
+        let prefaulted = prefault && populate_write(&map);
+        Ok(Segment {
+            id,
+            path,
+            map: Arc::new(map),
+            prefaulted,
+        })
+    }
+
+    /// Maps an existing segment file for recovery.
+    pub fn open(path: &Path, id: SegmentId) -> io::Result<Segment> {
+        let file = OpenOptions::new().read(true).write(true).open(path)?;
+        let len = file.metadata()?.len();
+        if len == 0 || len % 8 != 0 || len > u32::MAX as u64 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("segment file is {len} bytes, not a positive multiple of 8 below 4 GiB"),
+            ));
+        }
+        let map = MmapRaw::map_raw(&file)?;
+        Ok(Segment {
+            id,
+            path: path.to_owned(),
+            map: Arc::new(map),
+            prefaulted: false,
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        // SAFETY: the mapping is `len()` bytes, valid while `self.map` lives, and no
+        // `&mut` to it exists while `&self` is borrowed (see the module docs).
+        unsafe { std::slice::from_raw_parts(self.map.as_ptr(), self.map.len()) }
+    }
+
+    pub fn bytes_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as in `bytes`; `&mut self` makes this the only reference.
+        unsafe { std::slice::from_raw_parts_mut(self.map.as_mut_ptr(), self.map.len()) }
+    }
+
+    /// Flushes `[from, to)` to the file (`msync`, synchronous).
+    pub fn flush(&self, from: usize, to: usize) -> io::Result<()> {
+        flush_map(&self.map, from, to)
+    }
+
+    /// The mapping, for the flusher thread (which only calls [`flush_map`] on it).
+    pub fn shared_map(&self) -> Arc<MmapRaw> {
+        Arc::clone(&self.map)
+    }
+}
+
+pub(crate) fn flush_map(map: &MmapRaw, from: usize, to: usize) -> io::Result<()> {
+    if to > from {
+        map.flush_range(from, to - from)
+    } else {
+        Ok(())
+    }
+}
+
+fn preallocate(file: &File, bytes: u64) -> io::Result<()> {
+    // SAFETY: plain syscall on a descriptor we own.
+    let rc = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, bytes as libc::off_t) };
+    match rc {
+        0 => Ok(()),
+        // Filesystems without preallocation (ZFS, tmpfs on some kernels): sparse file.
+        libc::EINVAL | libc::EOPNOTSUPP => file.set_len(bytes),
+        e => Err(io::Error::from_raw_os_error(e)),
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn populate_write(map: &MmapRaw) -> bool {
+    map.advise(memmap2::Advice::PopulateWrite).is_ok()
+}
+
+#[cfg(not(target_os = "linux"))]
+fn populate_write(_map: &MmapRaw) -> bool {
+    false
+}
+
+/// An exclusive `flock` on `DIR/LOCK`: one process per log directory.
+pub(crate) struct DirLock {
+    _file: File,
+}
+
+impl DirLock {
+    pub fn acquire(dir: &Path) -> io::Result<DirLock> {
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join("LOCK"))?;
+        // SAFETY: plain syscall on a descriptor we own.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(DirLock { _file: file })
+    }
+}
