@@ -269,7 +269,8 @@ impl Log {
         if len > max {
             return Err(StorageError::RecordTooLarge { bytes: len, max });
         }
-        let seg_bytes = self.config.segment_bytes as usize;
+        // A segment's capacity is its file's size (the config may have changed since).
+        let seg_bytes = self.active().seg.len();
         if self.active().sealed || self.active().used + len + SEAL_RECORD_BYTES > seg_bytes {
             self.roll()?;
         }
@@ -596,6 +597,17 @@ impl Log {
             return Err(StorageError::FlushFailed(why));
         }
         self.flush().map(|_| ())
+    }
+}
+
+impl std::fmt::Debug for Log {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Log")
+            .field("dir", &self.dir)
+            .field("segments", &self.segments.len())
+            .field("written", &self.written())
+            .field("durable", &self.durable())
+            .finish_non_exhaustive()
     }
 }
 

@@ -6,7 +6,9 @@
 //! - a message: the index points at this copy;
 //! - an account value: the accounts map points at this copy;
 //! - a tombstone (erase, account delete) with target T: some segment other than S with
-//!   id ≤ T still exists (every copy of what it killed lies at or before T).
+//!   id ≤ T still exists (every copy of what it killed lies at or before T); an account
+//!   delete also only while its key has no newer value (keys are reused; message
+//!   sequence numbers never are).
 //!
 //! A segment with nothing live is deleted; one whose live bytes are below
 //! `compact_live_ratio` of its used bytes has its live records copied to the head and is
@@ -244,7 +246,13 @@ impl Log {
         match record {
             Record::Message(m) => self.index.get(m.recipient, m.seq).is_some_and(|e| e.at == here),
             Record::AccountPut { key, .. } => self.accounts.get(*key).is_some_and(|a| a.at == here),
-            Record::Erase { target, .. } | Record::AccountDelete { target, .. } => self.tombstone_live(owner, *target),
+            Record::Erase { target, .. } => self.tombstone_live(owner, *target),
+            // Keys are reused: once the key has a newer value, that value (later in the
+            // log than every older one) does the tombstone's work, and a copy of the
+            // tombstone placed after it would wrongly delete it at replay.
+            Record::AccountDelete { key, target } => {
+                !self.accounts.contains_key(*key) && self.tombstone_live(owner, *target)
+            }
             Record::Seal { .. } => false,
         }
     }

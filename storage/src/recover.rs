@@ -82,14 +82,15 @@ impl Log {
             _ => StorageError::io("lock", dir.join("LOCK"))(e),
         })?;
         let mut report = RecoveryReport::default();
-        let files = list_segments(dir)?;
+        let mut files = list_segments(dir)?;
+        remove_blank_tail(&mut files, config.segment_bytes, &mut report)?;
         let mut live: AHashMap<MsgSeq, LiveMsg> = AHashMap::new();
         let mut accounts: AHashMap<Box<[u8]>, Account> = AHashMap::new();
         let mut segments: VecDeque<SegState> = VecDeque::new();
         let mut next_seq = 1u64;
         for (i, (id, path)) in files.iter().enumerate() {
             let last = i + 1 == files.len();
-            let seg = match Segment::open(path, *id) {
+            let seg = match Segment::open(path, *id, config.segment_bytes) {
                 Ok(seg) => seg,
                 Err(e) if e.kind() == io::ErrorKind::InvalidData => {
                     set_aside(path, &e, &mut report)?;
@@ -106,7 +107,7 @@ impl Log {
                     next_seq = next_seq.max(h.seq_base);
                 }
                 Err(HeaderError::Blank) if first_nonzero(&seg.bytes()[SEGMENT_HEADER_BYTES..]).is_none() => {
-                    // Prepared, never started: nothing in it.
+                    // Blank in the middle of the log: nothing in it, nothing lost.
                     std::fs::remove_file(path).map_err(StorageError::io("remove blank segment", path))?;
                     report.blank_segments_removed += 1;
                     continue;
@@ -199,6 +200,31 @@ fn list_segments(dir: &Path) -> Result<Vec<(SegmentId, PathBuf)>, StorageError> 
     }
     files.sort();
     Ok(files)
+}
+
+/// Removes prepared segments at the end of the log that were never started, so that the
+/// last segment with data is known before the scan (its torn tail is cut, it is appended to).
+fn remove_blank_tail(
+    files: &mut Vec<(SegmentId, PathBuf)>,
+    min_bytes: u64,
+    report: &mut RecoveryReport,
+) -> Result<(), StorageError> {
+    while let Some((id, path)) = files.last() {
+        let seg = match Segment::open(path, *id, min_bytes) {
+            Ok(seg) => seg,
+            Err(_) => return Ok(()), // the main pass reports it
+        };
+        let blank = matches!(SegmentHeader::decode(seg.bytes()), Err(HeaderError::Blank))
+            && first_nonzero(&seg.bytes()[SEGMENT_HEADER_BYTES..]).is_none();
+        if !blank {
+            return Ok(());
+        }
+        drop(seg);
+        std::fs::remove_file(path).map_err(StorageError::io("remove blank segment", path))?;
+        report.blank_segments_removed += 1;
+        files.pop();
+    }
+    Ok(())
 }
 
 fn set_aside(path: &Path, why: &io::Error, report: &mut RecoveryReport) -> Result<(), StorageError> {

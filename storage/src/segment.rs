@@ -58,15 +58,21 @@ impl Segment {
         })
     }
 
-    /// Maps an existing segment file for recovery.
-    pub fn open(path: &Path, id: SegmentId) -> io::Result<Segment> {
+    /// Maps an existing segment file for recovery. A file shorter than `min_bytes` (cut
+    /// short by a crash or by hand) is first extended with zeros to that size, so what
+    /// is left of it can be read and appended to.
+    pub fn open(path: &Path, id: SegmentId, min_bytes: u64) -> io::Result<Segment> {
         let file = OpenOptions::new().read(true).write(true).open(path)?;
-        let len = file.metadata()?.len();
-        if len == 0 || len % 8 != 0 || len > u32::MAX as u64 {
+        let mut len = file.metadata()?.len();
+        if len > u32::MAX as u64 {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
-                format!("segment file is {len} bytes, not a positive multiple of 8 below 4 GiB"),
+                format!("segment file is {len} bytes, over the 4 GiB a position can address"),
             ));
+        }
+        if len < min_bytes || len % 8 != 0 {
+            len = min_bytes.max(len.next_multiple_of(8));
+            file.set_len(len)?;
         }
         let map = MmapRaw::map_raw(&file)?;
         Ok(Segment {

@@ -1,0 +1,62 @@
+//! Helpers shared by the storage integration tests.
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::path::Path;
+
+use storage::{Durability, Log, LogConfig, NewMessage, UserId};
+
+pub const NOW: u64 = 1_800_000_000_000;
+
+pub fn user(n: u64) -> UserId {
+    UserId::new(n).expect("valid user")
+}
+
+pub fn small(durability: Durability) -> LogConfig {
+    LogConfig {
+        segment_bytes: 64 * 1024,
+        durability,
+        group_interval_us: 200,
+        prefault: false,
+        ..LogConfig::default()
+    }
+}
+
+pub fn open(dir: &Path, config: &LogConfig) -> Log {
+    let (log, report) = Log::open(dir, config.clone(), NOW).expect("open");
+    assert!(report.clean(), "unexpected damage: {report:?}");
+    log
+}
+
+pub fn msg<'a>(to: u64, from: u64, id: u64, body: &'a [u8]) -> NewMessage<'a> {
+    NewMessage {
+        recipient: user(to),
+        sender: user(from),
+        msg_id: id,
+        timestamp_ms: NOW,
+        expiry_ms: None,
+        body,
+    }
+}
+
+/// (sender, msg_id, body) of a user's pending messages, in order.
+pub fn pending(log: &Log, to: u64) -> Vec<(u64, u64, Vec<u8>)> {
+    log.pending(user(to), NOW)
+        .map(|m| (m.sender.get(), m.msg_id, m.body.to_vec()))
+        .collect()
+}
+
+/// Segment files in a directory.
+pub fn segment_files(dir: &Path) -> usize {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().ends_with(".seg"))
+        .count()
+}
+
+/// Whether any file in `dir` contains `needle`.
+pub fn on_disk(dir: &Path, needle: &[u8]) -> bool {
+    std::fs::read_dir(dir).unwrap().any(|e| {
+        let bytes = std::fs::read(e.unwrap().path()).unwrap();
+        bytes.windows(needle.len()).any(|w| w == needle)
+    })
+}
