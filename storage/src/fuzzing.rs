@@ -45,7 +45,9 @@ pub fn scan_segment(data: &[u8]) {
 /// Writes arbitrary bytes as the only segment of a fresh log and opens it; the log
 /// must open, and appending after recovery must work.
 pub fn recover_from_bytes(data: &[u8]) {
-    let dir = std::env::temp_dir().join(format!("sb-fuzz-{}", std::process::id()));
+    static RUN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let run = RUN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("sb-fuzz-{}-{run}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("temp dir");
     let config = LogConfig {

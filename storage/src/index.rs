@@ -57,16 +57,15 @@ impl Index {
         self.bytes += body_bytes;
     }
 
-    /// Builds a user's queue at recovery from entries in any order.
-    pub fn load(&mut self, user: UserId, mut entries: Vec<(Entry, u64)>) {
-        entries.sort_unstable_by_key(|(e, _)| e.seq);
+    /// Builds a user's queue at recovery from entries in sequence order.
+    pub fn load(&mut self, user: UserId, entries: Vec<(Entry, u64)>) {
+        debug_assert!(entries.is_sorted_by(|a, b| a.0.seq < b.0.seq));
+        let bytes: u64 = entries.iter().map(|(_, b)| b).sum();
         let q = self.users.entry(user).or_default();
-        for (e, bytes) in entries {
-            q.entries.push_back(e);
-            q.bytes += bytes;
-            self.messages += 1;
-            self.bytes += bytes;
-        }
+        q.entries.extend(entries.into_iter().map(|(e, _)| e));
+        q.bytes += bytes;
+        self.messages += q.entries.len() as u64;
+        self.bytes += bytes;
     }
 
     pub fn get(&self, user: UserId, seq: MsgSeq) -> Option<Entry> {

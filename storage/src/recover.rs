@@ -1,9 +1,17 @@
 //! Opening a log: scan every segment, check every checksum, rebuild the index and the
 //! accounts, cut a torn tail, and report what was found.
+//!
+//! Three phases: (1) open the segment files and read their headers, in order; (2) scan
+//! the segments on worker threads (one per core, segments are independent: every
+//! record carries its own position, and position is log order); (3) merge: per user,
+//! order messages by sequence number, keep the newest copy of each, drop the erased;
+//! replay account changes in log order.
 
 use std::collections::VecDeque;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use ahash::AHashMap;
@@ -13,7 +21,7 @@ use crate::error::StorageError;
 use crate::index::{Entry, Index};
 use crate::log::{unix_ms, Account, Log, SegState};
 use crate::record::{HeaderError, Record, SegmentHeader, FORMAT_VERSION, SEGMENT_HEADER_BYTES};
-use crate::scan::{first_nonzero, Item, Scanner};
+use crate::scan::{first_nonzero, End, Item, Scanner};
 use crate::segment::{DirLock, Segment};
 use crate::types::{Lsn, MsgSeq, SegmentId, UserId};
 
@@ -43,6 +51,8 @@ pub struct RecoveryReport {
     pub files_set_aside: u64,
     /// Prepared segments never started, removed.
     pub blank_segments_removed: u64,
+    /// Threads that scanned.
+    pub scan_threads: u64,
     pub elapsed: Duration,
     /// One line per damage, at most [`REPORT_NOTES_MAX`].
     pub notes: Vec<String>,
@@ -61,12 +71,68 @@ impl RecoveryReport {
     }
 }
 
-struct LiveMsg {
+/// Partitions of the scan's output by user hash: the scan writes 256 sequential streams
+/// instead of touching a random user's vector per record, and each partition is then
+/// grouped by user while it fits the cache.
+const PARTITIONS: usize = 256;
+
+/// A message record seen by the scan.
+struct Seen {
     user: UserId,
+    seq: MsgSeq,
     at: Lsn,
     record_bytes: u32,
     body_bytes: u32,
     expiry_ms: u64,
+}
+
+/// An account change seen by the scan, replayed in log order after the scan.
+enum AccountOp {
+    Put { value: Box<[u8]>, record_bytes: u32 },
+    Delete,
+}
+
+/// What one scanning thread collects.
+struct Collected {
+    hasher: ahash::RandomState,
+    seen: Vec<Vec<Seen>>,
+    erased: Vec<Vec<(UserId, MsgSeq)>>,
+    accounts: Vec<(Lsn, Box<[u8]>, AccountOp)>,
+    max_seq: u64,
+}
+
+impl Collected {
+    /// `records` is an estimate (from the segments' sizes) to size the partitions once.
+    fn new(records: usize) -> Self {
+        let each = records / PARTITIONS + records / PARTITIONS / 8 + 16;
+        Collected {
+            hasher: hasher(),
+            seen: (0..PARTITIONS).map(|_| Vec::with_capacity(each)).collect(),
+            erased: (0..PARTITIONS).map(|_| Vec::new()).collect(),
+            accounts: Vec::new(),
+            max_seq: 0,
+        }
+    }
+
+    fn part(&self, user: UserId) -> usize {
+        self.hasher.hash_one(user) as usize % PARTITIONS
+    }
+}
+
+fn hasher() -> ahash::RandomState {
+    ahash::RandomState::with_seeds(1, 2, 3, 4)
+}
+
+/// What scanning one segment found.
+#[derive(Default)]
+struct SegScan {
+    end: End,
+    tombstone: Option<SegmentId>,
+    records: u64,
+    bytes: u64,
+    expired: u64,
+    unknown: u64,
+    skipped: Vec<(usize, usize, String)>,
 }
 
 impl Log {
@@ -84,9 +150,9 @@ impl Log {
         let mut report = RecoveryReport::default();
         let mut files = list_segments(dir)?;
         remove_blank_tail(&mut files, config.segment_bytes, &mut report)?;
-        let mut live: AHashMap<MsgSeq, LiveMsg> = AHashMap::new();
-        let mut accounts: AHashMap<Box<[u8]>, Account> = AHashMap::new();
-        let mut segments: VecDeque<SegState> = VecDeque::new();
+
+        // Phase 1: open and check headers, in order.
+        let mut segs: Vec<Segment> = Vec::with_capacity(files.len());
         let mut next_seq = 1u64;
         for (i, (id, path)) in files.iter().enumerate() {
             let last = i + 1 == files.len();
@@ -120,42 +186,41 @@ impl Log {
                     report.note(format!("{}: {e}; reading its records anyway", path.display()));
                 }
             }
-            report.segments += 1;
-            let mut st = SegState::new(seg, SEGMENT_HEADER_BYTES);
-            let mut tombstone = None;
-            let end = {
-                let mut scan = Scanner::new(st.seg.bytes());
-                for item in &mut scan {
-                    match item {
-                        Item::Record { offset, len, record } => {
-                            report.records += 1;
-                            report.bytes += len as u64;
-                            let at = Lsn::new(*id, offset as u32);
-                            next_seq = apply(record, at, len, now_ms, &mut tombstone, &mut live, &mut accounts, &mut report, next_seq);
-                        }
-                        Item::Unknown { .. } => report.unknown_records += 1,
-                        Item::Skipped { offset, len, error } => {
-                            report.skipped_ranges += 1;
-                            report.skipped_bytes += len as u64;
-                            report.note(format!("{}: skipped {len} bytes at {offset} ({error})", path.display()));
-                        }
-                    }
-                }
-                scan.end().expect("scan finished")
-            };
-            st.tombstone_target = tombstone;
-            st.used = end.offset;
-            st.sealed = end.sealed || !last;
+            if !last {
+                // Map the whole (full) segment in one call rather than a fault per page.
+                seg.populate_read();
+            }
+            segs.push(seg);
+        }
+        report.segments = segs.len() as u64;
+
+        // Phase 2: scan the segments on worker threads.
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(segs.len()).max(1);
+        let estimate = segs.iter().map(|s| s.len() / 104).sum::<usize>().min(1 << 28);
+        let (scans, collected) = scan_all(&segs, threads, estimate / threads, now_ms);
+        report.scan_threads = threads as u64;
+
+        // Phase 3: merge, in log order.
+        let mut segments: VecDeque<SegState> = VecDeque::with_capacity(segs.len() + 1);
+        let n = segs.len();
+        for (i, (mut seg, scan)) in segs.into_iter().zip(scans).enumerate() {
+            let path = seg.path.clone();
+            report.records += scan.records;
+            report.bytes += scan.bytes;
+            report.expired += scan.expired;
+            report.unknown_records += scan.unknown;
+            for (offset, len, error) in scan.skipped {
+                report.skipped_ranges += 1;
+                report.skipped_bytes += len as u64;
+                report.note(format!("{}: skipped {len} bytes at {offset} ({error})", path.display()));
+            }
+            let end = scan.end;
+            let last = i + 1 == n;
             if end.torn_bytes > 0 {
                 if last {
-                    st.seg.bytes_mut()[end.offset..end.offset + end.torn_bytes].fill(0);
+                    seg.bytes_mut()[end.offset..end.offset + end.torn_bytes].fill(0);
                     report.torn_bytes_cut += end.torn_bytes as u64;
-                    report.note(format!(
-                        "{}: cut a torn tail of {} bytes at {}",
-                        path.display(),
-                        end.torn_bytes,
-                        end.offset
-                    ));
+                    report.note(format!("{}: cut a torn tail of {} bytes at {}", path.display(), end.torn_bytes, end.offset));
                 } else {
                     report.skipped_ranges += 1;
                     report.skipped_bytes += end.torn_bytes as u64;
@@ -167,11 +232,17 @@ impl Log {
                     ));
                 }
             }
+            let mut st = SegState::new(seg, end.offset);
+            st.sealed = end.sealed || !last;
+            st.tombstone_target = scan.tombstone;
             segments.push_back(st);
+        }
+        for c in &collected {
+            next_seq = next_seq.max(c.max_seq + 1);
         }
         if segments.back().is_none_or(|s| s.sealed) {
             let id = segments.back().map_or(SegmentId(1), |s| SegmentId(s.seg.id.0 + 1));
-            let mut seg = Segment::create(dir, id, config.segment_bytes, false)
+            let mut seg = Segment::create(dir, id, config.segment_bytes, config.prefault)
                 .map_err(StorageError::io("create segment", dir.join(id.file_name())))?;
             let header = SegmentHeader {
                 version: FORMAT_VERSION,
@@ -183,10 +254,101 @@ impl Log {
             seg.bytes_mut()[..SEGMENT_HEADER_BYTES].copy_from_slice(&header.encode());
             segments.push_back(SegState::new(seg, SEGMENT_HEADER_BYTES));
         }
-        let index = build_index(live, &accounts, &mut segments, &mut report);
+        let (index, accounts) = build_index(collected, &mut segments, &mut report);
         let log = Log::assemble(dir, config, lock, segments, next_seq, index, accounts)?;
         report.elapsed = started.elapsed();
         Ok((log, report))
+    }
+}
+
+/// Scans every segment; workers take segments in turn. Returns each segment's scan (in
+/// segment order) and each worker's collection.
+fn scan_all(segs: &[Segment], threads: usize, estimate: usize, now_ms: u64) -> (Vec<SegScan>, Vec<Collected>) {
+    let next = AtomicUsize::new(0);
+    let results: Mutex<Vec<Option<SegScan>>> = Mutex::new((0..segs.len()).map(|_| None).collect());
+    let work = || {
+        let mut c = Collected::new(estimate);
+        loop {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            let Some(seg) = segs.get(i) else { break };
+            let scan = scan_segment(seg, now_ms, &mut c);
+            results.lock().unwrap_or_else(|p| p.into_inner())[i] = Some(scan);
+        }
+        c
+    };
+    let collected = if threads <= 1 {
+        vec![work()]
+    } else {
+        std::thread::scope(|s| {
+            let handles: Vec<_> = (0..threads).map(|_| s.spawn(work)).collect();
+            handles.into_iter().map(|h| h.join().expect("scan thread panicked")).collect()
+        })
+    };
+    let scans = results
+        .into_inner()
+        .unwrap_or_else(|p| p.into_inner())
+        .into_iter()
+        .map(|s| s.expect("every segment scanned"))
+        .collect();
+    (scans, collected)
+}
+
+fn scan_segment(seg: &Segment, now_ms: u64, c: &mut Collected) -> SegScan {
+    let mut out = SegScan::default();
+    let mut scan = Scanner::new(seg.bytes());
+    for item in &mut scan {
+        match item {
+            Item::Record { offset, len, record } => {
+                out.records += 1;
+                out.bytes += len as u64;
+                let at = Lsn::new(seg.id, offset as u32);
+                collect(record, at, len, now_ms, &mut out, c);
+            }
+            Item::Unknown { .. } => out.unknown += 1,
+            Item::Skipped { offset, len, error } => out.skipped.push((offset, len, error.to_string())),
+        }
+    }
+    out.end = scan.end().expect("scan finished");
+    out
+}
+
+fn collect(record: Record<'_>, at: Lsn, len: usize, now_ms: u64, out: &mut SegScan, c: &mut Collected) {
+    match record {
+        Record::Message(m) => {
+            c.max_seq = c.max_seq.max(m.seq.0);
+            if m.expiry_ms <= now_ms {
+                // Every copy of a message has the same expiry: none of them is kept.
+                out.expired += 1;
+                return;
+            }
+            let p = c.part(m.recipient);
+            c.seen[p].push(Seen {
+                user: m.recipient,
+                seq: m.seq,
+                at,
+                record_bytes: len as u32,
+                body_bytes: m.body.len() as u32,
+                expiry_ms: m.expiry_ms,
+            });
+        }
+        Record::Erase { recipient, seq, target } => {
+            let p = c.part(recipient);
+            c.erased[p].push((recipient, seq));
+            out.tombstone = out.tombstone.max(Some(target));
+        }
+        Record::AccountPut { key, value } => c.accounts.push((
+            at,
+            key.into(),
+            AccountOp::Put {
+                value: value.into(),
+                record_bytes: len as u32,
+            },
+        )),
+        Record::AccountDelete { key, target } => {
+            c.accounts.push((at, key.into(), AccountOp::Delete));
+            out.tombstone = out.tombstone.max(Some(target));
+        }
+        Record::Seal { .. } => {}
     }
 }
 
@@ -236,83 +398,74 @@ fn set_aside(path: &Path, why: &io::Error, report: &mut RecoveryReport) -> Resul
     Ok(())
 }
 
-/// Replays one record; returns the next message sequence number.
-#[allow(clippy::too_many_arguments)] // one call site, the recovery loop's state
-fn apply(
-    record: Record<'_>,
-    at: Lsn,
-    len: usize,
-    now_ms: u64,
-    tombstone: &mut Option<SegmentId>,
-    live: &mut AHashMap<MsgSeq, LiveMsg>,
-    accounts: &mut AHashMap<Box<[u8]>, Account>,
-    report: &mut RecoveryReport,
-    next_seq: u64,
-) -> u64 {
-    match record {
-        Record::Message(m) => {
-            if m.expiry_ms <= now_ms {
-                report.expired += 1;
-                live.remove(&m.seq);
-            } else {
-                // A later copy (compaction moved it) replaces the earlier one.
-                live.insert(
-                    m.seq,
-                    LiveMsg {
-                        user: m.recipient,
-                        at,
-                        record_bytes: len as u32,
-                        body_bytes: m.body.len() as u32,
-                        expiry_ms: m.expiry_ms,
-                    },
-                );
-            }
-            return next_seq.max(m.seq.0 + 1);
-        }
-        Record::Erase { seq, target, .. } => {
-            live.remove(&seq);
-            *tombstone = (*tombstone).max(Some(target));
-        }
-        Record::AccountPut { key, value } => {
-            accounts.insert(
-                key.into(),
-                Account {
-                    value: value.into(),
-                    at,
-                    record_bytes: len as u32,
-                },
-            );
-        }
-        Record::AccountDelete { key, target } => {
-            accounts.remove(key);
-            *tombstone = (*tombstone).max(Some(target));
-        }
-        Record::Seal { .. } => {}
-    }
-    next_seq
-}
-
+/// Per user: order by sequence number, keep the newest copy of each message (compaction
+/// made the later ones), drop the erased; count what is live per segment. Accounts:
+/// replay puts and deletes in log order.
 fn build_index(
-    live: AHashMap<MsgSeq, LiveMsg>,
-    accounts: &AHashMap<Box<[u8]>, Account>,
+    collected: Vec<Collected>,
     segments: &mut VecDeque<SegState>,
     report: &mut RecoveryReport,
-) -> Index {
+) -> (Index, AHashMap<Box<[u8]>, Account>) {
     let pos = |segments: &VecDeque<SegState>, id: SegmentId| {
         segments.binary_search_by_key(&id, |s| s.seg.id).expect("record from a known segment")
     };
-    let mut per_user: AHashMap<UserId, Vec<(Entry, u64)>> = AHashMap::new();
-    report.messages_live = live.len() as u64;
-    for (seq, m) in live {
-        let i = pos(segments, m.at.segment());
-        let s = &mut segments[i];
-        s.live_records += 1;
-        s.live_bytes += m.record_bytes as u64;
-        s.min_expiry_ms = s.min_expiry_ms.min(m.expiry_ms);
-        per_user
-            .entry(m.user)
-            .or_default()
-            .push((Entry { seq, at: m.at }, m.body_bytes as u64));
+    let mut parts: Vec<(Vec<Vec<Seen>>, Vec<Vec<(UserId, MsgSeq)>>)> = (0..PARTITIONS).map(|_| Default::default()).collect();
+    let mut account_ops = vec![];
+    for c in collected {
+        for (p, (seen, erased)) in c.seen.into_iter().zip(c.erased).enumerate() {
+            parts[p].0.push(seen);
+            parts[p].1.push(erased);
+        }
+        account_ops.extend(c.accounts);
+    }
+    let mut index = Index::default();
+    for (seen, erased) in parts {
+        let mut by_user: AHashMap<UserId, (Vec<Seen>, Vec<MsgSeq>)> = AHashMap::new();
+        for m in seen.into_iter().flatten() {
+            by_user.entry(m.user).or_default().0.push(m);
+        }
+        for (user, seq) in erased.into_iter().flatten() {
+            by_user.entry(user).or_default().1.push(seq);
+        }
+        for (user, (mut seen, mut erased)) in by_user {
+            if !seen.is_sorted_by(|a, b| (a.seq, a.at) < (b.seq, b.at)) {
+                seen.sort_unstable_by_key(|m| (m.seq, m.at));
+            }
+            erased.sort_unstable();
+            let mut entries = Vec::with_capacity(seen.len());
+            let mut erased = erased.iter().peekable();
+            for (i, m) in seen.iter().enumerate() {
+                if seen.get(i + 1).is_some_and(|n| n.seq == m.seq) {
+                    continue; // an older copy
+                }
+                while erased.next_if(|&&e| e < m.seq).is_some() {}
+                if erased.peek().is_some_and(|&&e| e == m.seq) {
+                    continue;
+                }
+                let i = pos(segments, m.at.segment());
+                let s = &mut segments[i];
+                s.live_records += 1;
+                s.live_bytes += m.record_bytes as u64;
+                s.min_expiry_ms = s.min_expiry_ms.min(m.expiry_ms);
+                entries.push((Entry { seq: m.seq, at: m.at }, m.body_bytes as u64));
+            }
+            report.messages_live += entries.len() as u64;
+            if !entries.is_empty() {
+                index.load(user, entries);
+            }
+        }
+    }
+    account_ops.sort_unstable_by_key(|(at, _, _)| *at);
+    let mut accounts: AHashMap<Box<[u8]>, Account> = AHashMap::new();
+    for (at, key, op) in account_ops {
+        match op {
+            AccountOp::Put { value, record_bytes } => {
+                accounts.insert(key, Account { value, at, record_bytes });
+            }
+            AccountOp::Delete => {
+                accounts.remove(&key);
+            }
+        }
     }
     report.accounts_live = accounts.len() as u64;
     for a in accounts.values() {
@@ -321,9 +474,5 @@ fn build_index(
         s.live_records += 1;
         s.live_bytes += a.record_bytes as u64;
     }
-    let mut index = Index::default();
-    for (user, entries) in per_user {
-        index.load(user, entries);
-    }
-    index
+    (index, accounts)
 }

@@ -45,11 +45,14 @@ pub fn pending(log: &Log, to: u64) -> Vec<(u64, u64, Vec<u8>)> {
         .collect()
 }
 
-/// Segment files in a directory.
+/// Started segment files in a directory (the preparer's blank next segment, which may or
+/// may not exist yet, is not counted).
 pub fn segment_files(dir: &Path) -> usize {
     std::fs::read_dir(dir)
         .unwrap()
-        .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().ends_with(".seg"))
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().ends_with(".seg"))
+        .filter(|p| std::fs::read(p).unwrap().starts_with(&storage::record::SEGMENT_MAGIC))
         .count()
 }
 
