@@ -6,7 +6,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser, Debug)]
-#[command(name = "switchboard", version, about = "Switchboard messaging gateway appliance")]
+#[command(
+    name = "switchboard",
+    version,
+    about = "Switchboard messaging gateway appliance"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

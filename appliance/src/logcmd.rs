@@ -10,8 +10,11 @@ fn load_config(path: Option<&Path>) -> Result<LogConfig, String> {
         return Ok(LogConfig::default());
     };
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let config: LogConfig = toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
-    config.validate().map_err(|e| format!("{}: {e}", path.display()))?;
+    let config: LogConfig =
+        toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    config
+        .validate()
+        .map_err(|e| format!("{}: {e}", path.display()))?;
     Ok(config)
 }
 
@@ -24,7 +27,10 @@ pub fn inspect(dir: &Path, config: Option<&Path>, quiet: bool) -> ExitCode {
         }
     };
     if !dir.is_dir() {
-        eprintln!("switchboard log inspect: {}: no such log directory", dir.display());
+        eprintln!(
+            "switchboard log inspect: {}: no such log directory",
+            dir.display()
+        );
         return ExitCode::from(2);
     }
     let now = std::time::SystemTime::now()
@@ -53,7 +59,10 @@ pub fn inspect(dir: &Path, config: Option<&Path>, quiet: bool) -> ExitCode {
         ("damaged_headers", report.damaged_headers.to_string()),
         ("unknown_records", report.unknown_records.to_string()),
         ("disk_bytes", stats.disk_bytes.to_string()),
-        ("recovery_ms", format!("{:.1}", report.elapsed.as_secs_f64() * 1e3)),
+        (
+            "recovery_ms",
+            format!("{:.1}", report.elapsed.as_secs_f64() * 1e3),
+        ),
     ];
     for (k, v) in rows {
         println!("{k} = {v}");

@@ -85,7 +85,8 @@ fn durable_latency(seconds: u64, per_sec: Option<u64>) -> (Histogram<u64>, u64, 
     let dir = tempfile::tempdir().unwrap();
     let (mut log, _) = Log::open(dir.path(), config(Durability::Group), NOW).unwrap();
     let mut h = Histogram::<u64>::new_with_bounds(1, 10_000_000, 3).unwrap();
-    let mut waiting: std::collections::VecDeque<(storage::Lsn, Instant)> = std::collections::VecDeque::new();
+    let mut waiting: std::collections::VecDeque<(storage::Lsn, Instant)> =
+        std::collections::VecDeque::new();
     let start = Instant::now();
     let mut i = 0u64;
     while start.elapsed() < Duration::from_secs(seconds) {
@@ -164,7 +165,10 @@ fn main() {
     let n = if quick { 1_000_000 } else { 10_000_000 };
     let runs = if quick { 1 } else { 5 };
     println!("storage figures: 100-byte records, 64 MiB segments, {runs} runs (median)");
-    for (name, d) in [("none", Durability::None), ("group (1 ms)", Durability::Group)] {
+    for (name, d) in [
+        ("none", Durability::None),
+        ("group (1 ms)", Durability::Group),
+    ] {
         for users in [1_000, 100_000] {
             let (r, stalls, pre) = rate(d, n, runs, users);
             println!(
@@ -173,8 +177,16 @@ fn main() {
             );
         }
     }
-    let (r, _, _) = rate(Durability::Always, if quick { 2_000 } else { 20_000 }, 1, 1_000);
-    println!("append always        {:>6.2} k records/s   (msync per append)", r / 1e3);
+    let (r, _, _) = rate(
+        Durability::Always,
+        if quick { 2_000 } else { 20_000 },
+        1,
+        1_000,
+    );
+    println!(
+        "append always        {:>6.2} k records/s   (msync per append)",
+        r / 1e3
+    );
     for pace in [Some(100_000), Some(1_000_000), None] {
         let (h, appended, flush_max) = durable_latency(if quick { 1 } else { 5 }, pace);
         println!(
@@ -188,9 +200,19 @@ fn main() {
             flush_max
         );
     }
-    for (m, u) in [(1_000_000, 1_000), (1_000_000, 100_000), (1_000_000, 1_000_000)] {
-        println!("index: {m} pending over {u} users: {:.1} bytes per pending message", index_bytes(m, u));
+    for (m, u) in [
+        (1_000_000, 1_000),
+        (1_000_000, 100_000),
+        (1_000_000, 1_000_000),
+    ] {
+        println!(
+            "index: {m} pending over {u} users: {:.1} bytes per pending message",
+            index_bytes(m, u)
+        );
     }
-    let (gbs, ms) = recovery(if quick { 500_000 } else { 2_600_000 }, if quick { 1 } else { 3 });
+    let (gbs, ms) = recovery(
+        if quick { 500_000 } else { 2_600_000 },
+        if quick { 1 } else { 3 },
+    );
     println!("recovery scan: {gbs:.2} GB/s ({ms:.0} ms for the log, index rebuilt)");
 }

@@ -5,12 +5,19 @@ use std::time::Instant;
 use storage::{Durability, Log, LogConfig, NewMessage, UserId};
 
 fn main() {
-    let n: u64 = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(5_000_000);
+    let n: u64 = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(5_000_000);
     if let Ok(d) = std::env::var("RECOVER_DIR") {
         // Recovery only, of a log made by an earlier run with KEEP_DIR.
         let t = Instant::now();
         let (_log, report) = Log::open(&d, LogConfig::default(), 0).unwrap();
-        println!("reopen {:?} ({:.2} GB/s of records)", t.elapsed(), report.bytes as f64 / t.elapsed().as_secs_f64() / 1e9);
+        println!(
+            "reopen {:?} ({:.2} GB/s of records)",
+            t.elapsed(),
+            report.bytes as f64 / t.elapsed().as_secs_f64() / 1e9
+        );
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -21,7 +28,10 @@ fn main() {
         ..LogConfig::default()
     };
     let (mut log, _) = Log::open(dir.path(), config.clone(), 0).unwrap();
-    let users: u64 = std::env::var("USERS").ok().and_then(|u| u.parse().ok()).unwrap_or(100_000);
+    let users: u64 = std::env::var("USERS")
+        .ok()
+        .and_then(|u| u.parse().ok())
+        .unwrap_or(100_000);
     let t = Instant::now();
     // BACKLOG=k: once a user has k pending, each append also erases its oldest.
     let backlog: Option<u64> = std::env::var("BACKLOG").ok().and_then(|b| b.parse().ok());
@@ -29,7 +39,14 @@ fn main() {
     for i in 0..n {
         let to = UserId::new(1 + i % users).unwrap();
         let a = log
-            .append_message(&NewMessage { recipient: to, sender: to, msg_id: i, timestamp_ms: 1, expiry_ms: None, body: &[0x42; 36] })
+            .append_message(&NewMessage {
+                recipient: to,
+                sender: to,
+                msg_id: i,
+                timestamp_ms: 1,
+                expiry_ms: None,
+                body: &[0x42; 36],
+            })
             .unwrap();
         if let Some(k) = backlog {
             seqs.push_back((to, a.seq));
@@ -56,7 +73,12 @@ fn main() {
     }
     let t = Instant::now();
     let (_log, report) = Log::open(dir.path(), config, 0).unwrap();
-    println!("append {:.2} M/s; reopen {:?} ({:.2} GB/s of records)", n as f64 / append.as_secs_f64() / 1e6, t.elapsed(), report.bytes as f64 / t.elapsed().as_secs_f64() / 1e9);
+    println!(
+        "append {:.2} M/s; reopen {:?} ({:.2} GB/s of records)",
+        n as f64 / append.as_secs_f64() / 1e6,
+        t.elapsed(),
+        report.bytes as f64 / t.elapsed().as_secs_f64() / 1e9
+    );
 }
 
 /// Raw scan speed over heap copies of the segments (no mmap, no index): the floor.
@@ -80,7 +102,10 @@ fn raw_scan(dir: &std::path::Path) {
             }
         }
     }
-    println!("raw scan: {n} records, {:.2} GB/s", bytes as f64 / t.elapsed().as_secs_f64() / 1e9);
+    println!(
+        "raw scan: {n} records, {:.2} GB/s",
+        bytes as f64 / t.elapsed().as_secs_f64() / 1e9
+    );
 }
 
 #[allow(dead_code)]
@@ -109,5 +134,8 @@ fn raw_mmap_scan(dir: &std::path::Path, populate: bool) {
             }
         }
     }
-    println!("mmap scan (populate {populate}: {t1:?}): {:.2} GB/s", bytes as f64 / t.elapsed().as_secs_f64() / 1e9);
+    println!(
+        "mmap scan (populate {populate}: {t1:?}): {:.2} GB/s",
+        bytes as f64 / t.elapsed().as_secs_f64() / 1e9
+    );
 }

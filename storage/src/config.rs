@@ -12,7 +12,8 @@ pub const SEGMENT_BYTES_MAX: u64 = 1 << 30;
 // The largest record fits the default segment many times over; smaller segments cap
 // records at `record_bytes_max()`, which still leaves room for any wire frame (64 KiB).
 const _: () = assert!((RECORD_BYTES_MAX as u64) * 32 <= 64 << 20);
-const _: () = assert!(SEGMENT_HEADER_BYTES + SEAL_RECORD_BYTES + (64 << 10) < 2 * SEGMENT_BYTES_MIN as usize);
+const _: () =
+    assert!(SEGMENT_HEADER_BYTES + SEAL_RECORD_BYTES + (64 << 10) < 2 * SEGMENT_BYTES_MIN as usize);
 
 /// When an append counts as safe.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
@@ -116,7 +117,11 @@ impl LogConfig {
             return Err(bad("group_records", 0, "must be at least 1"));
         }
         if self.message_ttl_ms < 1000 {
-            return Err(bad("message_ttl_ms", self.message_ttl_ms, "must be at least 1000"));
+            return Err(bad(
+                "message_ttl_ms",
+                self.message_ttl_ms,
+                "must be at least 1000",
+            ));
         }
         for (field, v, min) in [
             ("user_messages_max", self.user_messages_max, 1),
@@ -141,7 +146,8 @@ impl LogConfig {
 
     /// Largest record that fits a segment beside its header and seal.
     pub fn record_bytes_max(&self) -> usize {
-        (self.segment_bytes as usize - SEGMENT_HEADER_BYTES - SEAL_RECORD_BYTES).min(RECORD_BYTES_MAX)
+        (self.segment_bytes as usize - SEGMENT_HEADER_BYTES - SEAL_RECORD_BYTES)
+            .min(RECORD_BYTES_MAX)
     }
 }
 

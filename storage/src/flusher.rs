@@ -73,7 +73,10 @@ impl Shared {
     }
 
     pub fn failure(&self) -> Option<String> {
-        self.failure.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     fn record_flush(&self, took: Duration) {
@@ -155,7 +158,13 @@ fn flush_once(
                 m.end = Some(end);
             }
         }
-        maps.insert(a.id, Mapped { map: a.map, end: None });
+        maps.insert(
+            a.id,
+            Mapped {
+                map: a.map,
+                end: None,
+            },
+        );
     }
     let durable = shared.durable();
     if written <= durable {
@@ -163,7 +172,11 @@ fn flush_once(
     }
     let started = Instant::now();
     for (&id, m) in maps.range(durable.segment()..=written.segment()) {
-        let from = if id == durable.segment() { durable.offset() as usize } else { 0 };
+        let from = if id == durable.segment() {
+            durable.offset() as usize
+        } else {
+            0
+        };
         let to = if id == written.segment() {
             written.offset() as usize
         } else {

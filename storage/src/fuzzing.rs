@@ -16,7 +16,8 @@ pub fn decode_records(data: &[u8]) {
                 rec.encode(&mut buf);
                 let framed = &data[at..at + len];
                 // Same framed bytes (padding is not checksummed).
-                let body = crate::record::RECORD_HEADER_BYTES + u32::from_le_bytes(framed[4..8].try_into().unwrap()) as usize;
+                let body = crate::record::RECORD_HEADER_BYTES
+                    + u32::from_le_bytes(framed[4..8].try_into().unwrap()) as usize;
                 assert_eq!(&buf[..body], &framed[..body]);
                 at += len;
             }
@@ -32,7 +33,9 @@ pub fn scan_segment(data: &[u8]) {
     let mut at = SEGMENT_HEADER_BYTES.min(data.len());
     for item in &mut scan {
         let (offset, len) = match item {
-            Item::Record { offset, len, .. } | Item::Unknown { offset, len, .. } | Item::Skipped { offset, len, .. } => (offset, len),
+            Item::Record { offset, len, .. }
+            | Item::Unknown { offset, len, .. }
+            | Item::Skipped { offset, len, .. } => (offset, len),
         };
         assert_eq!(offset, at);
         assert!(len > 0 && offset + len <= data.len());

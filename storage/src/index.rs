@@ -73,7 +73,12 @@ impl Index {
         q.find(seq).map(|i| q.entries[i])
     }
 
-    pub fn remove(&mut self, user: UserId, seq: MsgSeq, body_bytes: impl FnOnce(Lsn) -> u64) -> Option<Entry> {
+    pub fn remove(
+        &mut self,
+        user: UserId,
+        seq: MsgSeq,
+        body_bytes: impl FnOnce(Lsn) -> u64,
+    ) -> Option<Entry> {
         let q = self.users.get_mut(&user)?;
         let i = q.find(seq)?;
         let e = q.entries.remove(i).expect("found");
@@ -111,7 +116,14 @@ mod tests {
         let u = UserId::new(5).unwrap();
         let mut ix = Index::default();
         for s in 1..=5 {
-            ix.push(u, Entry { seq: MsgSeq(s), at: Lsn::new(SegmentId(1), s as u32 * 8) }, 10);
+            ix.push(
+                u,
+                Entry {
+                    seq: MsgSeq(s),
+                    at: Lsn::new(SegmentId(1), s as u32 * 8),
+                },
+                10,
+            );
         }
         assert_eq!(ix.messages, 5);
         assert!(ix.remove(u, MsgSeq(3), |_| 10).is_some());

@@ -12,7 +12,10 @@ use crate::config::{Durability, LogConfig};
 use crate::error::{Limit, StorageError};
 use crate::flusher::{Activation, Flusher, Preparer, Shared};
 use crate::index::{Entry, Index};
-use crate::record::{decode, MessageRecord, Record, SegmentHeader, FORMAT_VERSION, SEAL_RECORD_BYTES, SEGMENT_HEADER_BYTES};
+use crate::record::{
+    decode, MessageRecord, Record, SegmentHeader, FORMAT_VERSION, SEAL_RECORD_BYTES,
+    SEGMENT_HEADER_BYTES,
+};
 use crate::segment::{DirLock, Segment};
 use crate::types::{Lsn, MsgSeq, SegmentId, UserId};
 
@@ -147,8 +150,11 @@ impl Log {
             .map_err(StorageError::io("start preparer thread", dir))?;
         let flusher = match config.durability {
             Durability::Group => Some(
-                Flusher::start(Arc::clone(&shared), Duration::from_micros(config.group_interval_us))
-                    .map_err(StorageError::io("start flusher thread", dir))?,
+                Flusher::start(
+                    Arc::clone(&shared),
+                    Duration::from_micros(config.group_interval_us),
+                )
+                .map_err(StorageError::io("start flusher thread", dir))?,
             ),
             _ => None,
         };
@@ -189,7 +195,9 @@ impl Log {
     }
 
     pub(crate) fn active(&self) -> &SegState {
-        self.segments.back().expect("a log always has an active segment")
+        self.segments
+            .back()
+            .expect("a log always has an active segment")
     }
 
     pub(crate) fn seg_index(&self, id: SegmentId) -> Option<usize> {
@@ -240,9 +248,19 @@ impl Log {
         let written = self.written();
         let durable = self.durable();
         if written > durable {
-            for s in self.segments.iter().filter(|s| s.seg.id >= durable.segment()) {
-                let from = if s.seg.id == durable.segment() { durable.offset() as usize } else { 0 };
-                s.seg.flush(from, s.used).map_err(StorageError::io("msync", &s.seg.path))?;
+            for s in self
+                .segments
+                .iter()
+                .filter(|s| s.seg.id >= durable.segment())
+            {
+                let from = if s.seg.id == durable.segment() {
+                    durable.offset() as usize
+                } else {
+                    0
+                };
+                s.seg
+                    .flush(from, s.used)
+                    .map_err(StorageError::io("msync", &s.seg.path))?;
             }
             self.shared.set_durable(written);
         }
@@ -263,7 +281,9 @@ impl Log {
         write: impl FnOnce(&mut [u8]),
     ) -> Result<(Lsn, Lsn), StorageError> {
         if self.shared.failed.load(Ordering::Relaxed) {
-            return Err(StorageError::FlushFailed(self.shared.failure().unwrap_or_default()));
+            return Err(StorageError::FlushFailed(
+                self.shared.failure().unwrap_or_default(),
+            ));
         }
         let max = self.config.record_bytes_max();
         if len > max {
@@ -300,7 +320,11 @@ impl Log {
             }
             Durability::Always => {
                 let s = self.active();
-                let from = if start.segment() == end.segment() { start.offset() as usize } else { 0 };
+                let from = if start.segment() == end.segment() {
+                    start.offset() as usize
+                } else {
+                    0
+                };
                 s.seg
                     .flush(from, end.offset() as usize)
                     .map_err(StorageError::io("msync", &s.seg.path))?;
@@ -344,13 +368,16 @@ impl Log {
                 // Cannot happen (one request in flight); refuse rather than misnumber.
                 let _ = std::fs::remove_file(&seg.path);
                 self.preparer.request(next);
-                return Err(StorageError::io("prepare segment", &self.dir)(std::io::Error::other(
-                    format!("prepared {:?}, wanted {:?}", seg.id, next),
-                )));
+                return Err(StorageError::io("prepare segment", &self.dir)(
+                    std::io::Error::other(format!("prepared {:?}, wanted {:?}", seg.id, next)),
+                ));
             }
             Err(e) => {
                 self.preparer.request(next);
-                return Err(StorageError::io("prepare segment", self.dir.join(next.file_name()))(e));
+                return Err(StorageError::io(
+                    "prepare segment",
+                    self.dir.join(next.file_name()),
+                )(e));
             }
         };
         let header = SegmentHeader {
@@ -375,7 +402,8 @@ impl Log {
                 prev_end: Some(prev),
             });
         }
-        self.segments.push_back(SegState::new(seg, SEGMENT_HEADER_BYTES));
+        self.segments
+            .push_back(SegState::new(seg, SEGMENT_HEADER_BYTES));
         self.stats.rollovers += 1;
         self.preparer.request(SegmentId(next.0 + 1));
         let start = Lsn::new(next, SEGMENT_HEADER_BYTES as u32);
@@ -397,7 +425,12 @@ impl Log {
         for (limit, now, add, max) in [
             (Limit::UserMessages, user_msgs, 1, c.user_messages_max),
             (Limit::UserBytes, user_bytes, body, c.user_bytes_max),
-            (Limit::ShardMessages, self.index.messages, 1, c.shard_messages_max),
+            (
+                Limit::ShardMessages,
+                self.index.messages,
+                1,
+                c.shard_messages_max,
+            ),
             (Limit::ShardBytes, self.index.bytes, body, c.shard_bytes_max),
         ] {
             if now + add > max {
@@ -441,7 +474,10 @@ impl Log {
             seq,
             target,
         })?;
-        self.segments.back_mut().expect("active").add_tombstone(target);
+        self.segments
+            .back_mut()
+            .expect("active")
+            .add_tombstone(target);
         self.kill_message(recipient, seq);
         self.stats.erases += 1;
         Ok(Some(end))
@@ -452,7 +488,10 @@ impl Log {
         let mut rec_bytes = 0;
         let segments = &self.segments;
         let found = self.index.remove(recipient, seq, |at| {
-            let Some(i) = segments.binary_search_by_key(&at.segment(), |s| s.seg.id).ok() else {
+            let Some(i) = segments
+                .binary_search_by_key(&at.segment(), |s| s.seg.id)
+                .ok()
+            else {
                 return 0;
             };
             match decode(&segments[i].seg.bytes()[at.offset() as usize..]) {
@@ -473,7 +512,9 @@ impl Log {
 
     /// Stores or replaces an account value.
     pub fn put_account(&mut self, key: &[u8], value: &[u8]) -> Result<Lsn, StorageError> {
-        if !self.accounts.contains_key(key) && self.accounts.len() as u64 >= self.config.accounts_max {
+        if !self.accounts.contains_key(key)
+            && self.accounts.len() as u64 >= self.config.accounts_max
+        {
             return Err(StorageError::Full {
                 limit: Limit::Accounts,
                 max: self.config.accounts_max,
@@ -509,7 +550,10 @@ impl Log {
         let rec = Record::AccountDelete { key, target };
         rec.check()?;
         let (_, end) = self.append(&rec)?;
-        self.segments.back_mut().expect("active").add_tombstone(target);
+        self.segments
+            .back_mut()
+            .expect("active")
+            .add_tombstone(target);
         let old = self.accounts.remove(key).expect("present");
         self.unlive(old.at, old.record_bytes);
         Ok(Some(end))

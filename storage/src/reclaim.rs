@@ -48,7 +48,11 @@ impl Log {
     /// Does up to about `budget_bytes` of reclaim work: sweeps expired messages, deletes
     /// dead segments, compacts sparse ones. Call it regularly (the router does it each
     /// tick). `now_ms` decides expiry.
-    pub fn maintain(&mut self, now_ms: u64, budget_bytes: usize) -> Result<MaintainReport, StorageError> {
+    pub fn maintain(
+        &mut self,
+        now_ms: u64,
+        budget_bytes: usize,
+    ) -> Result<MaintainReport, StorageError> {
         let mut r = MaintainReport::default();
         let mut budget = budget_bytes;
         self.delete_ready(&mut r)?;
@@ -86,14 +90,19 @@ impl Log {
 
     fn dead(&self, i: usize) -> bool {
         let s = &self.segments[i];
-        s.live_records == 0 && s.tombstone_target.is_none_or(|t| !self.tombstone_live(s.seg.id, t))
+        s.live_records == 0
+            && s.tombstone_target
+                .is_none_or(|t| !self.tombstone_live(s.seg.id, t))
     }
 
     fn schedule_dead(&mut self) {
         let written = self.written();
         for i in 0..self.segments.len() - 1 {
             let id = self.segments[i].seg.id;
-            if self.dead(i) && !self.scheduled(id) && self.reclaim.compacting.is_none_or(|(c, _)| c != id) {
+            if self.dead(i)
+                && !self.scheduled(id)
+                && self.reclaim.compacting.is_none_or(|(c, _)| c != id)
+            {
                 self.reclaim.deletes.push((id, written));
             }
         }
@@ -109,12 +118,15 @@ impl Log {
                 continue;
             }
             self.reclaim.deletes.swap_remove(i);
-            let Some(pos) = self.seg_index(id) else { continue };
+            let Some(pos) = self.seg_index(id) else {
+                continue;
+            };
             if self.is_active(id) || !self.dead(pos) {
                 continue; // something made it live again (cannot happen today; be safe)
             }
             let st = self.segments.remove(pos).expect("present");
-            std::fs::remove_file(&st.seg.path).map_err(StorageError::io("delete segment", &st.seg.path))?;
+            std::fs::remove_file(&st.seg.path)
+                .map_err(StorageError::io("delete segment", &st.seg.path))?;
             if self.reclaim.expiring.is_some_and(|(e, _, _)| e == id) {
                 self.reclaim.expiring = None;
             }
@@ -131,7 +143,9 @@ impl Log {
                 .find(|s| s.min_expiry_ms <= now_ms && s.live_records > 0)
                 .map(|s| (s.seg.id, SEGMENT_HEADER_BYTES, u64::MAX));
         }
-        let Some((id, mut at, mut min)) = self.reclaim.expiring else { return };
+        let Some((id, mut at, mut min)) = self.reclaim.expiring else {
+            return;
+        };
         let Some(pos) = self.seg_index(id) else {
             self.reclaim.expiring = None;
             return;
@@ -151,11 +165,21 @@ impl Log {
                     break;
                 };
                 let (offset, len) = match item {
-                    Item::Record { offset, len, .. } | Item::Unknown { offset, len, .. } | Item::Skipped { offset, len, .. } => (offset, len),
+                    Item::Record { offset, len, .. }
+                    | Item::Unknown { offset, len, .. }
+                    | Item::Skipped { offset, len, .. } => (offset, len),
                 };
-                if let Item::Record { record: Record::Message(m), .. } = item {
+                if let Item::Record {
+                    record: Record::Message(m),
+                    ..
+                } = item
+                {
                     let here = Lsn::new(id, offset as u32);
-                    if self.index.get(m.recipient, m.seq).is_some_and(|e| e.at == here) {
+                    if self
+                        .index
+                        .get(m.recipient, m.seq)
+                        .is_some_and(|e| e.at == here)
+                    {
                         if m.expiry_ms <= now_ms {
                             doomed.push((m.recipient, m.seq));
                         } else {
@@ -192,13 +216,20 @@ impl Log {
             .map(|s| s.seg.id)
     }
 
-    fn compact_some(&mut self, budget: &mut usize, r: &mut MaintainReport) -> Result<(), StorageError> {
+    fn compact_some(
+        &mut self,
+        budget: &mut usize,
+        r: &mut MaintainReport,
+    ) -> Result<(), StorageError> {
         let mut scratch = Vec::new();
         while *budget > 0 {
             if self.reclaim.compacting.is_none() {
-                self.reclaim.compacting = self.pick_compaction().map(|id| (id, SEGMENT_HEADER_BYTES));
+                self.reclaim.compacting =
+                    self.pick_compaction().map(|id| (id, SEGMENT_HEADER_BYTES));
             }
-            let Some((id, at)) = self.reclaim.compacting else { return Ok(()) };
+            let Some((id, at)) = self.reclaim.compacting else {
+                return Ok(());
+            };
             let Some(pos) = self.seg_index(id) else {
                 self.reclaim.compacting = None;
                 continue;
@@ -209,7 +240,11 @@ impl Log {
                 let mut scan = Scanner::at(&st.seg.bytes()[..st.used], at);
                 match scan.next() {
                     None => (None, None),
-                    Some(Item::Record { offset, len, record }) => {
+                    Some(Item::Record {
+                        offset,
+                        len,
+                        record,
+                    }) => {
                         let live = self.live_in(id, Lsn::new(id, offset as u32), &record);
                         if live {
                             scratch.clear();
@@ -217,7 +252,9 @@ impl Log {
                         }
                         (Some(offset + len), live.then_some(record_kind(&record)))
                     }
-                    Some(Item::Unknown { offset, len, .. } | Item::Skipped { offset, len, .. }) => (Some(offset + len), None),
+                    Some(Item::Unknown { offset, len, .. } | Item::Skipped { offset, len, .. }) => {
+                        (Some(offset + len), None)
+                    }
                 }
             };
             let Some(next) = next else {
@@ -244,7 +281,10 @@ impl Log {
 
     fn live_in(&self, owner: SegmentId, here: Lsn, record: &Record<'_>) -> bool {
         match record {
-            Record::Message(m) => self.index.get(m.recipient, m.seq).is_some_and(|e| e.at == here),
+            Record::Message(m) => self
+                .index
+                .get(m.recipient, m.seq)
+                .is_some_and(|e| e.at == here),
             Record::AccountPut { key, .. } => self.accounts.get(*key).is_some_and(|a| a.at == here),
             Record::Erase { target, .. } => self.tombstone_live(owner, *target),
             // Keys are reused: once the key has a newer value, that value (later in the
@@ -258,7 +298,13 @@ impl Log {
     }
 
     /// Appends a copy of a live record and moves everything that pointed at it.
-    fn copy_forward(&mut self, from: SegmentId, old: Lsn, bytes: &[u8], kind: Copied) -> Result<(), StorageError> {
+    fn copy_forward(
+        &mut self,
+        from: SegmentId,
+        old: Lsn,
+        bytes: &[u8],
+        kind: Copied,
+    ) -> Result<(), StorageError> {
         let (start, _) = self.append_with(bytes.len(), |buf| buf.copy_from_slice(bytes))?;
         let (record, len) = crate::record::decode(bytes).expect("copied a valid record");
         let len64 = len as u64;
@@ -274,8 +320,14 @@ impl Log {
                     a.at = start;
                 }
             }
-            (Copied::Tombstone, Record::Erase { target, .. } | Record::AccountDelete { target, .. }) => {
-                self.segments.back_mut().expect("active").add_tombstone(target);
+            (
+                Copied::Tombstone,
+                Record::Erase { target, .. } | Record::AccountDelete { target, .. },
+            ) => {
+                self.segments
+                    .back_mut()
+                    .expect("active")
+                    .add_tombstone(target);
                 return Ok(());
             }
             _ => unreachable!("kind matches the record"),

@@ -506,9 +506,8 @@ mod tests {
             let framed = RECORD_HEADER_BYTES + rec.body_len();
             let bit = bit % (framed * 8);
             buf[bit / 8] ^= 1 << (bit % 8);
-            match decode(&buf[..len]) {
-                Ok((r, _)) => prop_assert!(false, "flip at bit {} decoded as {:?}", bit, r),
-                Err(_) => {}
+            if let Ok((r, _)) = decode(&buf[..len]) {
+                prop_assert!(false, "flip at bit {} decoded as {:?}", bit, r);
             }
         }
 
@@ -538,7 +537,10 @@ mod tests {
             expiry_ms: 0,
             body: &big,
         });
-        assert_eq!(m.check(), Err(EncodeError::BodyTooLarge(BODY_BYTES_MAX + 1)));
+        assert_eq!(
+            m.check(),
+            Err(EncodeError::BodyTooLarge(BODY_BYTES_MAX + 1))
+        );
         let p = Record::AccountPut {
             key: b"",
             value: b"",
@@ -548,9 +550,7 @@ mod tests {
 
     #[test]
     fn short_input_is_incomplete_not_invalid() {
-        let rec = Record::Seal {
-            next: SegmentId(3),
-        };
+        let rec = Record::Seal { next: SegmentId(3) };
         let mut buf = [0u8; SEAL_RECORD_BYTES];
         rec.encode(&mut buf);
         assert!(matches!(

@@ -67,7 +67,10 @@ impl RecoveryReport {
 
     /// True when nothing was damaged.
     pub fn clean(&self) -> bool {
-        self.skipped_ranges == 0 && self.torn_bytes_cut == 0 && self.damaged_headers == 0 && self.files_set_aside == 0
+        self.skipped_ranges == 0
+            && self.torn_bytes_cut == 0
+            && self.damaged_headers == 0
+            && self.files_set_aside == 0
     }
 }
 
@@ -138,7 +141,11 @@ struct SegScan {
 impl Log {
     /// Opens (creating if needed) the log in `dir`, recovering what is there.
     /// `now_ms` decides which messages have expired.
-    pub fn open(dir: impl AsRef<Path>, config: LogConfig, now_ms: u64) -> Result<(Log, RecoveryReport), StorageError> {
+    pub fn open(
+        dir: impl AsRef<Path>,
+        config: LogConfig,
+        now_ms: u64,
+    ) -> Result<(Log, RecoveryReport), StorageError> {
         let started = Instant::now();
         let dir = dir.as_ref();
         config.validate()?;
@@ -168,22 +175,35 @@ impl Log {
                 Ok(h) => {
                     if h.segment != *id {
                         report.damaged_headers += 1;
-                        report.note(format!("{}: header names segment {:?}", path.display(), h.segment));
+                        report.note(format!(
+                            "{}: header names segment {:?}",
+                            path.display(),
+                            h.segment
+                        ));
                     }
                     next_seq = next_seq.max(h.seq_base);
                 }
-                Err(HeaderError::Blank) if first_nonzero(&seg.bytes()[SEGMENT_HEADER_BYTES..]).is_none() => {
+                Err(HeaderError::Blank)
+                    if first_nonzero(&seg.bytes()[SEGMENT_HEADER_BYTES..]).is_none() =>
+                {
                     // Blank in the middle of the log: nothing in it, nothing lost.
-                    std::fs::remove_file(path).map_err(StorageError::io("remove blank segment", path))?;
+                    std::fs::remove_file(path)
+                        .map_err(StorageError::io("remove blank segment", path))?;
                     report.blank_segments_removed += 1;
                     continue;
                 }
                 Err(HeaderError::NewerVersion(version)) => {
-                    return Err(StorageError::NewerFormat { path: path.clone(), version });
+                    return Err(StorageError::NewerFormat {
+                        path: path.clone(),
+                        version,
+                    });
                 }
                 Err(e) => {
                     report.damaged_headers += 1;
-                    report.note(format!("{}: {e}; reading its records anyway", path.display()));
+                    report.note(format!(
+                        "{}: {e}; reading its records anyway",
+                        path.display()
+                    ));
                 }
             }
             if !last {
@@ -195,8 +215,15 @@ impl Log {
         report.segments = segs.len() as u64;
 
         // Phase 2: scan the segments on worker threads.
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(segs.len()).max(1);
-        let estimate = segs.iter().map(|s| s.len() / 104).sum::<usize>().min(1 << 28);
+        let threads = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(segs.len())
+            .max(1);
+        let estimate = segs
+            .iter()
+            .map(|s| s.len() / 104)
+            .sum::<usize>()
+            .min(1 << 28);
         let (scans, collected) = scan_all(&segs, threads, estimate / threads, now_ms);
         report.scan_threads = threads as u64;
 
@@ -212,7 +239,10 @@ impl Log {
             for (offset, len, error) in scan.skipped {
                 report.skipped_ranges += 1;
                 report.skipped_bytes += len as u64;
-                report.note(format!("{}: skipped {len} bytes at {offset} ({error})", path.display()));
+                report.note(format!(
+                    "{}: skipped {len} bytes at {offset} ({error})",
+                    path.display()
+                ));
             }
             let end = scan.end;
             let last = i + 1 == n;
@@ -220,7 +250,12 @@ impl Log {
                 if last {
                     seg.bytes_mut()[end.offset..end.offset + end.torn_bytes].fill(0);
                     report.torn_bytes_cut += end.torn_bytes as u64;
-                    report.note(format!("{}: cut a torn tail of {} bytes at {}", path.display(), end.torn_bytes, end.offset));
+                    report.note(format!(
+                        "{}: cut a torn tail of {} bytes at {}",
+                        path.display(),
+                        end.torn_bytes,
+                        end.offset
+                    ));
                 } else {
                     report.skipped_ranges += 1;
                     report.skipped_bytes += end.torn_bytes as u64;
@@ -241,7 +276,9 @@ impl Log {
             next_seq = next_seq.max(c.max_seq + 1);
         }
         if segments.back().is_none_or(|s| s.sealed) {
-            let id = segments.back().map_or(SegmentId(1), |s| SegmentId(s.seg.id.0 + 1));
+            let id = segments
+                .back()
+                .map_or(SegmentId(1), |s| SegmentId(s.seg.id.0 + 1));
             let mut seg = Segment::create(dir, id, config.segment_bytes, config.prefault)
                 .map_err(StorageError::io("create segment", dir.join(id.file_name())))?;
             let header = SegmentHeader {
@@ -263,7 +300,12 @@ impl Log {
 
 /// Scans every segment; workers take segments in turn. Returns each segment's scan (in
 /// segment order) and each worker's collection.
-fn scan_all(segs: &[Segment], threads: usize, estimate: usize, now_ms: u64) -> (Vec<SegScan>, Vec<Collected>) {
+fn scan_all(
+    segs: &[Segment],
+    threads: usize,
+    estimate: usize,
+    now_ms: u64,
+) -> (Vec<SegScan>, Vec<Collected>) {
     let next = AtomicUsize::new(0);
     let results: Mutex<Vec<Option<SegScan>>> = Mutex::new((0..segs.len()).map(|_| None).collect());
     let work = || {
@@ -281,7 +323,10 @@ fn scan_all(segs: &[Segment], threads: usize, estimate: usize, now_ms: u64) -> (
     } else {
         std::thread::scope(|s| {
             let handles: Vec<_> = (0..threads).map(|_| s.spawn(work)).collect();
-            handles.into_iter().map(|h| h.join().expect("scan thread panicked")).collect()
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("scan thread panicked"))
+                .collect()
         })
     };
     let scans = results
@@ -298,21 +343,34 @@ fn scan_segment(seg: &Segment, now_ms: u64, c: &mut Collected) -> SegScan {
     let mut scan = Scanner::new(seg.bytes());
     for item in &mut scan {
         match item {
-            Item::Record { offset, len, record } => {
+            Item::Record {
+                offset,
+                len,
+                record,
+            } => {
                 out.records += 1;
                 out.bytes += len as u64;
                 let at = Lsn::new(seg.id, offset as u32);
                 collect(record, at, len, now_ms, &mut out, c);
             }
             Item::Unknown { .. } => out.unknown += 1,
-            Item::Skipped { offset, len, error } => out.skipped.push((offset, len, error.to_string())),
+            Item::Skipped { offset, len, error } => {
+                out.skipped.push((offset, len, error.to_string()))
+            }
         }
     }
     out.end = scan.end().expect("scan finished");
     out
 }
 
-fn collect(record: Record<'_>, at: Lsn, len: usize, now_ms: u64, out: &mut SegScan, c: &mut Collected) {
+fn collect(
+    record: Record<'_>,
+    at: Lsn,
+    len: usize,
+    now_ms: u64,
+    out: &mut SegScan,
+    c: &mut Collected,
+) {
     match record {
         Record::Message(m) => {
             c.max_seq = c.max_seq.max(m.seq.0);
@@ -331,7 +389,11 @@ fn collect(record: Record<'_>, at: Lsn, len: usize, now_ms: u64, out: &mut SegSc
                 expiry_ms: m.expiry_ms,
             });
         }
-        Record::Erase { recipient, seq, target } => {
+        Record::Erase {
+            recipient,
+            seq,
+            target,
+        } => {
             let p = c.part(recipient);
             c.erased[p].push((recipient, seq));
             out.tombstone = out.tombstone.max(Some(target));
@@ -356,7 +418,11 @@ fn list_segments(dir: &Path) -> Result<Vec<(SegmentId, PathBuf)>, StorageError> 
     let mut files = vec![];
     for entry in std::fs::read_dir(dir).map_err(StorageError::io("read directory", dir))? {
         let entry = entry.map_err(StorageError::io("read directory", dir))?;
-        if let Some(id) = entry.file_name().to_str().and_then(SegmentId::from_file_name) {
+        if let Some(id) = entry
+            .file_name()
+            .to_str()
+            .and_then(SegmentId::from_file_name)
+        {
             files.push((id, entry.path()));
         }
     }
@@ -389,7 +455,11 @@ fn remove_blank_tail(
     Ok(())
 }
 
-fn set_aside(path: &Path, why: &io::Error, report: &mut RecoveryReport) -> Result<(), StorageError> {
+fn set_aside(
+    path: &Path,
+    why: &io::Error,
+    report: &mut RecoveryReport,
+) -> Result<(), StorageError> {
     let mut aside = path.as_os_str().to_owned();
     aside.push(".damaged");
     std::fs::rename(path, &aside).map_err(StorageError::io("set aside damaged segment", path))?;
@@ -397,6 +467,9 @@ fn set_aside(path: &Path, why: &io::Error, report: &mut RecoveryReport) -> Resul
     report.note(format!("{}: {why}; renamed to *.damaged", path.display()));
     Ok(())
 }
+
+/// One partition's output from every scanning thread: messages seen, erases seen.
+type Partition = (Vec<Vec<Seen>>, Vec<Vec<(UserId, MsgSeq)>>);
 
 /// Per user: order by sequence number, keep the newest copy of each message (compaction
 /// made the later ones), drop the erased; count what is live per segment. Accounts:
@@ -407,9 +480,11 @@ fn build_index(
     report: &mut RecoveryReport,
 ) -> (Index, AHashMap<Box<[u8]>, Account>) {
     let pos = |segments: &VecDeque<SegState>, id: SegmentId| {
-        segments.binary_search_by_key(&id, |s| s.seg.id).expect("record from a known segment")
+        segments
+            .binary_search_by_key(&id, |s| s.seg.id)
+            .expect("record from a known segment")
     };
-    let mut parts: Vec<(Vec<Vec<Seen>>, Vec<Vec<(UserId, MsgSeq)>>)> = (0..PARTITIONS).map(|_| Default::default()).collect();
+    let mut parts: Vec<Partition> = (0..PARTITIONS).map(|_| Default::default()).collect();
     let mut account_ops = vec![];
     for c in collected {
         for (p, (seen, erased)) in c.seen.into_iter().zip(c.erased).enumerate() {
@@ -447,7 +522,13 @@ fn build_index(
                 s.live_records += 1;
                 s.live_bytes += m.record_bytes as u64;
                 s.min_expiry_ms = s.min_expiry_ms.min(m.expiry_ms);
-                entries.push((Entry { seq: m.seq, at: m.at }, m.body_bytes as u64));
+                entries.push((
+                    Entry {
+                        seq: m.seq,
+                        at: m.at,
+                    },
+                    m.body_bytes as u64,
+                ));
             }
             report.messages_live += entries.len() as u64;
             if !entries.is_empty() {
@@ -459,8 +540,18 @@ fn build_index(
     let mut accounts: AHashMap<Box<[u8]>, Account> = AHashMap::new();
     for (at, key, op) in account_ops {
         match op {
-            AccountOp::Put { value, record_bytes } => {
-                accounts.insert(key, Account { value, at, record_bytes });
+            AccountOp::Put {
+                value,
+                record_bytes,
+            } => {
+                accounts.insert(
+                    key,
+                    Account {
+                        value,
+                        at,
+                        record_bytes,
+                    },
+                );
             }
             AccountOp::Delete => {
                 accounts.remove(&key);

@@ -257,8 +257,10 @@ mod tests {
         buf[offs[1] + 20] ^= 0xff;
         let items: Vec<_> = Scanner::new(&buf).collect();
         assert_eq!(items.len(), 3);
-        assert!(matches!(items[1], Item::Skipped { offset, len, error: DecodeError::Checksum }
-            if offset == offs[1] && len == offs[2] - offs[1]));
+        assert!(
+            matches!(items[1], Item::Skipped { offset, len, error: DecodeError::Checksum }
+            if offset == offs[1] && len == offs[2] - offs[1])
+        );
     }
 
     #[test]

@@ -86,7 +86,10 @@ mod tests {
     fn user_id_bounds() {
         assert!(UserId::new(0).is_none());
         assert!(UserId::new(UserId::MAX + 1).is_none());
-        assert_eq!(UserId::new(15551234567).unwrap().to_string(), "+15551234567");
+        assert_eq!(
+            UserId::new(15551234567).unwrap().to_string(),
+            "+15551234567"
+        );
     }
 
     #[test]

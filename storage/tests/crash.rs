@@ -51,7 +51,11 @@ struct Ops {
 
 impl Ops {
     fn new(seed: u64) -> Self {
-        Ops { rng: Rng(seed), next_id: 0, pending: BTreeMap::new() }
+        Ops {
+            rng: Rng(seed),
+            next_id: 0,
+            pending: BTreeMap::new(),
+        }
     }
     fn next(&mut self) -> Op {
         let erase = self.rng.below(10) < 4;
@@ -59,12 +63,22 @@ impl Ops {
         let q = self.pending.entry(to).or_default();
         if erase && !q.is_empty() {
             // Mostly the oldest (in-order acks), sometimes any.
-            let i = if self.rng.below(4) == 0 { self.rng.below(q.len() as u64) as usize } else { 0 };
-            Op::Erase { to, id: q.remove(i) }
+            let i = if self.rng.below(4) == 0 {
+                self.rng.below(q.len() as u64) as usize
+            } else {
+                0
+            };
+            Op::Erase {
+                to,
+                id: q.remove(i),
+            }
         } else {
             self.next_id += 1;
             q.push(self.next_id);
-            Op::Append { to, id: self.next_id }
+            Op::Append {
+                to,
+                id: self.next_id,
+            }
         }
     }
 }
@@ -90,7 +104,10 @@ fn config() -> LogConfig {
 #[test]
 #[ignore = "child process of crash_recovery_keeps_everything_durable"]
 fn crash_child() {
-    let (Ok(dir), Ok(seed)) = (std::env::var("SB_CRASH_DIR"), std::env::var("SB_CRASH_SEED")) else {
+    let (Ok(dir), Ok(seed)) = (
+        std::env::var("SB_CRASH_DIR"),
+        std::env::var("SB_CRASH_SEED"),
+    ) else {
         return;
     };
     let mut ops = Ops::new(seed.parse().unwrap());
@@ -147,7 +164,13 @@ fn crash_child() {
 fn one_round(round: u64, seed: u64) -> (u64, usize) {
     let dir = tempfile::tempdir().unwrap();
     let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["crash_child", "--exact", "--ignored", "--nocapture", "--test-threads=1"])
+        .args([
+            "crash_child",
+            "--exact",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env("SB_CRASH_DIR", dir.path())
         .env("SB_CRASH_SEED", seed.to_string())
         .stdout(Stdio::piped())
@@ -163,7 +186,10 @@ fn one_round(round: u64, seed: u64) -> (u64, usize) {
                 let Ok(line) = line else { break };
                 if let Some(rest) = line.strip_prefix("durable ") {
                     let (n, id) = rest.split_once(' ').expect("durable N ID");
-                    lines.lock().unwrap().push((n.parse().unwrap(), id.parse().unwrap()));
+                    lines
+                        .lock()
+                        .unwrap()
+                        .push((n.parse().unwrap(), id.parse().unwrap()));
                 }
             }
         })
@@ -185,7 +211,10 @@ fn one_round(round: u64, seed: u64) -> (u64, usize) {
     let progress = std::fs::read(format!("{}.progress", dir.path().display())).unwrap();
     let completed = u64::from_le_bytes(progress[..8].try_into().unwrap());
     let _ = std::fs::remove_file(format!("{}.progress", dir.path().display()));
-    assert!(completed > durable_op, "round {round} seed {seed}: progress {completed} behind durable {durable_op}");
+    assert!(
+        completed > durable_op,
+        "round {round} seed {seed}: progress {completed} behind durable {durable_op}"
+    );
 
     // Replay the same operations. Required (the contract): every append up to
     // the last durable op is there unless erased, every erase up to it sticks. Also true
@@ -199,7 +228,10 @@ fn one_round(round: u64, seed: u64) -> (u64, usize) {
     for n in 0..=completed {
         let op = ops.next();
         if n == durable_op {
-            assert_eq!(ops.next_id, durable_id, "round {round} seed {seed}: the replay diverged from the child");
+            assert_eq!(
+                ops.next_id, durable_id,
+                "round {round} seed {seed}: the replay diverged from the child"
+            );
             durable_present = must.len() + usize::from(matches!(op, Op::Append { .. }));
         }
         match (op, n == completed) {
@@ -219,12 +251,20 @@ fn one_round(round: u64, seed: u64) -> (u64, usize) {
     }
     let (log, report) = Log::open(dir.path(), config(), NOW)
         .unwrap_or_else(|e| panic!("round {round} seed {seed}: reopen failed: {e}"));
-    assert_eq!(report.skipped_ranges, 0, "round {round} seed {seed}: {report:?}");
+    assert_eq!(
+        report.skipped_ranges, 0,
+        "round {round} seed {seed}: {report:?}"
+    );
     let mut found = BTreeSet::new();
     for to in 1..=USERS {
         let mut last_id = 0;
         for m in log.pending(user(to), NOW) {
-            assert_eq!(m.body, &body(m.msg_id)[..], "round {round} seed {seed}: body of {}", m.msg_id);
+            assert_eq!(
+                m.body,
+                &body(m.msg_id)[..],
+                "round {round} seed {seed}: body of {}",
+                m.msg_id
+            );
             assert!(m.msg_id > last_id, "round {round} seed {seed}: order");
             last_id = m.msg_id;
             found.insert((to, m.msg_id));
@@ -250,8 +290,14 @@ fn one_round(round: u64, seed: u64) -> (u64, usize) {
 
 #[test]
 fn crash_recovery_keeps_everything_durable() {
-    let rounds: u64 = std::env::var("CRASH_ITERATIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(12);
-    let base = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
+    let rounds: u64 = std::env::var("CRASH_ITERATIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(12);
+    let base = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
     let mut ops_total = 0;
     for round in 0..rounds {
         let seed = base.wrapping_add(round.wrapping_mul(0x9E37_79B9));
@@ -266,7 +312,10 @@ fn crash_recovery_keeps_everything_durable() {
 /// exactly the messages the model says are pending (checks compaction + recovery alone).
 #[test]
 fn the_crash_workload_recovers_exactly_after_a_clean_close() {
-    let seeds: u64 = std::env::var("CLEAN_SEEDS").ok().and_then(|v| v.parse().ok()).unwrap_or(1);
+    let seeds: u64 = std::env::var("CLEAN_SEEDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
     for seed in 0..seeds {
         clean_round(42 + seed);
     }
@@ -281,11 +330,16 @@ fn clean_round(seed: u64) {
     for n in 0u64..150_000 {
         match ops.next() {
             Op::Append { to, id } => {
-                seqs.insert(id, log.append_message(&msg(to, 99, id, &body(id))).unwrap().seq);
+                seqs.insert(
+                    id,
+                    log.append_message(&msg(to, 99, id, &body(id))).unwrap().seq,
+                );
                 present.insert((to, id));
             }
             Op::Erase { to, id } => {
-                log.erase(user(to), seqs.remove(&id).unwrap()).unwrap().expect("pending");
+                log.erase(user(to), seqs.remove(&id).unwrap())
+                    .unwrap()
+                    .expect("pending");
                 present.remove(&(to, id));
             }
         }
@@ -300,7 +354,10 @@ fn clean_round(seed: u64) {
         }
     }
     let stats = log.stats();
-    assert!(stats.compacted_records > 0 && stats.segments_deleted > 0, "{stats:?}");
+    assert!(
+        stats.compacted_records > 0 && stats.segments_deleted > 0,
+        "{stats:?}"
+    );
     drop(log);
     let (log, report) = Log::open(dir.path(), config(), NOW).unwrap();
     assert!(report.clean(), "{report:?}");
@@ -309,5 +366,8 @@ fn clean_round(seed: u64) {
         .collect();
     let lost: Vec<_> = present.difference(&live).take(20).collect();
     let extra: Vec<_> = live.difference(&present).take(20).collect();
-    assert!(lost.is_empty() && extra.is_empty(), "seed {seed}: lost {lost:?} extra {extra:?}");
+    assert!(
+        lost.is_empty() && extra.is_empty(),
+        "seed {seed}: lost {lost:?} extra {extra:?}"
+    );
 }

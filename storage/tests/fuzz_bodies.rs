@@ -21,7 +21,10 @@ fn valid_segment(bodies: &[Vec<u8>]) -> Vec<u8> {
     for (i, b) in bodies.iter().enumerate() {
         let u = UserId::new(1 + i as u64).unwrap();
         let r = if i % 3 == 2 {
-            Record::AccountPut { key: b"k", value: b }
+            Record::AccountPut {
+                key: b"k",
+                value: b,
+            }
         } else {
             Record::Message(MessageRecord {
                 recipient: u,

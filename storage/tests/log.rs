@@ -18,7 +18,9 @@ fn messages_survive_reopen_in_order_in_every_durability() {
             let mut log = open(dir.path(), &config);
             for i in 0..300u64 {
                 let body = format!("message {i} {}", "x".repeat((i % 400) as usize));
-                let a = log.append_message(&msg(2, 1 + i % 3, i, body.as_bytes())).unwrap();
+                let a = log
+                    .append_message(&msg(2, 1 + i % 3, i, body.as_bytes()))
+                    .unwrap();
                 assert!(a.lsn <= log.written());
                 expect.push((1 + i % 3, i, body.into_bytes()));
             }
@@ -28,7 +30,10 @@ fn messages_survive_reopen_in_order_in_every_durability() {
         }
         let log = open(dir.path(), &config);
         assert_eq!(pending(&log, 2), expect, "{d:?}");
-        assert!(log.stats().segments > 1, "300 messages span segments of 64 KiB");
+        assert!(
+            log.stats().segments > 1,
+            "300 messages span segments of 64 KiB"
+        );
     }
 }
 
@@ -37,13 +42,19 @@ fn durable_position_follows_the_policy() {
     let dir = tempfile::tempdir().unwrap();
     let mut log = open(dir.path(), &small(Durability::Always));
     let a = log.append_message(&msg(2, 1, 1, b"now")).unwrap();
-    assert!(log.durable() >= a.lsn, "always: durable before the append returns");
+    assert!(
+        log.durable() >= a.lsn,
+        "always: durable before the append returns"
+    );
     drop(log);
 
     let dir = tempfile::tempdir().unwrap();
     let mut log = open(dir.path(), &small(Durability::Group));
     let a = log.append_message(&msg(2, 1, 1, b"soon")).unwrap();
-    assert!(log.wait_durable(a.lsn, Duration::from_secs(10)), "group: the flusher catches up");
+    assert!(
+        log.wait_durable(a.lsn, Duration::from_secs(10)),
+        "group: the flusher catches up"
+    );
     assert!(log.stats().flushes >= 1);
 }
 
@@ -55,8 +66,16 @@ fn erase_removes_one_message_and_stays_erased_after_reopen() {
     let a = log.append_message(&msg(2, 1, 10, b"first")).unwrap();
     let b = log.append_message(&msg(2, 1, 11, b"second")).unwrap();
     assert!(log.erase(user(2), a.seq).unwrap().is_some());
-    assert_eq!(log.erase(user(2), a.seq).unwrap(), None, "second erase writes nothing");
-    assert_eq!(log.erase(user(3), b.seq).unwrap(), None, "not that user's message");
+    assert_eq!(
+        log.erase(user(2), a.seq).unwrap(),
+        None,
+        "second erase writes nothing"
+    );
+    assert_eq!(
+        log.erase(user(3), b.seq).unwrap(),
+        None,
+        "not that user's message"
+    );
     assert_eq!(pending(&log, 2), vec![(1, 11, b"second".to_vec())]);
     drop(log);
     let mut log = open(dir.path(), &config);
@@ -91,7 +110,11 @@ fn segments_of_delivered_messages_are_deleted_and_their_bytes_gone() {
     let mut seqs = vec![];
     for i in 0..3000u64 {
         let body = format!("SECRET-{i:06}-{}", "p".repeat(80));
-        seqs.push(log.append_message(&msg(2, 1, i, body.as_bytes())).unwrap().seq);
+        seqs.push(
+            log.append_message(&msg(2, 1, i, body.as_bytes()))
+                .unwrap()
+                .seq,
+        );
     }
     let before = segment_files(dir.path());
     assert!(before >= 5, "{before} segments");
@@ -109,9 +132,15 @@ fn segments_of_delivered_messages_are_deleted_and_their_bytes_gone() {
         }
         log.flush().unwrap();
     }
-    assert!(deleted as usize >= before - 2, "deleted {deleted} of {before}");
+    assert!(
+        deleted as usize >= before - 2,
+        "deleted {deleted} of {before}"
+    );
     assert!(segment_files(dir.path()) <= 2);
-    assert!(!on_disk(dir.path(), b"SECRET-000001-"), "a delivered message's bytes are still on disk");
+    assert!(
+        !on_disk(dir.path(), b"SECRET-000001-"),
+        "a delivered message's bytes are still on disk"
+    );
     drop(log);
     let log = open(dir.path(), &config);
     assert_eq!(log.pending_total(), (0, 0));
@@ -145,13 +174,24 @@ fn sparse_segments_are_compacted_and_their_live_messages_kept_in_order() {
     }
     let after = segment_files(dir.path());
     assert!(copied > 0, "nothing was compacted");
-    assert!(after * 3 < before, "{before} segments before, {after} after");
+    assert!(
+        after * 3 < before,
+        "{before} segments before, {after} after"
+    );
     assert_eq!(pending(&log, 3), keep);
     assert_eq!(log.account(b"acct"), Some(&b"v1"[..]));
     drop(log);
     let log = open(dir.path(), &config);
-    assert_eq!(pending(&log, 3), keep, "order and content survive compaction and reopen");
-    assert_eq!(pending(&log, 2), vec![], "erased messages stay erased after compaction");
+    assert_eq!(
+        pending(&log, 3),
+        keep,
+        "order and content survive compaction and reopen"
+    );
+    assert_eq!(
+        pending(&log, 2),
+        vec![],
+        "erased messages stay erased after compaction"
+    );
 }
 
 #[test]
@@ -165,7 +205,11 @@ fn expired_messages_are_dropped_and_not_read() {
     })
     .unwrap();
     log.append_message(&msg(2, 1, 2, b"default ttl")).unwrap();
-    assert_eq!(log.pending(user(2), NOW + 1000).count(), 1, "expired is not read");
+    assert_eq!(
+        log.pending(user(2), NOW + 1000).count(),
+        1,
+        "expired is not read"
+    );
     let r = log.maintain(NOW + 1000, 1 << 20).unwrap();
     assert_eq!(r.expired, 1);
     assert_eq!(log.pending_count(user(2)).0, 1);
@@ -190,15 +234,36 @@ fn limits_refuse_with_a_clear_error_and_lose_nothing() {
         log.append_message(&msg(2, 1, i, b"ok")).unwrap();
     }
     let e = log.append_message(&msg(2, 1, 9, b"over")).unwrap_err();
-    assert!(matches!(e, StorageError::Full { limit: Limit::UserMessages, max: 3 }), "{e}");
+    assert!(
+        matches!(
+            e,
+            StorageError::Full {
+                limit: Limit::UserMessages,
+                max: 3
+            }
+        ),
+        "{e}"
+    );
     assert!(e.is_retryable());
     log.append_message(&msg(4, 1, 0, b"ok")).unwrap();
     log.append_message(&msg(4, 1, 1, b"ok")).unwrap();
     let e = log.append_message(&msg(5, 1, 0, b"over")).unwrap_err();
-    assert!(matches!(e, StorageError::Full { limit: Limit::ShardMessages, .. }), "{e}");
+    assert!(
+        matches!(
+            e,
+            StorageError::Full {
+                limit: Limit::ShardMessages,
+                ..
+            }
+        ),
+        "{e}"
+    );
     let big = vec![0u8; (1 << 20) + 1];
     let e = log.append_message(&msg(6, 1, 0, &big)).unwrap_err();
-    assert!(e.to_string().contains("limit") || e.to_string().contains("fit"), "{e}");
+    assert!(
+        e.to_string().contains("limit") || e.to_string().contains("fit"),
+        "{e}"
+    );
     assert_eq!(log.pending_total().0, 5, "refused appends stored nothing");
     let first = log.pending(user(2), NOW).next().unwrap().seq;
     log.erase(user(2), first).unwrap();
@@ -221,8 +286,18 @@ fn per_user_bytes_limit() {
         log.append_message(&msg(2, 1, i, &chunk)).unwrap();
     }
     let e = log.append_message(&msg(2, 1, 99, b"x")).unwrap_err();
-    assert!(matches!(e, StorageError::Full { limit: Limit::UserBytes, .. }), "{e}");
-    log.append_message(&msg(3, 1, 99, b"other user is fine")).unwrap();
+    assert!(
+        matches!(
+            e,
+            StorageError::Full {
+                limit: Limit::UserBytes,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    log.append_message(&msg(3, 1, 99, b"other user is fine"))
+        .unwrap();
 }
 
 #[test]
@@ -233,7 +308,7 @@ fn accounts_latest_wins_and_deletes_stick() {
     log.put_account(b"+1555", b"key-1").unwrap();
     log.put_account(b"+1666", b"key-a").unwrap();
     log.put_account(b"+1555", b"key-2").unwrap();
-    assert_eq!(log.delete_account(b"+1666").unwrap().is_some(), true);
+    assert!(log.delete_account(b"+1666").unwrap().is_some());
     assert_eq!(log.delete_account(b"+1777").unwrap(), None);
     assert_eq!(log.account(b"+1555"), Some(&b"key-2"[..]));
     // Push the accounts into old segments, then compact them forward.
@@ -268,7 +343,13 @@ fn accounts_limit_and_bad_keys() {
     log.put_account(b"b", b"1").unwrap();
     log.put_account(b"a", b"2").unwrap(); // replacing is fine at the limit
     let e = log.put_account(b"c", b"1").unwrap_err();
-    assert!(matches!(e, StorageError::Full { limit: Limit::Accounts, .. }));
+    assert!(matches!(
+        e,
+        StorageError::Full {
+            limit: Limit::Accounts,
+            ..
+        }
+    ));
     assert!(log.put_account(b"", b"1").is_err());
     assert!(log.put_account(b"d", &vec![0u8; 5000]).is_err());
     assert_eq!(log.accounts().count(), 2);
@@ -312,7 +393,11 @@ fn crc32c_of(b: &[u8]) -> u32 {
     for &byte in b {
         crc ^= byte as u32;
         for _ in 0..8 {
-            crc = if crc & 1 != 0 { (crc >> 1) ^ 0x82F6_3B78 } else { crc >> 1 };
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0x82F6_3B78
+            } else {
+                crc >> 1
+            };
         }
     }
     !crc

@@ -11,14 +11,31 @@ use storage::{Durability, Log, LogConfig, NewMessage};
 
 #[derive(Clone, Debug)]
 enum Op {
-    Append { to: u64, body: usize, ttl_s: Option<u64> },
+    Append {
+        to: u64,
+        body: usize,
+        ttl_s: Option<u64>,
+    },
     /// Erase the `nth` pending message of `to` (modulo its count).
-    Erase { to: u64, nth: usize },
-    Put { key: u8, value: u8, len: usize },
-    Delete { key: u8 },
-    Maintain { budget: usize },
+    Erase {
+        to: u64,
+        nth: usize,
+    },
+    Put {
+        key: u8,
+        value: u8,
+        len: usize,
+    },
+    Delete {
+        key: u8,
+    },
+    Maintain {
+        budget: usize,
+    },
     Reopen,
-    Advance { secs: u64 },
+    Advance {
+        secs: u64,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -33,10 +50,13 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
+/// (seq, msg_id, body, expiry)
+type Pending = (u64, u64, Vec<u8>, u64);
+
 #[derive(Default)]
 struct Model {
     /// user -> (seq, msg_id, body, expiry)
-    queues: BTreeMap<u64, Vec<(u64, u64, Vec<u8>, u64)>>,
+    queues: BTreeMap<u64, Vec<Pending>>,
     accounts: BTreeMap<Vec<u8>, Vec<u8>>,
 }
 
@@ -45,7 +65,11 @@ impl Model {
         self.queues
             .iter()
             .map(|(u, q)| {
-                let v: Vec<_> = q.iter().filter(|m| m.3 > now).map(|m| (m.1, m.2.clone())).collect();
+                let v: Vec<_> = q
+                    .iter()
+                    .filter(|m| m.3 > now)
+                    .map(|m| (m.1, m.2.clone()))
+                    .collect();
                 (*u, v)
             })
             .collect()
@@ -54,10 +78,16 @@ impl Model {
 
 fn check(log: &Log, model: &Model, now: u64) {
     for (u, expect) in model.live(now) {
-        let got: Vec<_> = log.pending(user(u), now).map(|m| (m.msg_id, m.body.to_vec())).collect();
+        let got: Vec<_> = log
+            .pending(user(u), now)
+            .map(|m| (m.msg_id, m.body.to_vec()))
+            .collect();
         assert_eq!(got, expect, "user {u} at {now}");
     }
-    let got: BTreeMap<Vec<u8>, Vec<u8>> = log.accounts().map(|(k, v)| (k.to_vec(), v.to_vec())).collect();
+    let got: BTreeMap<Vec<u8>, Vec<u8>> = log
+        .accounts()
+        .map(|(k, v)| (k.to_vec(), v.to_vec()))
+        .collect();
     assert_eq!(got, model.accounts);
 }
 
@@ -88,7 +118,11 @@ fn run(ops: Vec<Op>, durability: Durability) {
                     })
                     .unwrap();
                 let expiry = expiry.unwrap_or(now + config.message_ttl_ms);
-                model.queues.entry(to).or_default().push((a.seq.0, next_id, body, expiry));
+                model
+                    .queues
+                    .entry(to)
+                    .or_default()
+                    .push((a.seq.0, next_id, body, expiry));
             }
             Op::Erase { to, nth } => {
                 let q = model.queues.entry(to).or_default();
@@ -137,7 +171,10 @@ fn run(ops: Vec<Op>, durability: Durability) {
     let log = Log::open(dir.path(), config, now).unwrap().0;
     check(&log, &model, now);
     let (msgs, _) = log.pending_total();
-    assert_eq!(msgs as usize, model.live(now).values().map(Vec::len).sum::<usize>());
+    assert_eq!(
+        msgs as usize,
+        model.live(now).values().map(Vec::len).sum::<usize>()
+    );
 }
 
 proptest! {

@@ -30,7 +30,9 @@ fn build(dir: &Path) -> BTreeMap<u64, (u64, String, std::ops::Range<usize>, Vec<
     let mut log = open(dir, &config());
     let mut out = BTreeMap::new();
     for id in 1..=1500u64 {
-        let body: Vec<u8> = (0..(id * 37 % 200) as usize).map(|i| (i as u64 ^ id) as u8 | 1).collect();
+        let body: Vec<u8> = (0..(id * 37 % 200) as usize)
+            .map(|i| (i as u64 ^ id) as u8 | 1)
+            .collect();
         let to = 1 + id % 4;
         let a = log.append_message(&msg(to, 9, id, &body)).unwrap();
         let framed = RECORD_HEADER_BYTES + MESSAGE_FIXED_BYTES + body.len();
@@ -45,7 +47,11 @@ fn build(dir: &Path) -> BTreeMap<u64, (u64, String, std::ops::Range<usize>, Vec<
 
 fn recovered(log: &Log) -> BTreeMap<u64, Vec<u8>> {
     (1..=4)
-        .flat_map(|to| log.pending(user(to), NOW).map(|m| (m.msg_id, m.body.to_vec())).collect::<Vec<_>>())
+        .flat_map(|to| {
+            log.pending(user(to), NOW)
+                .map(|m| (m.msg_id, m.body.to_vec()))
+                .collect::<Vec<_>>()
+        })
         .collect()
 }
 
@@ -76,12 +82,20 @@ fn random_damage_keeps_every_intact_record_and_is_reported() {
         let file = files[rng.below(files.len() as u64) as usize].clone();
         let path = dir.path().join(&file);
         let mut bytes = std::fs::read(&path).unwrap();
-        let used = records.values().filter(|r| r.1 == file).map(|r| r.2.end).max().unwrap();
+        let used = records
+            .values()
+            .filter(|r| r.1 == file)
+            .map(|r| r.2.end)
+            .max()
+            .unwrap();
         for _ in 0..1 + rng.below(3) {
             let at = 64 + rng.below((used.min(bytes.len()) - 64) as u64) as usize;
             let d = match rng.below(3) {
                 0 => Damage::Flip { at },
-                1 => Damage::Zero { at, len: 1 + rng.below(300) as usize },
+                1 => Damage::Zero {
+                    at,
+                    len: 1 + rng.below(300) as usize,
+                },
                 _ if file == *files.last().unwrap() => Damage::Truncate { at },
                 _ => Damage::Flip { at },
             };
@@ -111,7 +125,11 @@ fn random_damage_keeps_every_intact_record_and_is_reported() {
                 || (pristine_bytes[range.clone()] == bytes.get(range.clone()).unwrap_or(&[])[..]
                     && cut.is_none_or(|c| range.end <= c));
             if intact {
-                assert_eq!(got.get(id), Some(body), "trial {trial}: {damage:?}: intact message {id} lost; {report:?}");
+                assert_eq!(
+                    got.get(id),
+                    Some(body),
+                    "trial {trial}: {damage:?}: intact message {id} lost; {report:?}"
+                );
             } else {
                 damaged_records += 1;
                 if let Some(b) = got.get(id) {
@@ -124,11 +142,16 @@ fn random_damage_keeps_every_intact_record_and_is_reported() {
             assert!(!report.notes.is_empty());
         }
         // The log stays usable after recovery: append, reopen, read back.
-        let a = log.append_message(&msg(1, 9, 99_999, b"after damage")).unwrap();
+        let a = log
+            .append_message(&msg(1, 9, 99_999, b"after damage"))
+            .unwrap();
         assert!(a.lsn > Lsn::default());
         drop(log);
         let (log, _) = Log::open(dir.path(), config(), NOW).unwrap();
-        assert!(log.pending(user(1), NOW).any(|m| m.msg_id == 99_999), "trial {trial}");
+        assert!(
+            log.pending(user(1), NOW).any(|m| m.msg_id == 99_999),
+            "trial {trial}"
+        );
     }
 }
 
@@ -157,12 +180,18 @@ fn a_torn_last_record_is_cut_and_overwritten_cleanly() {
     bytes[mid..range.end].fill(0);
     std::fs::write(&path, &bytes).unwrap();
     let (mut log, report) = Log::open(dir.path(), config(), NOW).unwrap();
-    assert!(report.torn_bytes_cut > 0 && report.skipped_ranges == 0, "{report:?}");
+    assert!(
+        report.torn_bytes_cut > 0 && report.skipped_ranges == 0,
+        "{report:?}"
+    );
     assert_eq!(recovered(&log).len(), records.len() - 1);
     log.append_message(&msg(2, 9, 77_777, b"x")).unwrap();
     drop(log);
     let (log, report) = Log::open(dir.path(), config(), NOW).unwrap();
-    assert!(report.clean(), "the cut tail was zeroed, so nothing stale follows: {report:?}");
+    assert!(
+        report.clean(),
+        "the cut tail was zeroed, so nothing stale follows: {report:?}"
+    );
     assert_eq!(recovered(&log).len(), records.len());
 }
 
@@ -171,7 +200,12 @@ fn a_segment_file_cut_to_a_few_bytes_does_not_stop_the_log() {
     let dir = tempfile::tempdir().unwrap();
     let records = build(dir.path());
     let first = dir.path().join("00000001.seg");
-    std::fs::OpenOptions::new().write(true).open(&first).unwrap().set_len(13).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&first)
+        .unwrap()
+        .set_len(13)
+        .unwrap();
     let (log, report) = Log::open(dir.path(), config(), NOW).unwrap();
     assert!(!report.clean(), "{report:?}");
     let kept = recovered(&log).len();

@@ -52,7 +52,11 @@ pub fn segment_files(dir: &Path) -> usize {
         .unwrap()
         .map(|e| e.unwrap().path())
         .filter(|p| p.to_string_lossy().ends_with(".seg"))
-        .filter(|p| std::fs::read(p).unwrap().starts_with(&storage::record::SEGMENT_MAGIC))
+        .filter(|p| {
+            std::fs::read(p)
+                .unwrap()
+                .starts_with(&storage::record::SEGMENT_MAGIC)
+        })
         .count()
 }
 
