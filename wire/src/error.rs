@@ -1,0 +1,117 @@
+//! Errors: why bytes are not a frame, and the codes that go on the wire.
+
+use crate::frame::Kind;
+
+/// Codes carried by `Error` and `Close` frames. Stable: new codes are only added.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u16)]
+pub enum ErrorCode {
+    /// A frame's fields are not valid for its kind.
+    Malformed = 1,
+    /// A frame longer than the negotiated maximum.
+    FrameTooLarge = 2,
+    /// A frame kind this server does not know.
+    UnknownKind = 3,
+    /// No protocol version in common; the client must upgrade.
+    UnsupportedVersion = 4,
+    /// A frame that needs a logged-in session, sent before login.
+    NotLoggedIn = 5,
+    /// Login with an unknown number or a wrong key.
+    AuthFailed = 6,
+    /// Not a valid E.164 number.
+    BadPhone = 7,
+    /// Wrong PIN (the PIN stays valid until 5 wrong tries).
+    PinWrong = 8,
+    /// No valid PIN for this number: never requested, expired, used, or voided.
+    PinInvalid = 9,
+    /// Too many requests; retry later.
+    RateLimited = 10,
+    /// The recipient is not registered.
+    RecipientUnknown = 11,
+    /// The recipient's queue is full; retry later.
+    QueueFull = 12,
+    /// The server cannot take it now (a router is unavailable); retry later.
+    TryAgain = 13,
+    /// Close: the number was registered on another device.
+    LoggedInElsewhere = 14,
+    /// Close: no frame for too long.
+    IdleTimeout = 15,
+    /// Close: the TLS handshake or `Hello` took too long.
+    HandshakeTimeout = 16,
+    /// Close: the server is shutting down.
+    ServerShutdown = 17,
+    /// Close: reconnect (the server is draining for an upgrade).
+    Reconnect = 18,
+    /// A frame that is not allowed now or in this direction.
+    ProtocolViolation = 19,
+    /// The server failed; the client may retry.
+    Internal = 20,
+    /// Close: the client is done (normal close from either side).
+    Normal = 21,
+    /// Close: the login did not come in time.
+    LoginTimeout = 22,
+}
+
+impl ErrorCode {
+    pub fn from_u16(v: u16) -> Option<ErrorCode> {
+        use ErrorCode::*;
+        Some(match v {
+            1 => Malformed,
+            2 => FrameTooLarge,
+            3 => UnknownKind,
+            4 => UnsupportedVersion,
+            5 => NotLoggedIn,
+            6 => AuthFailed,
+            7 => BadPhone,
+            8 => PinWrong,
+            9 => PinInvalid,
+            10 => RateLimited,
+            11 => RecipientUnknown,
+            12 => QueueFull,
+            13 => TryAgain,
+            14 => LoggedInElsewhere,
+            15 => IdleTimeout,
+            16 => HandshakeTimeout,
+            17 => ServerShutdown,
+            18 => Reconnect,
+            19 => ProtocolViolation,
+            20 => Internal,
+            21 => Normal,
+            22 => LoginTimeout,
+            _ => return None,
+        })
+    }
+
+    /// The client may send the same request again later and expect it to succeed.
+    pub fn is_retryable(self) -> bool {
+        matches!(self, ErrorCode::RateLimited | ErrorCode::QueueFull | ErrorCode::TryAgain | ErrorCode::Internal)
+    }
+}
+
+/// Why bytes are not a frame. `Incomplete` is not an error of the peer: more bytes
+/// are needed. Every other variant is the peer's fault and closes the connection with
+/// [`FrameError::code`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    #[error("incomplete frame: {needed} bytes needed")]
+    Incomplete { needed: usize },
+    #[error("frame of {len} bytes is over the {max}-byte limit")]
+    TooLarge { len: usize, max: usize },
+    #[error("unknown frame kind {0:#04x}")]
+    UnknownKind(u8),
+    #[error("reserved envelope bits set")]
+    Reserved,
+    #[error("malformed {kind:?} frame: {why}")]
+    Malformed { kind: Kind, why: &'static str },
+}
+
+impl FrameError {
+    /// The code to send back before closing.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            FrameError::Incomplete { .. } | FrameError::Malformed { .. } | FrameError::Reserved => ErrorCode::Malformed,
+            FrameError::TooLarge { .. } => ErrorCode::FrameTooLarge,
+            FrameError::UnknownKind(_) => ErrorCode::UnknownKind,
+        }
+    }
+}

@@ -1,0 +1,23 @@
+//! Switchboard's client protocol: the frames phones and the gateway exchange over TLS,
+//! their limits and error codes. Plain code over byte slices: no I/O, no clock, no
+//! allocation when decoding (bodies borrow the input). Documented byte by byte in
+//! `docs/PROTOCOL.md`.
+//!
+//! # Layout
+//! - [`types`]: `Phone` (E.164 number), `Pin`, `Key`.
+//! - [`frame`]: the envelope, every frame, encode and decode.
+//! - [`error`]: `FrameError` (why bytes are not a frame) and `ErrorCode` (what goes on the
+//!   wire in `Error` and `Close`).
+//! - [`fuzzing`]: entry points for the fuzz targets in `wire/fuzz`.
+#![forbid(unsafe_code)]
+
+pub mod error;
+pub mod frame;
+pub mod fuzzing;
+pub mod types;
+
+pub use error::{ErrorCode, FrameError};
+pub use frame::{
+    decode, peek, Frame, Header, ReceiptKind, ENVELOPE_BYTES, FRAME_BYTES_DEFAULT, FRAME_BYTES_LIMIT, PROTOCOL_VERSION, REASON_BYTES_MAX,
+};
+pub use types::{Key, Phone, Pin};
