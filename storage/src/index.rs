@@ -101,6 +101,10 @@ impl Index {
         }
     }
 
+    pub fn user_ids(&self) -> impl Iterator<Item = UserId> + '_ {
+        self.users.keys().copied()
+    }
+
     pub fn users(&self) -> usize {
         self.users.len()
     }

@@ -582,20 +582,54 @@ impl Log {
             .queue(user)
             .into_iter()
             .flat_map(|q| q.entries.iter())
-            .filter_map(move |e| match self.record_at(e.at) {
-                Some((Record::Message(m), _)) if m.seq == e.seq && m.expiry_ms > now_ms => {
-                    Some(StoredMessage {
-                        seq: m.seq,
-                        recipient: m.recipient,
-                        sender: m.sender,
-                        msg_id: m.msg_id,
-                        timestamp_ms: m.timestamp_ms,
-                        expiry_ms: m.expiry_ms,
-                        body: m.body,
-                    })
-                }
-                _ => None,
-            })
+            .filter_map(move |e| self.stored(*e, now_ms))
+    }
+
+    /// A user's pending messages with a sequence number above `after`, in order: where a
+    /// delivery stream resumes (found by binary search, not by skipping).
+    pub fn pending_after(
+        &self,
+        user: UserId,
+        after: MsgSeq,
+        now_ms: u64,
+    ) -> impl Iterator<Item = StoredMessage<'_>> {
+        let entries = self.index.queue(user).map(|q| {
+            let from = q.entries.partition_point(|e| e.seq <= after);
+            q.entries.range(from..)
+        });
+        entries
+            .into_iter()
+            .flatten()
+            .filter_map(move |e| self.stored(*e, now_ms))
+    }
+
+    /// One pending message by its sequence number (`None`: not pending, or expired).
+    pub fn get(&self, user: UserId, seq: MsgSeq, now_ms: u64) -> Option<StoredMessage<'_>> {
+        self.index
+            .get(user, seq)
+            .and_then(|e| self.stored(e, now_ms))
+    }
+
+    /// Users with at least one pending message, in no particular order.
+    pub fn users_with_pending(&self) -> impl Iterator<Item = UserId> + '_ {
+        self.index.user_ids()
+    }
+
+    fn stored(&self, e: Entry, now_ms: u64) -> Option<StoredMessage<'_>> {
+        match self.record_at(e.at) {
+            Some((Record::Message(m), _)) if m.seq == e.seq && m.expiry_ms > now_ms => {
+                Some(StoredMessage {
+                    seq: m.seq,
+                    recipient: m.recipient,
+                    sender: m.sender,
+                    msg_id: m.msg_id,
+                    timestamp_ms: m.timestamp_ms,
+                    expiry_ms: m.expiry_ms,
+                    body: m.body,
+                })
+            }
+            _ => None,
+        }
     }
 
     /// Pending messages and body bytes of a user (expired ones count until swept).

@@ -38,6 +38,30 @@ fn messages_survive_reopen_in_order_in_every_durability() {
 }
 
 #[test]
+fn pending_after_and_get_find_by_sequence_number() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = open(dir.path(), &small(Durability::None));
+    let seqs: Vec<_> = (0..10)
+        .map(|i| log.append_message(&msg(2, 1, i, b"x")).unwrap().seq)
+        .collect();
+    log.erase(user(2), seqs[4]).unwrap();
+    let after: Vec<u64> = log
+        .pending_after(user(2), seqs[2], NOW)
+        .map(|m| m.msg_id)
+        .collect();
+    assert_eq!(after, vec![3, 5, 6, 7, 8, 9]);
+    assert_eq!(log.pending_after(user(2), seqs[9], NOW).count(), 0);
+    assert_eq!(
+        log.pending_after(user(9), storage::MsgSeq(0), NOW).count(),
+        0
+    );
+    assert_eq!(log.get(user(2), seqs[3], NOW).unwrap().msg_id, 3);
+    assert!(log.get(user(2), seqs[4], NOW).is_none(), "erased");
+    assert!(log.get(user(3), seqs[3], NOW).is_none(), "another user's");
+    assert_eq!(log.users_with_pending().collect::<Vec<_>>(), vec![user(2)]);
+}
+
+#[test]
 fn durable_position_follows_the_policy() {
     let dir = tempfile::tempdir().unwrap();
     let mut log = open(dir.path(), &small(Durability::Always));

@@ -84,7 +84,13 @@ impl ErrorCode {
 
     /// The client may send the same request again later and expect it to succeed.
     pub fn is_retryable(self) -> bool {
-        matches!(self, ErrorCode::RateLimited | ErrorCode::QueueFull | ErrorCode::TryAgain | ErrorCode::Internal)
+        matches!(
+            self,
+            ErrorCode::RateLimited
+                | ErrorCode::QueueFull
+                | ErrorCode::TryAgain
+                | ErrorCode::Internal
+        )
     }
 }
 
@@ -109,7 +115,9 @@ impl FrameError {
     /// The code to send back before closing.
     pub fn code(&self) -> ErrorCode {
         match self {
-            FrameError::Incomplete { .. } | FrameError::Malformed { .. } | FrameError::Reserved => ErrorCode::Malformed,
+            FrameError::Incomplete { .. } | FrameError::Malformed { .. } | FrameError::Reserved => {
+                ErrorCode::Malformed
+            }
             FrameError::TooLarge { .. } => ErrorCode::FrameTooLarge,
             FrameError::UnknownKind(_) => ErrorCode::UnknownKind,
         }

@@ -112,26 +112,88 @@ pub enum ReceiptKind {
 /// A frame; bodies and reasons borrow the buffer it was decoded from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Frame<'a> {
-    Hello { min_version: u16, max_version: u16 },
-    Welcome { version: u16, ping_interval_s: u16, frame_bytes_max: u32, server_time_ms: u64 },
-    RegisterRequest { phone: Phone },
-    RegisterPending { phone: Phone, expires_in_s: u32 },
-    Verify { phone: Phone, pin: Pin },
-    Registered { phone: Phone, key: Key },
-    Login { phone: Phone, key: Key },
-    LoggedIn { pending: u32 },
-    Send { to: Phone, msg_id: u64, body: &'a [u8] },
-    ServerAck { to: Phone, msg_id: u64 },
-    Deliver { seq: u64, from: Phone, msg_id: u64, timestamp_ms: u64, body: &'a [u8] },
-    Ack { seq: u64 },
-    Receipt { seq: u64, by: Phone, msg_id: u64, timestamp_ms: u64, kind: ReceiptKind },
-    Read { from: Phone, msg_id: u64 },
+    Hello {
+        min_version: u16,
+        max_version: u16,
+    },
+    Welcome {
+        version: u16,
+        ping_interval_s: u16,
+        frame_bytes_max: u32,
+        server_time_ms: u64,
+    },
+    RegisterRequest {
+        phone: Phone,
+    },
+    RegisterPending {
+        phone: Phone,
+        expires_in_s: u32,
+    },
+    Verify {
+        phone: Phone,
+        pin: Pin,
+    },
+    Registered {
+        phone: Phone,
+        key: Key,
+    },
+    Login {
+        phone: Phone,
+        key: Key,
+    },
+    LoggedIn {
+        pending: u32,
+    },
+    Send {
+        to: Phone,
+        msg_id: u64,
+        body: &'a [u8],
+    },
+    ServerAck {
+        to: Phone,
+        msg_id: u64,
+    },
+    Deliver {
+        seq: u64,
+        from: Phone,
+        msg_id: u64,
+        timestamp_ms: u64,
+        body: &'a [u8],
+    },
+    Ack {
+        seq: u64,
+    },
+    Receipt {
+        seq: u64,
+        by: Phone,
+        msg_id: u64,
+        timestamp_ms: u64,
+        kind: ReceiptKind,
+    },
+    Read {
+        from: Phone,
+        msg_id: u64,
+    },
     /// A `Send` (or `Read`) the server did not take; the connection stays open.
-    Refused { to: Phone, msg_id: u64, code: ErrorCode },
-    Ping { nonce: u64 },
-    Pong { nonce: u64 },
-    Error { code: ErrorCode, reason: &'a str },
-    Close { code: ErrorCode, reason: &'a str },
+    Refused {
+        to: Phone,
+        msg_id: u64,
+        code: ErrorCode,
+    },
+    Ping {
+        nonce: u64,
+    },
+    Pong {
+        nonce: u64,
+    },
+    Error {
+        code: ErrorCode,
+        reason: &'a str,
+    },
+    Close {
+        code: ErrorCode,
+        reason: &'a str,
+    },
 }
 
 /// The envelope of a frame, read without looking at the payload.
@@ -152,7 +214,9 @@ impl Header {
 /// (and to refuse an oversized frame before its payload arrives).
 pub fn peek(buf: &[u8], max_payload: usize) -> Result<Header, FrameError> {
     if buf.len() < ENVELOPE_BYTES {
-        return Err(FrameError::Incomplete { needed: ENVELOPE_BYTES });
+        return Err(FrameError::Incomplete {
+            needed: ENVELOPE_BYTES,
+        });
     }
     let len = u32::from_le_bytes(buf[0..4].try_into().expect("4")) as usize;
     let max = max_payload.min(FRAME_BYTES_LIMIT);
@@ -176,10 +240,28 @@ pub fn decode(buf: &[u8], max_payload: usize) -> Result<(Frame<'_>, usize), Fram
     let p = &buf[ENVELOPE_BYTES..total];
     let kind = h.kind;
     let bad = |why| FrameError::Malformed { kind, why };
-    let fixed = |n: usize| if p.len() == n { Ok(()) } else { Err(bad("wrong length")) };
-    let at_least = |n: usize| if p.len() >= n { Ok(()) } else { Err(bad("too short")) };
+    let fixed = |n: usize| {
+        if p.len() == n {
+            Ok(())
+        } else {
+            Err(bad("wrong length"))
+        }
+    };
+    let at_least = |n: usize| {
+        if p.len() >= n {
+            Ok(())
+        } else {
+            Err(bad("too short"))
+        }
+    };
     let phone = |at: usize| Phone::new(u64_at(p, at)).ok_or(bad("not an E.164 number"));
-    let zero = |r: std::ops::Range<usize>| if p[r].iter().all(|&b| b == 0) { Ok(()) } else { Err(bad("reserved bytes set")) };
+    let zero = |r: std::ops::Range<usize>| {
+        if p[r].iter().all(|&b| b == 0) {
+            Ok(())
+        } else {
+            Err(bad("reserved bytes set"))
+        }
+    };
     let frame = match kind {
         Kind::Hello => {
             fixed(8)?;
@@ -190,7 +272,10 @@ pub fn decode(buf: &[u8], max_payload: usize) -> Result<(Frame<'_>, usize), Fram
             if min_version == 0 || min_version > max_version {
                 return Err(bad("bad version range"));
             }
-            Frame::Hello { min_version, max_version }
+            Frame::Hello {
+                min_version,
+                max_version,
+            }
         }
         Kind::Welcome => {
             fixed(16)?;
@@ -208,12 +293,18 @@ pub fn decode(buf: &[u8], max_payload: usize) -> Result<(Frame<'_>, usize), Fram
         Kind::RegisterPending => {
             fixed(16)?;
             zero(12..16)?;
-            Frame::RegisterPending { phone: phone(0)?, expires_in_s: u32_at(p, 8) }
+            Frame::RegisterPending {
+                phone: phone(0)?,
+                expires_in_s: u32_at(p, 8),
+            }
         }
         Kind::Verify => {
             fixed(16)?;
             zero(12..16)?;
-            Frame::Verify { phone: phone(0)?, pin: Pin::new(u32_at(p, 8)).ok_or(bad("a PIN has five digits"))? }
+            Frame::Verify {
+                phone: phone(0)?,
+                pin: Pin::new(u32_at(p, 8)).ok_or(bad("a PIN has five digits"))?,
+            }
         }
         Kind::Registered | Kind::Login => {
             fixed(40)?;
@@ -228,15 +319,24 @@ pub fn decode(buf: &[u8], max_payload: usize) -> Result<(Frame<'_>, usize), Fram
         Kind::LoggedIn => {
             fixed(8)?;
             zero(4..8)?;
-            Frame::LoggedIn { pending: u32_at(p, 0) }
+            Frame::LoggedIn {
+                pending: u32_at(p, 0),
+            }
         }
         Kind::Send => {
             at_least(16)?;
-            Frame::Send { to: phone(0)?, msg_id: u64_at(p, 8), body: &p[16..] }
+            Frame::Send {
+                to: phone(0)?,
+                msg_id: u64_at(p, 8),
+                body: &p[16..],
+            }
         }
         Kind::ServerAck => {
             fixed(16)?;
-            Frame::ServerAck { to: phone(0)?, msg_id: u64_at(p, 8) }
+            Frame::ServerAck {
+                to: phone(0)?,
+                msg_id: u64_at(p, 8),
+            }
         }
         Kind::Deliver => {
             at_least(32)?;
@@ -260,17 +360,30 @@ pub fn decode(buf: &[u8], max_payload: usize) -> Result<(Frame<'_>, usize), Fram
                 2 => ReceiptKind::Read,
                 _ => return Err(bad("unknown receipt kind")),
             };
-            Frame::Receipt { seq: u64_at(p, 0), by: phone(8)?, msg_id: u64_at(p, 16), timestamp_ms: u64_at(p, 24), kind }
+            Frame::Receipt {
+                seq: u64_at(p, 0),
+                by: phone(8)?,
+                msg_id: u64_at(p, 16),
+                timestamp_ms: u64_at(p, 24),
+                kind,
+            }
         }
         Kind::Read => {
             fixed(16)?;
-            Frame::Read { from: phone(0)?, msg_id: u64_at(p, 8) }
+            Frame::Read {
+                from: phone(0)?,
+                msg_id: u64_at(p, 8),
+            }
         }
         Kind::Refused => {
             fixed(24)?;
             zero(18..24)?;
             let code = ErrorCode::from_u16(u16_at(p, 16)).ok_or(bad("unknown error code"))?;
-            Frame::Refused { to: phone(0)?, msg_id: u64_at(p, 8), code }
+            Frame::Refused {
+                to: phone(0)?,
+                msg_id: u64_at(p, 8),
+                code,
+            }
         }
         Kind::Ping | Kind::Pong => {
             fixed(8)?;
@@ -353,7 +466,9 @@ impl Frame<'_> {
             Frame::Registered { .. } | Frame::Login { .. } | Frame::Receipt { .. } => 40,
             Frame::Send { body, .. } => 16 + body.len(),
             Frame::Deliver { body, .. } => 32 + body.len(),
-            Frame::Error { reason, .. } | Frame::Close { reason, .. } => 2 + reason.len().min(REASON_BYTES_MAX),
+            Frame::Error { reason, .. } | Frame::Close { reason, .. } => {
+                2 + reason.len().min(REASON_BYTES_MAX)
+            }
         }
     }
 
@@ -373,19 +488,30 @@ impl Frame<'_> {
         let u32s = |out: &mut Vec<u8>, v: u32| out.extend_from_slice(&v.to_le_bytes());
         let u64s = |out: &mut Vec<u8>, v: u64| out.extend_from_slice(&v.to_le_bytes());
         match *self {
-            Frame::Hello { min_version, max_version } => {
+            Frame::Hello {
+                min_version,
+                max_version,
+            } => {
                 out.extend_from_slice(&HELLO_MAGIC);
                 u16s(out, min_version);
                 u16s(out, max_version);
             }
-            Frame::Welcome { version, ping_interval_s, frame_bytes_max, server_time_ms } => {
+            Frame::Welcome {
+                version,
+                ping_interval_s,
+                frame_bytes_max,
+                server_time_ms,
+            } => {
                 u16s(out, version);
                 u16s(out, ping_interval_s);
                 u32s(out, frame_bytes_max);
                 u64s(out, server_time_ms);
             }
             Frame::RegisterRequest { phone } => u64s(out, phone.get()),
-            Frame::RegisterPending { phone, expires_in_s } => {
+            Frame::RegisterPending {
+                phone,
+                expires_in_s,
+            } => {
                 u64s(out, phone.get());
                 u32s(out, expires_in_s);
                 u32s(out, 0);
@@ -412,7 +538,13 @@ impl Frame<'_> {
                 u64s(out, to.get());
                 u64s(out, msg_id);
             }
-            Frame::Deliver { seq, from, msg_id, timestamp_ms, body } => {
+            Frame::Deliver {
+                seq,
+                from,
+                msg_id,
+                timestamp_ms,
+                body,
+            } => {
                 u64s(out, seq);
                 u64s(out, from.get());
                 u64s(out, msg_id);
@@ -420,7 +552,13 @@ impl Frame<'_> {
                 out.extend_from_slice(body);
             }
             Frame::Ack { seq } => u64s(out, seq),
-            Frame::Receipt { seq, by, msg_id, timestamp_ms, kind } => {
+            Frame::Receipt {
+                seq,
+                by,
+                msg_id,
+                timestamp_ms,
+                kind,
+            } => {
                 u64s(out, seq);
                 u64s(out, by.get());
                 u64s(out, msg_id);
@@ -469,9 +607,20 @@ mod tests {
     #[test]
     fn send_is_routable_from_its_header() {
         let mut buf = vec![];
-        Frame::Send { to: phone(15551234567), msg_id: 9, body: b"hello" }.encode(&mut buf);
+        Frame::Send {
+            to: phone(15551234567),
+            msg_id: 9,
+            body: b"hello",
+        }
+        .encode(&mut buf);
         assert_eq!(send_recipient(&buf), Some(phone(15551234567)));
-        assert_eq!(peek(&buf, 100).unwrap(), Header { kind: Kind::Send, len: 21 });
+        assert_eq!(
+            peek(&buf, 100).unwrap(),
+            Header {
+                kind: Kind::Send,
+                len: 21
+            }
+        );
     }
 
     #[test]
@@ -479,7 +628,13 @@ mod tests {
         let mut buf = vec![];
         Frame::Ping { nonce: 1 }.encode(&mut buf);
         for cut in 0..buf.len() {
-            assert!(matches!(decode(&buf[..cut], 1024), Err(FrameError::Incomplete { .. })), "cut {cut}");
+            assert!(
+                matches!(
+                    decode(&buf[..cut], 1024),
+                    Err(FrameError::Incomplete { .. })
+                ),
+                "cut {cut}"
+            );
         }
         assert!(decode(&buf, 1024).is_ok());
     }
@@ -487,8 +642,17 @@ mod tests {
     #[test]
     fn oversized_frames_are_refused_from_the_envelope_alone() {
         let env = [0x00, 0x00, 0x10, 0x00, Kind::Send as u8, 0, 0, 0]; // 1 MiB
-        assert_eq!(peek(&env, 65536), Err(FrameError::TooLarge { len: 1 << 20, max: 65536 }));
-        assert_eq!(peek(&env, 65536).unwrap_err().code(), ErrorCode::FrameTooLarge);
+        assert_eq!(
+            peek(&env, 65536),
+            Err(FrameError::TooLarge {
+                len: 1 << 20,
+                max: 65536
+            })
+        );
+        assert_eq!(
+            peek(&env, 65536).unwrap_err().code(),
+            ErrorCode::FrameTooLarge
+        );
     }
 
     #[test]
@@ -498,22 +662,47 @@ mod tests {
         let reserved = [0, 0, 0, 0, Kind::Ping as u8, 1, 0, 0];
         assert_eq!(decode(&reserved, 64), Err(FrameError::Reserved));
         let mut buf = vec![];
-        Frame::Verify { phone: phone(15551234567), pin: Pin::new(12345).unwrap() }.encode(&mut buf);
+        Frame::Verify {
+            phone: phone(15551234567),
+            pin: Pin::new(12345).unwrap(),
+        }
+        .encode(&mut buf);
         buf[16..20].copy_from_slice(&100_000u32.to_le_bytes());
-        assert!(matches!(decode(&buf, 64), Err(FrameError::Malformed { kind: Kind::Verify, .. })));
+        assert!(matches!(
+            decode(&buf, 64),
+            Err(FrameError::Malformed {
+                kind: Kind::Verify,
+                ..
+            })
+        ));
         let mut buf = vec![];
-        Frame::RegisterRequest { phone: phone(15551234567) }.encode(&mut buf);
+        Frame::RegisterRequest {
+            phone: phone(15551234567),
+        }
+        .encode(&mut buf);
         buf[8..16].copy_from_slice(&7u64.to_le_bytes());
-        assert!(matches!(decode(&buf, 64), Err(FrameError::Malformed { why: "not an E.164 number", .. })));
+        assert!(matches!(
+            decode(&buf, 64),
+            Err(FrameError::Malformed {
+                why: "not an E.164 number",
+                ..
+            })
+        ));
     }
 
     #[test]
     fn long_reasons_are_cut_at_a_character_boundary() {
         let reason = "é".repeat(200); // 400 bytes
         let mut buf = vec![];
-        Frame::Close { code: ErrorCode::Normal, reason: &reason }.encode(&mut buf);
+        Frame::Close {
+            code: ErrorCode::Normal,
+            reason: &reason,
+        }
+        .encode(&mut buf);
         let (f, _) = decode(&buf, 1024).unwrap();
-        let Frame::Close { reason, .. } = f else { panic!() };
+        let Frame::Close { reason, .. } = f else {
+            panic!()
+        };
         assert_eq!(reason.len(), 256);
     }
 }

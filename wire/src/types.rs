@@ -114,8 +114,14 @@ mod tests {
         assert_eq!("15551234567".parse::<Phone>(), Err(PhoneError::NoPlus));
         assert_eq!("+1555-1234".parse::<Phone>(), Err(PhoneError::NotDigits));
         assert_eq!("+1234567".parse::<Phone>(), Err(PhoneError::Length));
-        assert_eq!("+1234567890123456".parse::<Phone>(), Err(PhoneError::Length));
-        assert_eq!("+05551234567".parse::<Phone>(), Err(PhoneError::LeadingZero));
+        assert_eq!(
+            "+1234567890123456".parse::<Phone>(),
+            Err(PhoneError::Length)
+        );
+        assert_eq!(
+            "+05551234567".parse::<Phone>(),
+            Err(PhoneError::LeadingZero)
+        );
         assert_eq!("+".parse::<Phone>(), Err(PhoneError::NotDigits));
     }
 

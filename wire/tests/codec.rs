@@ -37,37 +37,101 @@ fn case() -> impl Strategy<Value = Case> {
         "\\PC{0,80}",
         code(),
     )
-        .prop_map(|(tag, p, n, small, key, body, reason, code)| Case { tag, p, n, small, key, body, reason, code })
+        .prop_map(|(tag, p, n, small, key, body, reason, code)| Case {
+            tag,
+            p,
+            n,
+            small,
+            key,
+            body,
+            reason,
+            code,
+        })
 }
 
 fn frame(c: &Case) -> Frame<'_> {
-    let (lo, hi) = (c.small[0].min(c.small[1]).max(1), c.small[0].max(c.small[1]).max(1));
+    let (lo, hi) = (
+        c.small[0].min(c.small[1]).max(1),
+        c.small[0].max(c.small[1]).max(1),
+    );
     match c.tag {
-        0 => Frame::Hello { min_version: lo, max_version: hi },
-        1 => Frame::Welcome { version: c.small[0], ping_interval_s: c.small[1], frame_bytes_max: c.n[0] as u32, server_time_ms: c.n[1] },
+        0 => Frame::Hello {
+            min_version: lo,
+            max_version: hi,
+        },
+        1 => Frame::Welcome {
+            version: c.small[0],
+            ping_interval_s: c.small[1],
+            frame_bytes_max: c.n[0] as u32,
+            server_time_ms: c.n[1],
+        },
         2 => Frame::RegisterRequest { phone: c.p },
-        3 => Frame::RegisterPending { phone: c.p, expires_in_s: c.n[0] as u32 },
-        4 => Frame::Verify { phone: c.p, pin: Pin::new(c.n[0] as u32 % 100_000).unwrap() },
-        5 => Frame::Registered { phone: c.p, key: Key(c.key) },
-        6 => Frame::Login { phone: c.p, key: Key(c.key) },
-        7 => Frame::LoggedIn { pending: c.n[0] as u32 },
-        8 => Frame::Send { to: c.p, msg_id: c.n[0], body: &c.body },
-        9 => Frame::ServerAck { to: c.p, msg_id: c.n[0] },
-        10 => Frame::Deliver { seq: c.n[0], from: c.p, msg_id: c.n[1], timestamp_ms: c.n[2], body: &c.body },
+        3 => Frame::RegisterPending {
+            phone: c.p,
+            expires_in_s: c.n[0] as u32,
+        },
+        4 => Frame::Verify {
+            phone: c.p,
+            pin: Pin::new(c.n[0] as u32 % 100_000).unwrap(),
+        },
+        5 => Frame::Registered {
+            phone: c.p,
+            key: Key(c.key),
+        },
+        6 => Frame::Login {
+            phone: c.p,
+            key: Key(c.key),
+        },
+        7 => Frame::LoggedIn {
+            pending: c.n[0] as u32,
+        },
+        8 => Frame::Send {
+            to: c.p,
+            msg_id: c.n[0],
+            body: &c.body,
+        },
+        9 => Frame::ServerAck {
+            to: c.p,
+            msg_id: c.n[0],
+        },
+        10 => Frame::Deliver {
+            seq: c.n[0],
+            from: c.p,
+            msg_id: c.n[1],
+            timestamp_ms: c.n[2],
+            body: &c.body,
+        },
         11 => Frame::Ack { seq: c.n[0] },
         12 => Frame::Receipt {
             seq: c.n[0],
             by: c.p,
             msg_id: c.n[1],
             timestamp_ms: c.n[2],
-            kind: if c.n[3] % 2 == 0 { ReceiptKind::Delivered } else { ReceiptKind::Read },
+            kind: if c.n[3] % 2 == 0 {
+                ReceiptKind::Delivered
+            } else {
+                ReceiptKind::Read
+            },
         },
-        13 => Frame::Read { from: c.p, msg_id: c.n[0] },
+        13 => Frame::Read {
+            from: c.p,
+            msg_id: c.n[0],
+        },
         14 => Frame::Ping { nonce: c.n[0] },
         15 => Frame::Pong { nonce: c.n[0] },
-        16 => Frame::Error { code: c.code, reason: &c.reason },
-        18 => Frame::Refused { to: c.p, msg_id: c.n[0], code: c.code },
-        _ => Frame::Close { code: c.code, reason: &c.reason },
+        16 => Frame::Error {
+            code: c.code,
+            reason: &c.reason,
+        },
+        18 => Frame::Refused {
+            to: c.p,
+            msg_id: c.n[0],
+            code: c.code,
+        },
+        _ => Frame::Close {
+            code: c.code,
+            reason: &c.reason,
+        },
     }
 }
 

@@ -1,0 +1,107 @@
+//! Router configuration.
+
+use serde::Deserialize;
+
+/// Every field has a default; each doc says its range.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RouterConfig {
+    /// Partitions users hash into. Default: 1024. Range: 1 to 65,536. Fixed for the life
+    /// of a deployment: changing it moves users between logs.
+    pub partitions: u32,
+    /// Deliveries in flight (sent, not yet acknowledged) per session; the rest waits in
+    /// the log. Default: 64. Range: 1 to 65,536.
+    pub window: u32,
+    /// How long a registration PIN is valid. Default: 600 s. Range: 30 to 86,400.
+    pub pin_ttl_s: u32,
+    /// PIN requests per number per hour. Default: 3. Minimum: 1.
+    pub pin_requests_per_phone_hour: u32,
+    /// PIN requests per source address per hour. Default: 20. Minimum: 1.
+    pub pin_requests_per_source_hour: u32,
+    /// Wrong PINs before the PIN is void. Default: 5. Range: 1 to 100.
+    pub pin_wrong_max: u32,
+    /// Recently delivered (sender, recipient, message id) remembered to drop resends.
+    /// Default: 65,536. Minimum: 0.
+    pub recent_delivered: usize,
+    /// Registrations waiting for their PIN, per shard. Default: 100,000. Minimum: 1.
+    pub pending_registrations_max: usize,
+    /// Reclaim work per tick (`Log::maintain`). Default: 1 MiB. Minimum: 4096.
+    pub maintain_bytes_per_tick: usize,
+}
+
+impl Default for RouterConfig {
+    fn default() -> Self {
+        RouterConfig {
+            partitions: 1024,
+            window: 64,
+            pin_ttl_s: 600,
+            pin_requests_per_phone_hour: 3,
+            pin_requests_per_source_hour: 20,
+            pin_wrong_max: 5,
+            recent_delivered: 65_536,
+            pending_registrations_max: 100_000,
+            maintain_bytes_per_tick: 1 << 20,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("router config: {field} = {value}: {why}")]
+pub struct ConfigError {
+    pub field: &'static str,
+    pub value: String,
+    pub why: &'static str,
+}
+
+impl RouterConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |field, value: u64, why| {
+            Err(ConfigError {
+                field,
+                value: value.to_string(),
+                why,
+            })
+        };
+        if !(1..=65_536).contains(&self.partitions) {
+            return bad(
+                "partitions",
+                self.partitions.into(),
+                "must be from 1 to 65,536",
+            );
+        }
+        if !(1..=65_536).contains(&self.window) {
+            return bad("window", self.window.into(), "must be from 1 to 65,536");
+        }
+        if !(30..=86_400).contains(&self.pin_ttl_s) {
+            return bad(
+                "pin_ttl_s",
+                self.pin_ttl_s.into(),
+                "must be from 30 to 86,400",
+            );
+        }
+        if self.pin_requests_per_phone_hour == 0 {
+            return bad("pin_requests_per_phone_hour", 0, "must be at least 1");
+        }
+        if self.pin_requests_per_source_hour == 0 {
+            return bad("pin_requests_per_source_hour", 0, "must be at least 1");
+        }
+        if !(1..=100).contains(&self.pin_wrong_max) {
+            return bad(
+                "pin_wrong_max",
+                self.pin_wrong_max.into(),
+                "must be from 1 to 100",
+            );
+        }
+        if self.pending_registrations_max == 0 {
+            return bad("pending_registrations_max", 0, "must be at least 1");
+        }
+        if self.maintain_bytes_per_tick < 4096 {
+            return bad(
+                "maintain_bytes_per_tick",
+                self.maintain_bytes_per_tick as u64,
+                "must be at least 4096",
+            );
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,33 @@
+//! Switchboard's router: the brain. Users hash into partitions; each partition is owned
+//! by one shard (one thread), which owns a storage log and everything about its users:
+//! accounts, sessions (which gateway connection a logged-in user is on), registrations,
+//! and the offline queues in its log.
+//!
+//! A [`Shard`] is sans-I/O: it is driven by [`wire::link::ToRouter`] requests, a `now`
+//! passed in, and [`Shard::tick`]; it answers with [`wire::link::FromRouter`] values. The
+//! appliance moves those over channels (all-in-one) or the private-NIC link.
+//!
+//! Delivery semantics (DESIGN.md): a message is appended to the recipient's queue before
+//! `ServerAck` (and, with group/always durability, only once the log is durable past
+//! it); delivered if the recipient is online, streamed in order on login; erased when
+//! the recipient acknowledges it, which sends a delivered receipt to the sender — stored
+//! and forwarded the same way. Duplicates (same sender and message id while pending, or
+//! recently delivered) are acknowledged and not stored twice.
+//!
+//! # Layout
+//! - [`config`]: the router configuration (`RouterConfig`).
+//! - [`partition`]: phone → partition, partition → shard.
+//! - [`registration`]: PINs, their limits, keys (CSPRNG, hashed).
+//! - [`shard`]: `Shard`, the state machine.
+//! - `stored`: how the router marks messages and receipts in the log.
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod partition;
+pub mod registration;
+pub mod shard;
+mod stored;
+
+pub use config::RouterConfig;
+pub use partition::{partition_of, PartitionMap};
+pub use shard::{Shard, ShardStats};

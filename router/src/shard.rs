@@ -1,0 +1,632 @@
+//! A shard: the owner of some partitions' users, their log, sessions and registrations.
+//! Sans-I/O: [`Shard::handle`] takes a request and a `now`, [`Shard::tick`] does the
+//! timed work; both push what must be sent into `out`.
+
+use std::collections::VecDeque;
+use std::path::Path;
+
+use ahash::{AHashMap, AHashSet};
+use storage::{Log, LogConfig, Lsn, MsgSeq, NewMessage, RecoveryReport, StorageError, UserId};
+use wire::frame::ReceiptKind;
+use wire::link::{ConnId, FromRouter, ToClient, ToRouter};
+use wire::{ErrorCode, Key, Phone, Pin};
+
+use crate::config::RouterConfig;
+use crate::partition::PartitionMap;
+use crate::registration::{key_hash, key_matches, new_key, Registrations, Requested, Verified};
+use crate::stored::{self, Stored};
+
+/// A logged-in user's connection and its delivery stream.
+struct Session {
+    conn: ConnId,
+    /// Highest sequence number sent on this connection.
+    sent_upto: MsgSeq,
+    /// Sent and not yet acknowledged.
+    inflight: u32,
+}
+
+/// Counters of a shard (read by the appliance's stats).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ShardStats {
+    pub sessions: u64,
+    pub registrations: u64,
+    pub logins: u64,
+    pub auth_failures: u64,
+    pub accepted: u64,
+    pub duplicates: u64,
+    pub delivered: u64,
+    pub receipts_stored: u64,
+    pub receipts_dropped: u64,
+    pub refused_full: u64,
+    pub refused_unknown: u64,
+    pub storage_errors: u64,
+    pub unreadable: u64,
+}
+
+/// Remembers which (recipient, sender, message id) are pending or were delivered
+/// lately, to acknowledge a resend without storing it twice. Keys are 64-bit hashes;
+/// a pending hit is confirmed against the log, a recent hit is taken as it is (a false
+/// match needs a 64-bit collision among the last `recent_max` deliveries).
+struct Dedup {
+    hasher: ahash::RandomState,
+    pending: AHashMap<u64, u32>,
+    recent: AHashSet<u64>,
+    order: VecDeque<u64>,
+    recent_max: usize,
+}
+
+impl Dedup {
+    fn new(recent_max: usize) -> Self {
+        Dedup {
+            hasher: ahash::RandomState::with_seeds(7, 11, 13, 17),
+            pending: AHashMap::new(),
+            recent: AHashSet::new(),
+            order: VecDeque::new(),
+            recent_max,
+        }
+    }
+
+    fn key(&self, to: u64, from: u64, msg_id: u64) -> u64 {
+        self.hasher.hash_one((to, from, msg_id))
+    }
+
+    fn stored(&mut self, h: u64) {
+        *self.pending.entry(h).or_default() += 1;
+    }
+
+    fn delivered(&mut self, h: u64) {
+        if let Some(n) = self.pending.get_mut(&h) {
+            *n -= 1;
+            if *n == 0 {
+                self.pending.remove(&h);
+            }
+        }
+        if self.recent_max > 0 && self.recent.insert(h) {
+            self.order.push_back(h);
+            if self.order.len() > self.recent_max {
+                if let Some(old) = self.order.pop_front() {
+                    self.recent.remove(&old);
+                }
+            }
+        }
+    }
+}
+
+pub struct Shard {
+    id: u16,
+    map: PartitionMap,
+    config: RouterConfig,
+    log: Log,
+    sessions: AHashMap<Phone, Session>,
+    regs: Registrations,
+    /// Answers that wait for the log to be durable up to their position.
+    waiting: VecDeque<(Lsn, ConnId, ToClient)>,
+    /// Requests for this shard's own users produced while handling another.
+    local: VecDeque<ToRouter>,
+    dedup: Dedup,
+    last_sweep_ms: u64,
+    stats: ShardStats,
+}
+
+fn uid(p: Phone) -> UserId {
+    UserId::new(p.get()).expect("every phone is a user id")
+}
+
+fn phone(u: UserId) -> Option<Phone> {
+    Phone::new(u.get())
+}
+
+fn account_key(p: Phone) -> [u8; 8] {
+    p.get().to_le_bytes()
+}
+
+impl Shard {
+    /// Opens shard `id`'s log in `dir` (recovering it) and rebuilds what the router keeps
+    /// in memory from it.
+    pub fn open(
+        id: u16,
+        map: PartitionMap,
+        config: RouterConfig,
+        log_config: LogConfig,
+        dir: &Path,
+        now_ms: u64,
+    ) -> Result<(Shard, RecoveryReport), StorageError> {
+        let (log, report) = Log::open(dir, log_config, now_ms)?;
+        let mut dedup = Dedup::new(config.recent_delivered);
+        let users: Vec<UserId> = log.users_with_pending().collect();
+        for u in users {
+            for m in log.pending(u, now_ms) {
+                if let Some(Stored::Message(_)) = stored::parse(m.body) {
+                    dedup.stored(dedup.key(u.get(), m.sender.get(), m.msg_id));
+                }
+            }
+        }
+        let shard = Shard {
+            id,
+            map,
+            regs: Registrations::new(&config),
+            config,
+            log,
+            sessions: AHashMap::new(),
+            waiting: VecDeque::new(),
+            local: VecDeque::new(),
+            dedup,
+            last_sweep_ms: now_ms,
+            stats: ShardStats::default(),
+        };
+        Ok((shard, report))
+    }
+
+    pub fn id(&self) -> u16 {
+        self.id
+    }
+
+    pub fn stats(&self) -> ShardStats {
+        ShardStats {
+            sessions: self.sessions.len() as u64,
+            ..self.stats.clone()
+        }
+    }
+
+    pub fn log(&self) -> &Log {
+        &self.log
+    }
+
+    /// Whether `phone` belongs to this shard.
+    pub fn owns(&self, phone: Phone) -> bool {
+        self.map.shard_of(phone) == self.id
+    }
+
+    /// Handles one request (and whatever it causes for this shard's own users).
+    pub fn handle(&mut self, now_ms: u64, req: ToRouter, out: &mut Vec<FromRouter>) {
+        self.dispatch(now_ms, req, out);
+        while let Some(req) = self.local.pop_front() {
+            self.dispatch(now_ms, req, out);
+        }
+        self.release(out);
+    }
+
+    /// Timed work: answers whose records became durable, reclaim, registration expiry.
+    pub fn tick(&mut self, now_ms: u64, out: &mut Vec<FromRouter>) {
+        self.release(out);
+        if self
+            .log
+            .maintain(now_ms, self.config.maintain_bytes_per_tick)
+            .is_err()
+        {
+            self.stats.storage_errors += 1;
+        }
+        if now_ms >= self.last_sweep_ms + 1000 {
+            self.regs.sweep(now_ms);
+            self.last_sweep_ms = now_ms;
+        }
+    }
+
+    /// Flushes the log and stops its threads.
+    pub fn close(self) -> Result<(), StorageError> {
+        self.log.close()
+    }
+
+    fn dispatch(&mut self, now: u64, req: ToRouter, out: &mut Vec<FromRouter>) {
+        match req {
+            ToRouter::Register {
+                conn,
+                phone,
+                source,
+            } => self.register(conn, phone, source, now, out),
+            ToRouter::Verify { conn, phone, pin } => self.verify(conn, phone, pin, now, out),
+            ToRouter::Login { conn, phone, key } => self.login(conn, phone, key, now, out),
+            ToRouter::Send {
+                conn,
+                from,
+                to,
+                msg_id,
+                body,
+            } => self.send(conn, from, to, msg_id, &body, now, out),
+            ToRouter::Ack { user, seq, .. } => self.ack(user, seq, now, out),
+            ToRouter::Read {
+                user, from, msg_id, ..
+            } => self.store_receipt(from, user, msg_id, ReceiptKind::Read, now, now, out),
+            ToRouter::Closed { conn, user } => {
+                if self.sessions.get(&user).is_some_and(|s| s.conn == conn) {
+                    self.sessions.remove(&user);
+                }
+            }
+            ToRouter::Receipt {
+                to,
+                by,
+                msg_id,
+                kind,
+                timestamp_ms,
+            } => self.store_receipt(to, by, msg_id, kind, timestamp_ms, now, out),
+        }
+    }
+
+    fn reply(out: &mut Vec<FromRouter>, conn: ConnId, msg: ToClient) {
+        out.push(FromRouter::ToClient { conn, msg });
+    }
+
+    fn error(out: &mut Vec<FromRouter>, conn: ConnId, code: ErrorCode, reason: &str) {
+        Self::reply(
+            out,
+            conn,
+            ToClient::Error {
+                code,
+                reason: reason.into(),
+            },
+        );
+    }
+
+    fn route(&mut self, req: ToRouter, out: &mut Vec<FromRouter>) {
+        if self.owns(req.route_key()) {
+            self.local.push_back(req);
+        } else {
+            out.push(FromRouter::ToRouter(req));
+        }
+    }
+
+    fn release(&mut self, out: &mut Vec<FromRouter>) {
+        let durable = self.log.durable();
+        while self
+            .waiting
+            .front()
+            .is_some_and(|(lsn, _, _)| *lsn <= durable)
+        {
+            let (_, conn, msg) = self.waiting.pop_front().expect("front");
+            Self::reply(out, conn, msg);
+        }
+    }
+
+    fn register(
+        &mut self,
+        conn: ConnId,
+        phone: Phone,
+        source: std::net::IpAddr,
+        now: u64,
+        out: &mut Vec<FromRouter>,
+    ) {
+        match self.regs.request(phone, source, now) {
+            Requested::Sent { pin, expires_in_s } => {
+                out.push(FromRouter::Sms { phone, pin });
+                Self::reply(
+                    out,
+                    conn,
+                    ToClient::RegisterPending {
+                        phone,
+                        expires_in_s,
+                    },
+                );
+            }
+            Requested::RateLimited => Self::error(
+                out,
+                conn,
+                ErrorCode::RateLimited,
+                "too many PIN requests; try again later",
+            ),
+            Requested::Busy => Self::error(
+                out,
+                conn,
+                ErrorCode::TryAgain,
+                "too many registrations in progress",
+            ),
+            Requested::NoRandomness => {
+                Self::error(out, conn, ErrorCode::Internal, "no randomness for a PIN")
+            }
+        }
+    }
+
+    fn verify(
+        &mut self,
+        conn: ConnId,
+        phone: Phone,
+        pin: Pin,
+        now: u64,
+        out: &mut Vec<FromRouter>,
+    ) {
+        match self.regs.verify(phone, pin, now) {
+            Verified::Ok => {}
+            Verified::Wrong { tries_left } => {
+                return Self::error(
+                    out,
+                    conn,
+                    ErrorCode::PinWrong,
+                    &format!("wrong PIN; {tries_left} tries left"),
+                );
+            }
+            Verified::Voided => {
+                return Self::error(
+                    out,
+                    conn,
+                    ErrorCode::PinWrong,
+                    "wrong PIN; no tries left, the PIN is void: ask for a new one",
+                );
+            }
+            Verified::Invalid => {
+                return Self::error(
+                    out,
+                    conn,
+                    ErrorCode::PinInvalid,
+                    "no valid PIN for this number: ask for one",
+                );
+            }
+        }
+        let Some(key) = new_key() else {
+            return Self::error(out, conn, ErrorCode::Internal, "no randomness for a key");
+        };
+        let lsn = match self.log.put_account(&account_key(phone), &key_hash(&key)) {
+            Ok(lsn) => lsn,
+            Err(e) => {
+                self.stats.storage_errors += 1;
+                let code = if e.is_retryable() {
+                    ErrorCode::TryAgain
+                } else {
+                    ErrorCode::Internal
+                };
+                return Self::error(out, conn, code, "could not store the account");
+            }
+        };
+        self.stats.registrations += 1;
+        // The old key no longer works; the old device is told why.
+        if let Some(old) = self.sessions.remove(&phone) {
+            Self::reply(
+                out,
+                old.conn,
+                ToClient::Close {
+                    code: ErrorCode::LoggedInElsewhere,
+                    reason: "registered on another device".into(),
+                },
+            );
+        }
+        self.waiting
+            .push_back((lsn, conn, ToClient::Registered { phone, key }));
+    }
+
+    fn login(&mut self, conn: ConnId, phone: Phone, key: Key, now: u64, out: &mut Vec<FromRouter>) {
+        let ok = self
+            .log
+            .account(&account_key(phone))
+            .is_some_and(|h| key_matches(h, &key));
+        if !ok {
+            self.stats.auth_failures += 1;
+            return Self::reply(
+                out,
+                conn,
+                ToClient::Close {
+                    code: ErrorCode::AuthFailed,
+                    reason: "unknown number or wrong key".into(),
+                },
+            );
+        }
+        if let Some(old) = self.sessions.remove(&phone) {
+            if old.conn != conn {
+                Self::reply(
+                    out,
+                    old.conn,
+                    ToClient::Close {
+                        code: ErrorCode::LoggedInElsewhere,
+                        reason: "logged in on another connection".into(),
+                    },
+                );
+            }
+        }
+        self.stats.logins += 1;
+        let pending = self.log.pending_count(uid(phone)).0.min(u32::MAX as u64) as u32;
+        self.sessions.insert(
+            phone,
+            Session {
+                conn,
+                sent_upto: MsgSeq(0),
+                inflight: 0,
+            },
+        );
+        Self::reply(
+            out,
+            conn,
+            ToClient::LoggedIn {
+                user: phone,
+                pending,
+            },
+        );
+        self.fill(phone, now, out);
+    }
+
+    #[allow(clippy::too_many_arguments)] // the fields of a Send request
+    fn send(
+        &mut self,
+        conn: ConnId,
+        from: Phone,
+        to: Phone,
+        msg_id: u64,
+        body: &[u8],
+        now: u64,
+        out: &mut Vec<FromRouter>,
+    ) {
+        if self.log.account(&account_key(to)).is_none() {
+            self.stats.refused_unknown += 1;
+            return Self::reply(
+                out,
+                conn,
+                ToClient::Refused {
+                    to,
+                    msg_id,
+                    code: ErrorCode::RecipientUnknown,
+                },
+            );
+        }
+        let h = self.dedup.key(to.get(), from.get(), msg_id);
+        if self.is_duplicate(h, to, from, msg_id, now) {
+            self.stats.duplicates += 1;
+            let lsn = self.log.written();
+            self.waiting
+                .push_back((lsn, conn, ToClient::ServerAck { to, msg_id }));
+            return;
+        }
+        let mut stored_body = Vec::with_capacity(1 + body.len());
+        stored_body.push(stored::MESSAGE);
+        stored_body.extend_from_slice(body);
+        let appended = self.log.append_message(&NewMessage {
+            recipient: uid(to),
+            sender: uid(from),
+            msg_id,
+            timestamp_ms: now,
+            expiry_ms: None,
+            body: &stored_body,
+        });
+        match appended {
+            Ok(a) => {
+                self.stats.accepted += 1;
+                self.dedup.stored(h);
+                self.waiting
+                    .push_back((a.lsn, conn, ToClient::ServerAck { to, msg_id }));
+                self.fill(to, now, out);
+            }
+            Err(StorageError::Full { .. }) => {
+                self.stats.refused_full += 1;
+                Self::reply(
+                    out,
+                    conn,
+                    ToClient::Refused {
+                        to,
+                        msg_id,
+                        code: ErrorCode::QueueFull,
+                    },
+                );
+            }
+            Err(_) => {
+                self.stats.storage_errors += 1;
+                Self::reply(
+                    out,
+                    conn,
+                    ToClient::Refused {
+                        to,
+                        msg_id,
+                        code: ErrorCode::TryAgain,
+                    },
+                );
+            }
+        }
+    }
+
+    fn is_duplicate(&self, h: u64, to: Phone, from: Phone, msg_id: u64, now: u64) -> bool {
+        if self.dedup.recent.contains(&h) {
+            return true;
+        }
+        self.dedup.pending.contains_key(&h)
+            && self.log.pending(uid(to), now).any(|m| {
+                m.sender.get() == from.get()
+                    && m.msg_id == msg_id
+                    && matches!(stored::parse(m.body), Some(Stored::Message(_)))
+            })
+    }
+
+    fn ack(&mut self, user: Phone, seq: u64, now: u64, out: &mut Vec<FromRouter>) {
+        let seq = MsgSeq(seq);
+        let Some(m) = self.log.get(uid(user), seq, now) else {
+            return;
+        }; // already acked
+        let (sender, msg_id) = (m.sender, m.msg_id);
+        let was_message = matches!(stored::parse(m.body), Some(Stored::Message(_)));
+        if self.log.erase(uid(user), seq).is_err() {
+            self.stats.storage_errors += 1;
+            return; // still pending: delivered again later
+        }
+        if let Some(s) = self.sessions.get_mut(&user) {
+            if seq <= s.sent_upto {
+                s.inflight = s.inflight.saturating_sub(1);
+            }
+        }
+        if was_message {
+            self.stats.delivered += 1;
+            self.dedup
+                .delivered(self.dedup.key(user.get(), sender.get(), msg_id));
+            if let Some(sender) = phone(sender) {
+                let receipt = ToRouter::Receipt {
+                    to: sender,
+                    by: user,
+                    msg_id,
+                    kind: ReceiptKind::Delivered,
+                    timestamp_ms: now,
+                };
+                self.route(receipt, out);
+            }
+        }
+        self.fill(user, now, out);
+    }
+
+    #[allow(clippy::too_many_arguments)] // the fields of a receipt
+    fn store_receipt(
+        &mut self,
+        to: Phone,
+        by: Phone,
+        msg_id: u64,
+        kind: ReceiptKind,
+        ts: u64,
+        now: u64,
+        out: &mut Vec<FromRouter>,
+    ) {
+        if self.log.account(&account_key(to)).is_none() {
+            self.stats.receipts_dropped += 1;
+            return;
+        }
+        let body = [stored::receipt_byte(kind)];
+        let r = self.log.append_message(&NewMessage {
+            recipient: uid(to),
+            sender: uid(by),
+            msg_id,
+            timestamp_ms: ts,
+            expiry_ms: None,
+            body: &body,
+        });
+        match r {
+            Ok(_) => {
+                self.stats.receipts_stored += 1;
+                self.fill(to, now, out);
+            }
+            Err(_) => self.stats.receipts_dropped += 1,
+        }
+    }
+
+    /// Sends a logged-in user's pending messages after the last one sent, in order, up
+    /// to the window; the rest stays in the log until acknowledgements make room.
+    fn fill(&mut self, user: Phone, now: u64, out: &mut Vec<FromRouter>) {
+        let window = self.config.window;
+        let Some(s) = self.sessions.get_mut(&user) else {
+            return;
+        };
+        if s.inflight >= window {
+            return;
+        }
+        for m in self.log.pending_after(uid(user), s.sent_upto, now) {
+            s.sent_upto = m.seq;
+            let Some(from) = phone(m.sender) else {
+                self.stats.unreadable += 1;
+                continue;
+            };
+            let msg = match stored::parse(m.body) {
+                Some(Stored::Message(body)) => ToClient::Deliver {
+                    seq: m.seq.0,
+                    from,
+                    msg_id: m.msg_id,
+                    timestamp_ms: m.timestamp_ms,
+                    body: body.to_vec(),
+                },
+                Some(Stored::Receipt(kind)) => ToClient::Receipt {
+                    seq: m.seq.0,
+                    by: from,
+                    msg_id: m.msg_id,
+                    timestamp_ms: m.timestamp_ms,
+                    kind,
+                },
+                None => {
+                    self.stats.unreadable += 1;
+                    continue;
+                }
+            };
+            out.push(FromRouter::ToClient { conn: s.conn, msg });
+            s.inflight += 1;
+            if s.inflight >= window {
+                break;
+            }
+        }
+    }
+}
