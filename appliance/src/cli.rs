@@ -18,6 +18,21 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// Runs the all-in-one appliance: gateway, router and storage in one process.
+    Serve {
+        /// TOML configuration (every field optional; see docs and `config.rs`).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Overrides `listen` (e.g. 127.0.0.1:0 for any free port).
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+        /// Overrides `data_dir`.
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Validates the configuration and exits.
+        #[arg(long)]
+        check: bool,
+    },
     /// Operator commands on a router shard's storage log.
     #[command(subcommand)]
     Log(LogCommand),
@@ -42,6 +57,49 @@ pub enum LogCommand {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Serve {
+            config,
+            listen,
+            data,
+            check,
+        } => {
+            let mut c = match config
+                .as_deref()
+                .map(crate::config::Config::load)
+                .transpose()
+            {
+                Ok(c) => c.unwrap_or_default(),
+                Err(e) => {
+                    eprintln!("switchboard serve: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            if let Some(l) = listen {
+                c.listen = l;
+            }
+            if let Some(d) = data {
+                c.data_dir = d;
+            }
+            if check {
+                return match c.validate() {
+                    Ok(()) => {
+                        println!("configuration is valid");
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => {
+                        eprintln!("switchboard serve: {e}");
+                        ExitCode::from(2)
+                    }
+                };
+            }
+            match crate::serve::serve(c) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("switchboard serve: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
         Command::Log(LogCommand::Inspect { dir, config, quiet }) => {
             crate::logcmd::inspect(&dir, config.as_deref(), quiet)
         }

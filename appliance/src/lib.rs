@@ -2,8 +2,12 @@
 //!
 //! # Layout
 //! - [`cli`]: the `switchboard` command line (clap derive).
+//! - [`config`]: the appliance configuration (TOML), validated.
+//! - [`serve`]: `switchboard serve`: threads, channels, signals.
 //! - [`logcmd`]: `switchboard log`: operator commands on a shard's storage log.
 #![forbid(unsafe_code)]
 
 pub mod cli;
+pub mod config;
 pub mod logcmd;
+pub mod serve;

@@ -110,7 +110,13 @@ enum ReplyFrame {
 }
 
 impl Conn {
-    pub fn new(config: Arc<ServerConfig>, limits: Arc<Limits>, id: ConnId, peer: IpAddr, now_ms: u64) -> Result<Conn, rustls::Error> {
+    pub fn new(
+        config: Arc<ServerConfig>,
+        limits: Arc<Limits>,
+        id: ConnId,
+        peer: IpAddr,
+        now_ms: u64,
+    ) -> Result<Conn, rustls::Error> {
         Ok(Conn {
             id,
             peer,
@@ -163,7 +169,10 @@ impl Conn {
 
     /// Bytes held by this connection's buffers (capacity), for memory accounting.
     pub fn buffered_bytes(&self) -> usize {
-        self.incoming.capacity() + self.plain.capacity() + self.pending.capacity() + self.outgoing.capacity()
+        self.incoming.capacity()
+            + self.plain.capacity()
+            + self.pending.capacity()
+            + self.outgoing.capacity()
     }
 
     /// Bytes arrived from the socket.
@@ -196,7 +205,9 @@ impl Conn {
             return;
         }
         match msg {
-            ToClient::Close { code, reason } => return self.close(*code, reason, now_ms, to_router),
+            ToClient::Close { code, reason } => {
+                return self.close(*code, reason, now_ms, to_router)
+            }
             ToClient::LoggedIn { user, .. } => self.phase = Phase::LoggedIn(*user),
             _ => {}
         }
@@ -212,16 +223,26 @@ impl Conn {
         }
         let l = &self.limits;
         match self.phase {
-            Phase::Handshake if now_ms >= self.started_ms + l.handshake_timeout_ms => {
-                self.close(ErrorCode::HandshakeTimeout, "no TLS handshake and Hello in time", now_ms, to_router)
-            }
+            Phase::Handshake if now_ms >= self.started_ms + l.handshake_timeout_ms => self.close(
+                ErrorCode::HandshakeTimeout,
+                "no TLS handshake and Hello in time",
+                now_ms,
+                to_router,
+            ),
             Phase::Open | Phase::LoggingIn(_) if now_ms >= self.last_rx_ms + l.login_timeout_ms => {
-                self.close(ErrorCode::LoginTimeout, "no login in time", now_ms, to_router)
+                self.close(
+                    ErrorCode::LoginTimeout,
+                    "no login in time",
+                    now_ms,
+                    to_router,
+                )
             }
             Phase::LoggedIn(_) if now_ms >= self.last_rx_ms + l.idle_timeout_ms => {
                 self.close(ErrorCode::IdleTimeout, "silent too long", now_ms, to_router)
             }
-            Phase::LoggedIn(_) if !self.pinged && now_ms >= self.last_rx_ms + l.idle_timeout_ms / 2 => {
+            Phase::LoggedIn(_)
+                if !self.pinged && now_ms >= self.last_rx_ms + l.idle_timeout_ms / 2 =>
+            {
                 self.pinged = true;
                 Frame::Ping { nonce: now_ms }.encode(&mut self.pending);
                 self.pump(now_ms, to_router);
@@ -254,12 +275,21 @@ impl Conn {
             Phase::LoggedIn(u) | Phase::LoggingIn(u) => u,
             _ => return None,
         };
-        Some(ToRouter::Closed { conn: self.id, user })
+        Some(ToRouter::Closed {
+            conn: self.id,
+            user,
+        })
     }
 
     /// Ends the connection with a reason: a `Close` frame and close_notify where TLS is
     /// up, nothing where it is not.
-    pub fn close(&mut self, code: ErrorCode, reason: &str, now_ms: u64, to_router: &mut Vec<ToRouter>) {
+    pub fn close(
+        &mut self,
+        code: ErrorCode,
+        reason: &str,
+        now_ms: u64,
+        to_router: &mut Vec<ToRouter>,
+    ) {
         if self.ended.is_some() {
             return;
         }
@@ -290,7 +320,9 @@ impl Conn {
     }
 
     fn after_write(&mut self) {
-        if self.outgoing.len() > self.limits.outbound_bytes_max && !matches!(self.ended, Some(Ended::SlowReader)) {
+        if self.outgoing.len() > self.limits.outbound_bytes_max
+            && !matches!(self.ended, Some(Ended::SlowReader))
+        {
             self.end(Ended::SlowReader);
             self.outgoing = Vec::new();
         }
@@ -338,10 +370,14 @@ impl Conn {
                                 self.outgoing.truncate(start + n);
                                 break;
                             }
-                            Err(EncodeError::InsufficientSize(s)) if s.required_size > size => size = s.required_size,
+                            Err(EncodeError::InsufficientSize(s)) if s.required_size > size => {
+                                size = s.required_size
+                            }
                             Err(other) => {
                                 self.outgoing.truncate(start);
-                                failed = Some(Ended::Tls(format!("encoding a handshake message: {other:?}")));
+                                failed = Some(Ended::Tls(format!(
+                                    "encoding a handshake message: {other:?}"
+                                )));
                                 break;
                             }
                         }
@@ -370,7 +406,9 @@ impl Conn {
                     if self.closing {
                         let start = self.outgoing.len();
                         self.outgoing.resize(start + 64, 0);
-                        let n = w.queue_close_notify(&mut self.outgoing[start..]).unwrap_or(0);
+                        let n = w
+                            .queue_close_notify(&mut self.outgoing[start..])
+                            .unwrap_or(0);
                         self.outgoing.truncate(start + n);
                         self.closing = false;
                     }
@@ -420,15 +458,24 @@ impl Conn {
                     }
                     to_router.push(req);
                 }
-                Act::Reply(ReplyFrame::Pong(nonce)) => Frame::Pong { nonce }.encode(&mut self.pending),
+                Act::Reply(ReplyFrame::Pong(nonce)) => {
+                    Frame::Pong { nonce }.encode(&mut self.pending)
+                }
                 Act::Hello { min, max } => {
                     if min > PROTOCOL_VERSION || max < 1 {
-                        self.close(ErrorCode::UnsupportedVersion, "no protocol version in common", now_ms, to_router);
+                        self.close(
+                            ErrorCode::UnsupportedVersion,
+                            "no protocol version in common",
+                            now_ms,
+                            to_router,
+                        );
                     } else {
                         self.phase = Phase::Open;
                         Frame::Welcome {
                             version: max.min(PROTOCOL_VERSION),
-                            ping_interval_s: (self.limits.idle_timeout_ms / 2000).min(u16::MAX as u64) as u16,
+                            ping_interval_s: (self.limits.idle_timeout_ms / 2000)
+                                .min(u16::MAX as u64)
+                                as u16,
                             frame_bytes_max: self.limits.frame_bytes_max as u32,
                             server_time_ms: now_ms,
                         }
@@ -448,24 +495,51 @@ impl Conn {
 fn classify(phase: Phase, frame: Frame<'_>, conn: ConnId, source: IpAddr) -> Act {
     let violation = |what: &str| Act::Close(ErrorCode::ProtocolViolation, what.to_string());
     match (phase, frame) {
-        (Phase::Handshake, Frame::Hello { min_version, max_version }) => Act::Hello { min: min_version, max: max_version },
+        (
+            Phase::Handshake,
+            Frame::Hello {
+                min_version,
+                max_version,
+            },
+        ) => Act::Hello {
+            min: min_version,
+            max: max_version,
+        },
         (Phase::Handshake, _) => violation("the first frame must be Hello"),
         (_, Frame::Hello { .. }) => violation("Hello was already sent"),
         (_, Frame::Ping { nonce }) => Act::Reply(ReplyFrame::Pong(nonce)),
         (_, Frame::Pong { .. }) => Act::None,
         (_, Frame::Close { .. }) => Act::Close(ErrorCode::Normal, "closed by the client".into()),
-        (_, Frame::RegisterRequest { phone }) => Act::Router(ToRouter::Register { conn, phone, source }),
+        (_, Frame::RegisterRequest { phone }) => Act::Router(ToRouter::Register {
+            conn,
+            phone,
+            source,
+        }),
         (_, Frame::Verify { phone, pin }) => Act::Router(ToRouter::Verify { conn, phone, pin }),
-        (Phase::Open, Frame::Login { phone, key }) => Act::Router(ToRouter::Login { conn, phone, key }),
+        (Phase::Open, Frame::Login { phone, key }) => {
+            Act::Router(ToRouter::Login { conn, phone, key })
+        }
         (_, Frame::Login { .. }) => violation("already logged in or logging in"),
-        (Phase::LoggedIn(from), Frame::Send { to, msg_id, body }) => {
-            Act::Router(ToRouter::Send { conn, from, to, msg_id, body: body.to_vec() })
+        (Phase::LoggedIn(from), Frame::Send { to, msg_id, body }) => Act::Router(ToRouter::Send {
+            conn,
+            from,
+            to,
+            msg_id,
+            body: body.to_vec(),
+        }),
+        (Phase::LoggedIn(user), Frame::Ack { seq }) => {
+            Act::Router(ToRouter::Ack { conn, user, seq })
         }
-        (Phase::LoggedIn(user), Frame::Ack { seq }) => Act::Router(ToRouter::Ack { conn, user, seq }),
-        (Phase::LoggedIn(user), Frame::Read { from, msg_id }) => Act::Router(ToRouter::Read { conn, user, from, msg_id }),
-        (_, Frame::Send { .. } | Frame::Ack { .. } | Frame::Read { .. }) => {
-            Act::Close(ErrorCode::NotLoggedIn, "log in before sending, acknowledging or reading".into())
-        }
+        (Phase::LoggedIn(user), Frame::Read { from, msg_id }) => Act::Router(ToRouter::Read {
+            conn,
+            user,
+            from,
+            msg_id,
+        }),
+        (_, Frame::Send { .. } | Frame::Ack { .. } | Frame::Read { .. }) => Act::Close(
+            ErrorCode::NotLoggedIn,
+            "log in before sending, acknowledging or reading".into(),
+        ),
         (_, f) => violation(&format!("{:?} is a server frame", f.kind())),
     }
 }

@@ -33,14 +33,19 @@ impl Identity {
     pub fn from_pem_files(cert: &Path, key: &Path) -> Result<Identity, TlsError> {
         let file_err = |path: &Path| {
             let path = path.to_owned();
-            move |e: rustls::pki_types::pem::Error| TlsError::File { path, why: e.to_string() }
+            move |e: rustls::pki_types::pem::Error| TlsError::File {
+                path,
+                why: e.to_string(),
+            }
         };
         let chain = CertificateDer::pem_file_iter(cert)
             .map_err(file_err(cert))?
             .collect::<Result<Vec<_>, _>>()
             .map_err(file_err(cert))?;
         if chain.is_empty() {
-            return Err(TlsError::NoCertificate { path: cert.to_owned() });
+            return Err(TlsError::NoCertificate {
+                path: cert.to_owned(),
+            });
         }
         let key = PrivateKeyDer::from_pem_file(key).map_err(file_err(key))?;
         Ok(Identity { chain, key })
@@ -56,9 +61,13 @@ impl Identity {
         }
         let mut sans = vec!["localhost".to_string()];
         sans.extend(names.iter().cloned());
-        let ck = rcgen::generate_simple_self_signed(sans).map_err(|e| TlsError::Generate(e.to_string()))?;
+        let ck = rcgen::generate_simple_self_signed(sans)
+            .map_err(|e| TlsError::Generate(e.to_string()))?;
         let write = |path: &Path, text: String| {
-            std::fs::write(path, text).map_err(|e| TlsError::File { path: path.to_owned(), why: e.to_string() })
+            std::fs::write(path, text).map_err(|e| TlsError::File {
+                path: path.to_owned(),
+                why: e.to_string(),
+            })
         };
         write(&key, ck.signing_key.serialize_pem())?;
         restrict(&key)?;
@@ -73,14 +82,21 @@ impl Identity {
 }
 
 pub fn fingerprint(cert: &CertificateDer<'_>) -> String {
-    Sha256::digest(cert.as_ref()).iter().map(|b| format!("{b:02x}")).collect()
+    Sha256::digest(cert.as_ref())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 #[cfg(unix)]
 fn restrict(path: &Path) -> Result<(), TlsError> {
     use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-        .map_err(|e| TlsError::File { path: path.to_owned(), why: e.to_string() })
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(|e| {
+        TlsError::File {
+            path: path.to_owned(),
+            why: e.to_string(),
+        }
+    })
 }
 
 #[cfg(not(unix))]
@@ -121,9 +137,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let cert = dir.path().join("cert.pem");
         std::fs::write(&cert, "not a pem").unwrap();
-        let e = Identity::from_pem_files(&cert, &dir.path().join("nope.pem")).err().unwrap();
+        let e = Identity::from_pem_files(&cert, &dir.path().join("nope.pem"))
+            .err()
+            .unwrap();
         assert!(e.to_string().contains("cert.pem"), "{e}");
-        let e = Identity::from_pem_files(&dir.path().join("missing.pem"), &cert).err().unwrap();
+        let e = Identity::from_pem_files(&dir.path().join("missing.pem"), &cert)
+            .err()
+            .unwrap();
         assert!(e.to_string().contains("missing.pem"), "{e}");
     }
 }

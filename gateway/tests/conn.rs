@@ -29,14 +29,33 @@ fn setup(limits: Limits) -> Pair {
     let (id, _) = Identity::self_signed_in(dir.path(), &[]).unwrap();
     let mut roots = RootCertStore::empty();
     roots.add(id.chain[0].clone()).unwrap();
-    let client_config = ClientConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let client = ClientConnection::new(Arc::new(client_config), ServerName::try_from("localhost").unwrap()).unwrap();
-    let server = Conn::new(server_config(id).unwrap(), Arc::new(limits), ConnId(7), PEER, 1_000).unwrap();
-    Pair { client, server, to_router: vec![], now: 1_000, received: vec![] }
+    let client_config = ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let client = ClientConnection::new(
+        Arc::new(client_config),
+        ServerName::try_from("localhost").unwrap(),
+    )
+    .unwrap();
+    let server = Conn::new(
+        server_config(id).unwrap(),
+        Arc::new(limits),
+        ConnId(7),
+        PEER,
+        1_000,
+    )
+    .unwrap();
+    Pair {
+        client,
+        server,
+        to_router: vec![],
+        now: 1_000,
+        received: vec![],
+    }
 }
 
 impl Pair {
@@ -102,25 +121,46 @@ impl Pair {
 
     fn hello(&mut self) {
         self.pump();
-        self.send(Frame::Hello { min_version: 1, max_version: 3 });
+        self.send(Frame::Hello {
+            min_version: 1,
+            max_version: 3,
+        });
         let f = self.frames();
         assert_eq!(f.len(), 1, "{f:?}");
-        assert!(f[0].starts_with(&format!("Welcome {{ version: {PROTOCOL_VERSION}")), "{f:?}");
+        assert!(
+            f[0].starts_with(&format!("Welcome {{ version: {PROTOCOL_VERSION}")),
+            "{f:?}"
+        );
         assert_eq!(self.server.phase(), Phase::Open);
     }
 
     fn login(&mut self, user: Phone) {
-        self.send(Frame::Login { phone: user, key: Key([1; 32]) });
+        self.send(Frame::Login {
+            phone: user,
+            key: Key([1; 32]),
+        });
         assert!(matches!(self.to_router.pop(), Some(ToRouter::Login { .. })));
-        self.server.deliver(&ToClient::LoggedIn { user, pending: 0 }, self.now, &mut self.to_router);
+        self.server.deliver(
+            &ToClient::LoggedIn { user, pending: 0 },
+            self.now,
+            &mut self.to_router,
+        );
         self.pump();
         assert_eq!(self.frames(), vec!["LoggedIn { pending: 0 }"]);
     }
 
     fn closed_with(&mut self, code: ErrorCode) {
         let f = self.frames();
-        assert!(f.last().is_some_and(|l| l.starts_with(&format!("Close {{ code: {code:?}"))), "{f:?}");
-        assert!(matches!(self.server.ended(), Some(Ended::ByServer(c, _)) if *c == code), "{:?}", self.server.ended());
+        assert!(
+            f.last()
+                .is_some_and(|l| l.starts_with(&format!("Close {{ code: {code:?}"))),
+            "{f:?}"
+        );
+        assert!(
+            matches!(self.server.ended(), Some(Ended::ByServer(c, _)) if *c == code),
+            "{:?}",
+            self.server.ended()
+        );
     }
 }
 
@@ -132,27 +172,56 @@ fn phone(n: u64) -> Phone {
 fn hello_register_login_send_deliver() {
     let mut p = setup(Limits::default());
     p.hello();
-    p.send(Frame::RegisterRequest { phone: phone(15550000001) });
-    assert!(matches!(p.to_router.pop(), Some(ToRouter::Register { phone: ph, .. }) if ph == phone(15550000001)));
-    p.send(Frame::Verify { phone: phone(15550000001), pin: Pin::new(12345).unwrap() });
+    p.send(Frame::RegisterRequest {
+        phone: phone(15550000001),
+    });
+    assert!(
+        matches!(p.to_router.pop(), Some(ToRouter::Register { phone: ph, .. }) if ph == phone(15550000001))
+    );
+    p.send(Frame::Verify {
+        phone: phone(15550000001),
+        pin: Pin::new(12345).unwrap(),
+    });
     assert!(matches!(p.to_router.pop(), Some(ToRouter::Verify { .. })));
     p.login(phone(15550000001));
-    p.send(Frame::Send { to: phone(15550000002), msg_id: 9, body: b"hi" });
+    p.send(Frame::Send {
+        to: phone(15550000002),
+        msg_id: 9,
+        body: b"hi",
+    });
     match p.to_router.pop() {
-        Some(ToRouter::Send { from, to, msg_id: 9, body, conn: ConnId(7) }) => {
-            assert_eq!((from, to, &body[..]), (phone(15550000001), phone(15550000002), &b"hi"[..]));
+        Some(ToRouter::Send {
+            from,
+            to,
+            msg_id: 9,
+            body,
+            conn: ConnId(7),
+        }) => {
+            assert_eq!(
+                (from, to, &body[..]),
+                (phone(15550000001), phone(15550000002), &b"hi"[..])
+            );
         }
         other => panic!("{other:?}"),
     }
     p.server.deliver(
-        &ToClient::Deliver { seq: 3, from: phone(15550000002), msg_id: 4, timestamp_ms: 5, body: b"yo".to_vec() },
+        &ToClient::Deliver {
+            seq: 3,
+            from: phone(15550000002),
+            msg_id: 4,
+            timestamp_ms: 5,
+            body: b"yo".to_vec(),
+        },
         p.now,
         &mut p.to_router,
     );
     p.pump();
     assert_eq!(p.frames().len(), 1);
     p.send(Frame::Ack { seq: 3 });
-    assert!(matches!(p.to_router.pop(), Some(ToRouter::Ack { seq: 3, .. })));
+    assert!(matches!(
+        p.to_router.pop(),
+        Some(ToRouter::Ack { seq: 3, .. })
+    ));
     p.send(Frame::Ping { nonce: 77 });
     assert_eq!(p.frames(), vec!["Pong { nonce: 77 }"]);
     assert!(p.server.ended().is_none());
@@ -161,8 +230,16 @@ fn hello_register_login_send_deliver() {
 #[test]
 fn plain_bytes_instead_of_tls_end_the_connection() {
     let mut p = setup(Limits::default());
-    p.server.receive(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", 1_000, &mut p.to_router);
-    assert!(matches!(p.server.ended(), Some(Ended::Tls(_))), "{:?}", p.server.ended());
+    p.server.receive(
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+        1_000,
+        &mut p.to_router,
+    );
+    assert!(
+        matches!(p.server.ended(), Some(Ended::Tls(_))),
+        "{:?}",
+        p.server.ended()
+    );
     assert!(p.to_router.is_empty());
 }
 
@@ -181,7 +258,10 @@ fn garbage_after_the_handshake_closes_with_a_reason() {
 
 #[test]
 fn a_frame_over_the_limit_is_refused_from_its_header() {
-    let mut p = setup(Limits { frame_bytes_max: 1024, ..Limits::default() });
+    let mut p = setup(Limits {
+        frame_bytes_max: 1024,
+        ..Limits::default()
+    });
     p.hello();
     p.send_raw(&[0x00, 0x10, 0x00, 0x00, 0x20, 0, 0, 0]); // 4 KiB Send announced
     p.closed_with(ErrorCode::FrameTooLarge);
@@ -191,7 +271,11 @@ fn a_frame_over_the_limit_is_refused_from_its_header() {
 fn frames_before_login_are_refused() {
     let mut p = setup(Limits::default());
     p.hello();
-    p.send(Frame::Send { to: phone(15550000002), msg_id: 1, body: b"x" });
+    p.send(Frame::Send {
+        to: phone(15550000002),
+        msg_id: 1,
+        body: b"x",
+    });
     p.closed_with(ErrorCode::NotLoggedIn);
     assert!(p.to_router.is_empty(), "nothing reached the router");
 }
@@ -204,7 +288,10 @@ fn the_first_frame_must_be_hello_and_versions_must_meet() {
     p.closed_with(ErrorCode::ProtocolViolation);
     let mut p = setup(Limits::default());
     p.pump();
-    p.send(Frame::Hello { min_version: 2, max_version: 9 });
+    p.send(Frame::Hello {
+        min_version: 2,
+        max_version: 9,
+    });
     p.closed_with(ErrorCode::UnsupportedVersion);
 }
 
@@ -212,13 +299,21 @@ fn the_first_frame_must_be_hello_and_versions_must_meet() {
 fn server_frames_from_a_client_are_violations() {
     let mut p = setup(Limits::default());
     p.hello();
-    p.send(Frame::Welcome { version: 1, ping_interval_s: 1, frame_bytes_max: 1, server_time_ms: 1 });
+    p.send(Frame::Welcome {
+        version: 1,
+        ping_interval_s: 1,
+        frame_bytes_max: 1,
+        server_time_ms: 1,
+    });
     p.closed_with(ErrorCode::ProtocolViolation);
 }
 
 #[test]
 fn a_truncated_frame_then_silence_times_out() {
-    let mut p = setup(Limits { login_timeout_ms: 5_000, ..Limits::default() });
+    let mut p = setup(Limits {
+        login_timeout_ms: 5_000,
+        ..Limits::default()
+    });
     p.hello();
     p.send_raw(&[16, 0, 0, 0, 0x14, 0, 0]); // half an envelope
     assert!(p.server.ended().is_none(), "incomplete is not invalid");
@@ -231,11 +326,20 @@ fn a_truncated_frame_then_silence_times_out() {
 
 #[test]
 fn handshake_timeout_and_idle_ping_then_timeout() {
-    let mut p = setup(Limits { handshake_timeout_ms: 2_000, ..Limits::default() });
+    let mut p = setup(Limits {
+        handshake_timeout_ms: 2_000,
+        ..Limits::default()
+    });
     p.server.timer(3_000, &mut p.to_router);
-    assert!(matches!(p.server.ended(), Some(Ended::ByServer(ErrorCode::HandshakeTimeout, _))));
+    assert!(matches!(
+        p.server.ended(),
+        Some(Ended::ByServer(ErrorCode::HandshakeTimeout, _))
+    ));
 
-    let mut p = setup(Limits { idle_timeout_ms: 10_000, ..Limits::default() });
+    let mut p = setup(Limits {
+        idle_timeout_ms: 10_000,
+        ..Limits::default()
+    });
     p.hello();
     p.login(phone(15550000001));
     p.now += 5_000;
@@ -246,7 +350,13 @@ fn handshake_timeout_and_idle_ping_then_timeout() {
     p.server.timer(p.now, &mut p.to_router);
     p.pump();
     p.closed_with(ErrorCode::IdleTimeout);
-    assert_eq!(p.server.take_closed_notice(), Some(ToRouter::Closed { conn: ConnId(7), user: phone(15550000001) }));
+    assert_eq!(
+        p.server.take_closed_notice(),
+        Some(ToRouter::Closed {
+            conn: ConnId(7),
+            user: phone(15550000001)
+        })
+    );
     assert_eq!(p.server.take_closed_notice(), None, "once");
 }
 
@@ -255,20 +365,40 @@ fn the_router_can_close_a_connection_with_a_reason() {
     let mut p = setup(Limits::default());
     p.hello();
     p.login(phone(15550000001));
-    p.server.deliver(&ToClient::Close { code: ErrorCode::LoggedInElsewhere, reason: "registered on another device".into() }, p.now, &mut p.to_router);
+    p.server.deliver(
+        &ToClient::Close {
+            code: ErrorCode::LoggedInElsewhere,
+            reason: "registered on another device".into(),
+        },
+        p.now,
+        &mut p.to_router,
+    );
     p.pump();
     p.closed_with(ErrorCode::LoggedInElsewhere);
 }
 
 #[test]
 fn a_slow_reader_is_cut_off_instead_of_buffered() {
-    let mut p = setup(Limits { outbound_bytes_max: 64 * 1024, ..Limits::default() });
+    let mut p = setup(Limits {
+        outbound_bytes_max: 64 * 1024,
+        ..Limits::default()
+    });
     p.hello();
     p.login(phone(15550000001));
     let body = vec![7u8; 8000];
     for seq in 0..20 {
         // The client never reads: nothing is taken from `outgoing`.
-        p.server.deliver(&ToClient::Deliver { seq, from: phone(15550000002), msg_id: seq, timestamp_ms: 0, body: body.clone() }, p.now, &mut p.to_router);
+        p.server.deliver(
+            &ToClient::Deliver {
+                seq,
+                from: phone(15550000002),
+                msg_id: seq,
+                timestamp_ms: 0,
+                body: body.clone(),
+            },
+            p.now,
+            &mut p.to_router,
+        );
     }
     assert_eq!(p.server.ended(), Some(&Ended::SlowReader));
     assert!(p.server.outgoing().is_empty());
@@ -279,6 +409,14 @@ fn an_idle_connection_holds_no_buffer() {
     let mut p = setup(Limits::default());
     p.hello();
     p.login(phone(15550000001));
-    p.send(Frame::Send { to: phone(15550000002), msg_id: 1, body: &[1u8; 5000] });
-    assert_eq!(p.server.buffered_bytes(), 0, "all buffers are released between messages");
+    p.send(Frame::Send {
+        to: phone(15550000002),
+        msg_id: 1,
+        body: &[1u8; 5000],
+    });
+    assert_eq!(
+        p.server.buffered_bytes(),
+        0,
+        "all buffers are released between messages"
+    );
 }

@@ -1,0 +1,251 @@
+//! The appliance configuration: one TOML file, every field optional with a default.
+//!
+//! ```toml
+//! listen = "0.0.0.0:7443"      # public listener (all workers share it, SO_REUSEPORT)
+//! data_dir = "./data"          # logs, TLS files, sms.log
+//! workers = 0                  # gateway worker threads; 0 = one per core
+//! shards = 0                   # router shards (threads, one log each); 0 = one per core
+//! [tls]                        # absent: a self-signed certificate in data_dir/tls
+//! cert = "/etc/switchboard/cert.pem"
+//! key = "/etc/switchboard/key.pem"
+//! [sms]
+//! kind = "log"                 # "log": PINs go to data_dir/sms.log and the log
+//! [limits]                     # per connection (gateway::Limits)
+//! [gateway]                    # per worker
+//! [router]                     # router::RouterConfig
+//! [storage]                    # storage::LogConfig
+//! ```
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Public listener. Default: `0.0.0.0:7443`.
+    pub listen: SocketAddr,
+    /// Where logs, TLS files and the SMS log live; created if missing. Default: `./data`.
+    pub data_dir: PathBuf,
+    /// Gateway worker threads. Default: 0 (one per core). Maximum: 64.
+    pub workers: usize,
+    /// Router shards. Default: 0 (one per core). Maximum: 64.
+    pub shards: usize,
+    pub tls: Option<TlsFiles>,
+    pub sms: SmsConfig,
+    pub limits: LimitsConfig,
+    pub gateway: GatewayConfig,
+    pub router: router::RouterConfig,
+    pub storage: storage::LogConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: "0.0.0.0:7443".parse().expect("valid"),
+            data_dir: PathBuf::from("./data"),
+            workers: 0,
+            shards: 0,
+            tls: None,
+            sms: SmsConfig::default(),
+            limits: LimitsConfig::default(),
+            gateway: GatewayConfig::default(),
+            router: router::RouterConfig::default(),
+            storage: storage::LogConfig::default(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    /// PEM certificate chain (ECDSA or RSA).
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SmsConfig {
+    /// `log` (default): PINs are written to `data_dir/sms.log` and the log.
+    pub kind: SmsKind,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SmsKind {
+    #[default]
+    Log,
+}
+
+/// Per-connection limits (see `gateway::Limits`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Default: 65,536. Range: 1,024 to 1,048,576.
+    pub frame_bytes_max: usize,
+    /// Default: 1 MiB. Minimum: 64 KiB.
+    pub outbound_bytes_max: usize,
+    /// Default: 10,000. Minimum: 100.
+    pub handshake_timeout_ms: u64,
+    /// Default: 60,000. Minimum: 1,000.
+    pub login_timeout_ms: u64,
+    /// Default: 300,000. Minimum: 2,000.
+    pub idle_timeout_ms: u64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        let d = gateway::Limits::default();
+        LimitsConfig {
+            frame_bytes_max: d.frame_bytes_max,
+            outbound_bytes_max: d.outbound_bytes_max,
+            handshake_timeout_ms: d.handshake_timeout_ms,
+            login_timeout_ms: d.login_timeout_ms,
+            idle_timeout_ms: d.idle_timeout_ms,
+        }
+    }
+}
+
+/// Per-worker settings.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// Connections per worker. Default: 100,000. Minimum: 1.
+    pub conns_per_worker: usize,
+    /// New connections per second per worker. Default: 20,000. Minimum: 1.
+    pub accepts_per_sec: u32,
+    /// Receive buffers in each worker's ring (power of two, ≤ 32,768). Default: 1,024.
+    pub buffers: u16,
+    /// Size of each receive buffer. Default: 16,384. Range: 1,024 to 1,048,576.
+    pub buffer_bytes: u32,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        let d = gateway::uring::WorkerConfig::default();
+        GatewayConfig {
+            conns_per_worker: d.conns_max,
+            accepts_per_sec: d.accepts_per_sec,
+            buffers: d.buffers,
+            buffer_bytes: d.buffer_bytes,
+        }
+    }
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    /// Checks every value; the message names the field.
+    pub fn validate(&self) -> Result<(), String> {
+        let l = &self.limits;
+        let g = &self.gateway;
+        let checks: [(bool, &str); 11] = [
+            (self.workers <= 64, "workers: at most 64"),
+            (self.shards <= 64, "shards: at most 64"),
+            (
+                (1024..=wire::FRAME_BYTES_LIMIT).contains(&l.frame_bytes_max),
+                "limits.frame_bytes_max: from 1,024 to 1,048,576",
+            ),
+            (
+                l.outbound_bytes_max >= 64 * 1024,
+                "limits.outbound_bytes_max: at least 65,536",
+            ),
+            (
+                l.handshake_timeout_ms >= 100,
+                "limits.handshake_timeout_ms: at least 100",
+            ),
+            (
+                l.login_timeout_ms >= 1000,
+                "limits.login_timeout_ms: at least 1,000",
+            ),
+            (
+                l.idle_timeout_ms >= 2000,
+                "limits.idle_timeout_ms: at least 2,000",
+            ),
+            (
+                g.conns_per_worker >= 1,
+                "gateway.conns_per_worker: at least 1",
+            ),
+            (
+                g.accepts_per_sec >= 1,
+                "gateway.accepts_per_sec: at least 1",
+            ),
+            (
+                g.buffers.is_power_of_two() && g.buffers <= 32_768,
+                "gateway.buffers: a power of two up to 32,768",
+            ),
+            (
+                (1024..=1 << 20).contains(&g.buffer_bytes),
+                "gateway.buffer_bytes: from 1,024 to 1,048,576",
+            ),
+        ];
+        if let Some((_, why)) = checks.iter().find(|(ok, _)| !ok) {
+            return Err(format!("config: {why}"));
+        }
+        self.router.validate().map_err(|e| e.to_string())?;
+        self.storage.validate().map_err(|e| e.to_string())?;
+        if self.storage.record_bytes_max() < l.frame_bytes_max + 128 {
+            return Err(
+                "config: storage.segment_bytes is too small for limits.frame_bytes_max".into(),
+            );
+        }
+        Ok(())
+    }
+
+    pub fn workers(&self) -> usize {
+        if self.workers == 0 {
+            cores()
+        } else {
+            self.workers
+        }
+    }
+
+    pub fn shards(&self) -> usize {
+        if self.shards == 0 {
+            cores()
+        } else {
+            self.shards
+        }
+    }
+
+    pub fn limits(&self) -> gateway::Limits {
+        let l = &self.limits;
+        gateway::Limits {
+            frame_bytes_max: l.frame_bytes_max,
+            outbound_bytes_max: l.outbound_bytes_max,
+            handshake_timeout_ms: l.handshake_timeout_ms,
+            login_timeout_ms: l.login_timeout_ms,
+            idle_timeout_ms: l.idle_timeout_ms,
+        }
+    }
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_validate_and_bad_values_are_named() {
+        Config::default().validate().unwrap();
+        let c: Config = toml::from_str("[limits]\nframe_bytes_max = 10").unwrap();
+        assert!(c.validate().unwrap_err().contains("frame_bytes_max"));
+        let e = toml::from_str::<Config>("listen = \"nope\"").unwrap_err();
+        assert!(e.to_string().contains("listen"), "{e}");
+        let e = toml::from_str::<Config>("lisen = \"1.2.3.4:5\"").unwrap_err();
+        assert!(e.to_string().contains("unknown field"), "{e}");
+        let c: Config = toml::from_str("[storage]\nsegment_bytes = 65536").unwrap();
+        assert!(c.validate().unwrap_err().contains("segment_bytes"));
+    }
+}

@@ -1,0 +1,308 @@
+//! `switchboard serve`: gateway, router and storage in one process, joined by the
+//! in-process link (channels). Threads: one per gateway worker (io_uring), one per
+//! router shard (its own log). Stops cleanly on SIGINT/SIGTERM: workers close every
+//! connection with `ServerShutdown`, then shards flush their logs.
+
+use std::io::Write;
+use std::os::fd::OwnedFd;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use gateway::tls::{server_config, Identity};
+use gateway::uring::{self, Worker, WorkerConfig, WorkerLink};
+use router::{PartitionMap, Shard};
+use wire::link::{ConnId, FromRouter, ToClient, ToRouter};
+use wire::{Phone, Pin};
+
+use crate::config::Config;
+
+enum ShardMsg {
+    Req(ToRouter),
+    Stop,
+}
+
+/// Where router output goes: shards by partition, client replies by worker.
+struct Routes {
+    map: PartitionMap,
+    shards: Vec<Sender<ShardMsg>>,
+    workers: Vec<(Sender<(ConnId, ToClient)>, Arc<OwnedFd>)>,
+}
+
+impl Routes {
+    fn to_shard(&self, req: ToRouter) {
+        let _ = self.shards[self.map.shard_of(req.route_key()) as usize].send(ShardMsg::Req(req));
+    }
+
+    fn dispatch(&self, out: &mut Vec<FromRouter>, sms: &Sms) {
+        let mut woken = 0u64;
+        for o in out.drain(..) {
+            match o {
+                FromRouter::ToClient { conn, msg } => {
+                    let w = uring::worker_of(conn) as usize;
+                    if let Some((tx, _)) = self.workers.get(w) {
+                        let _ = tx.send((conn, msg));
+                        woken |= 1 << w;
+                    }
+                }
+                FromRouter::ToRouter(req) => self.to_shard(req),
+                FromRouter::Sms { phone, pin } => sms.send(phone, pin),
+            }
+        }
+        for (w, (_, fd)) in self.workers.iter().enumerate() {
+            if woken & (1 << w) != 0 {
+                uring::wake(fd);
+            }
+        }
+    }
+}
+
+/// The `log` SMS sink: appends `unix_ms +number pin` to `data_dir/sms.log` and logs it.
+pub struct Sms {
+    file: Mutex<std::fs::File>,
+}
+
+impl Sms {
+    fn open(dir: &Path) -> Result<Sms, String> {
+        let path = dir.join("sms.log");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        Ok(Sms {
+            file: Mutex::new(file),
+        })
+    }
+
+    fn send(&self, phone: Phone, pin: Pin) {
+        let line = format!("{} {phone} {pin}\n", unix_ms());
+        let mut f = self.file.lock().unwrap_or_else(|p| p.into_inner());
+        if let Err(e) = f.write_all(line.as_bytes()).and_then(|()| f.flush()) {
+            eprintln!("switchboard: sms log: {e}");
+        }
+        eprintln!("switchboard: sms to {phone}: PIN {pin}");
+    }
+}
+
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn run_shard(mut shard: Shard, rx: Receiver<ShardMsg>, routes: Arc<Routes>, sms: Arc<Sms>) {
+    let mut out = Vec::new();
+    let mut last_tick = Instant::now();
+    'run: loop {
+        match rx.recv_timeout(Duration::from_millis(1)) {
+            Ok(ShardMsg::Req(r)) => shard.handle(unix_ms(), r, &mut out),
+            Ok(ShardMsg::Stop) | Err(RecvTimeoutError::Disconnected) => break 'run,
+            Err(RecvTimeoutError::Timeout) => {}
+        }
+        for _ in 0..4096 {
+            match rx.try_recv() {
+                Ok(ShardMsg::Req(r)) => shard.handle(unix_ms(), r, &mut out),
+                Ok(ShardMsg::Stop) => {
+                    routes.dispatch(&mut out, &sms);
+                    break 'run;
+                }
+                Err(_) => break,
+            }
+        }
+        if last_tick.elapsed() >= Duration::from_millis(1) {
+            shard.tick(unix_ms(), &mut out);
+            last_tick = Instant::now();
+        }
+        routes.dispatch(&mut out, &sms);
+    }
+    shard.tick(unix_ms(), &mut out);
+    routes.dispatch(&mut out, &sms);
+    let id = shard.id();
+    if let Err(e) = shard.close() {
+        eprintln!("switchboard: shard {id}: closing its log: {e}");
+    }
+}
+
+/// Raises the open-files limit to the hard limit; says so when that is below what the
+/// configuration may need.
+fn raise_nofile(needed: u64) {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(soft) if soft < needed => eprintln!(
+            "switchboard: warning: the open-files limit is {soft} (the hard limit) but the configuration allows up to {needed} \
+             connections (workers × gateway.conns_per_worker + 1024): connections beyond the limit will be refused. \
+             Raise the hard limit (LimitNOFILE= in the systemd unit, /etc/security/limits.conf) or lower gateway.conns_per_worker."
+        ),
+        Ok(_) => {}
+        Err(e) => eprintln!("switchboard: warning: cannot raise the open-files limit: {e}"),
+    }
+}
+
+pub fn serve(config: Config) -> Result<(), String> {
+    config.validate()?;
+    let data = config.data_dir.clone();
+    std::fs::create_dir_all(&data).map_err(|e| format!("{}: {e}", data.display()))?;
+    let (workers, shards) = (config.workers(), config.shards());
+    raise_nofile((workers * config.gateway.conns_per_worker) as u64 + 1024);
+
+    let identity = match &config.tls {
+        Some(t) => Identity::from_pem_files(&t.cert, &t.key).map_err(|e| e.to_string())?,
+        None => {
+            let dir = data.join("tls");
+            std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            let (id, made) = Identity::self_signed_in(&dir, &[]).map_err(|e| e.to_string())?;
+            if made {
+                println!(
+                    "switchboard: generated a self-signed certificate in {}",
+                    dir.display()
+                );
+            }
+            id
+        }
+    };
+    println!(
+        "switchboard: certificate sha256 fingerprint {}",
+        identity.fingerprint()
+    );
+    let tls = server_config(identity).map_err(|e| e.to_string())?;
+
+    // Shards: open (recover) every log first.
+    let map = PartitionMap::even(config.router.partitions, shards as u16);
+    let mut opened = vec![];
+    for id in 0..shards as u16 {
+        let dir = data.join(format!("log-{id}"));
+        let (shard, report) = Shard::open(
+            id,
+            map.clone(),
+            config.router.clone(),
+            config.storage.clone(),
+            &dir,
+            unix_ms(),
+        )
+        .map_err(|e| format!("shard {id}: {e}"))?;
+        println!(
+            "switchboard: shard {id}: {} records, {} pending messages, {} accounts recovered in {:.0} ms{}",
+            report.records,
+            report.messages_live,
+            report.accounts_live,
+            report.elapsed.as_secs_f64() * 1e3,
+            if report.clean() { String::new() } else { format!(" — damage: {}", report.notes.join("; ")) }
+        );
+        opened.push(shard);
+    }
+
+    // Listeners: the first binds (port 0 picks one), the rest share its address.
+    let first = uring::reuseport_listener(config.listen, 4096)
+        .map_err(|e| format!("listen on {}: {e}", config.listen))?;
+    let addr = first.local_addr().map_err(|e| e.to_string())?;
+    let mut listeners = vec![first];
+    for _ in 1..workers {
+        listeners.push(
+            uring::reuseport_listener(addr, 4096).map_err(|e| format!("listen on {addr}: {e}"))?,
+        );
+    }
+    let mut worker_ends = vec![];
+    let mut worker_links = vec![];
+    for _ in 0..workers {
+        let (tx, rx) = mpsc::channel();
+        let fd = Arc::new(uring::eventfd().map_err(|e| format!("eventfd: {e}"))?);
+        worker_ends.push((tx, Arc::clone(&fd)));
+        worker_links.push((rx, fd));
+    }
+    let mut shard_txs = vec![];
+    let mut shard_rxs = vec![];
+    for _ in 0..shards {
+        let (tx, rx) = mpsc::channel();
+        shard_txs.push(tx);
+        shard_rxs.push(rx);
+    }
+    let routes = Arc::new(Routes {
+        map,
+        shards: shard_txs,
+        workers: worker_ends,
+    });
+    let sms = Arc::new(Sms::open(&data)?);
+
+    let mut shard_threads: Vec<JoinHandle<()>> = vec![];
+    for (shard, rx) in opened.into_iter().zip(shard_rxs) {
+        let (routes, sms) = (Arc::clone(&routes), Arc::clone(&sms));
+        let name = format!("shard-{}", shard.id());
+        shard_threads.push(
+            std::thread::Builder::new()
+                .name(name)
+                .spawn(move || run_shard(shard, rx, routes, sms))
+                .map_err(|e| e.to_string())?,
+        );
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let limits = Arc::new(config.limits());
+    let mut worker_threads = vec![];
+    for (w, (listener, (rx, fd))) in listeners.into_iter().zip(worker_links).enumerate() {
+        let cfg = WorkerConfig {
+            gateway: 0,
+            worker: w as u8,
+            conns_max: config.gateway.conns_per_worker,
+            accepts_per_sec: config.gateway.accepts_per_sec,
+            buffers: config.gateway.buffers,
+            buffer_bytes: config.gateway.buffer_bytes,
+            ..WorkerConfig::default()
+        };
+        let r = Arc::clone(&routes);
+        let link = WorkerLink {
+            to_router: Box::new(move |req| r.to_shard(req)),
+            replies: rx,
+            wake: fd,
+        };
+        let worker = Worker::new(
+            cfg,
+            Arc::clone(&tls),
+            Arc::clone(&limits),
+            listener,
+            link,
+            Arc::clone(&stop),
+        );
+        worker_threads.push(
+            std::thread::Builder::new()
+                .name(format!("gateway-{w}"))
+                .spawn(move || worker.run())
+                .map_err(|e| e.to_string())?,
+        );
+    }
+    println!("switchboard: listening on {addr} ({workers} gateway workers, {shards} router shards, data in {})", data.display());
+    let _ = std::io::stdout().flush();
+
+    let signalled = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, Arc::clone(&signalled)).map_err(|e| e.to_string())?;
+    }
+    while !signalled.load(Ordering::Acquire) {
+        if worker_threads.iter().any(|t| t.is_finished()) {
+            eprintln!("switchboard: a gateway worker stopped unexpectedly; shutting down");
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    println!("switchboard: stopping: closing connections, flushing logs");
+    stop.store(true, Ordering::Release);
+    for (_, fd) in &routes.workers {
+        uring::wake(fd);
+    }
+    for t in worker_threads {
+        match t.join() {
+            Ok(Ok(_stats)) => {}
+            Ok(Err(e)) => eprintln!("switchboard: gateway worker: {e}"),
+            Err(_) => eprintln!("switchboard: a gateway worker panicked"),
+        }
+    }
+    for tx in &routes.shards {
+        let _ = tx.send(ShardMsg::Stop);
+    }
+    for t in shard_threads {
+        let _ = t.join();
+    }
+    println!("switchboard: stopped");
+    Ok(())
+}

@@ -1,0 +1,309 @@
+//! The real `switchboard serve` process on a free loopback port, driven by the client
+//! SDK: registration through the `log` SMS sink, messages with ticks and receipts,
+//! offline delivery, SIGKILL and restart, re-registration, wrong PINs, and bad input
+//! that closes one connection while others carry on.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use client::{Client, ClientError, Incoming, Trust};
+use wire::frame::ReceiptKind;
+use wire::{ErrorCode, Key, Phone, Pin};
+
+const T: Duration = Duration::from_secs(10);
+
+struct Server {
+    child: Child,
+    addr: String,
+    fingerprint: String,
+    data: PathBuf,
+}
+
+impl Server {
+    fn start(data: &Path) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+            .arg(data)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let (mut addr, mut fingerprint) = (None, None);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while addr.is_none() {
+            assert!(Instant::now() < deadline, "serve did not start");
+            let line = lines.next().expect("serve exited").unwrap();
+            if let Some(f) = line.strip_prefix("switchboard: certificate sha256 fingerprint ") {
+                fingerprint = Some(f.to_string());
+            }
+            if let Some(rest) = line.strip_prefix("switchboard: listening on ") {
+                addr = rest.split_whitespace().next().map(str::to_string);
+            }
+        }
+        // Keep draining stdout so the server never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Server {
+            child,
+            addr: addr.unwrap(),
+            fingerprint: fingerprint.unwrap(),
+            data: data.to_owned(),
+        }
+    }
+
+    fn client(&self) -> Client {
+        Client::connect(
+            &self.addr,
+            &Trust::Fingerprint(self.fingerprint.clone()),
+            "localhost",
+            T,
+        )
+        .unwrap()
+    }
+
+    /// The last PIN the SMS log has for `phone`.
+    fn pin(&self, phone: Phone) -> Pin {
+        let deadline = Instant::now() + T;
+        loop {
+            let text = std::fs::read_to_string(self.data.join("sms.log")).unwrap_or_default();
+            if let Some(pin) = text.lines().rev().find_map(|l| {
+                let mut it = l.split_whitespace().skip(1);
+                (it.next() == Some(&phone.to_string()))
+                    .then(|| it.next())
+                    .flatten()
+            }) {
+                return Pin::new(pin.parse().unwrap()).unwrap();
+            }
+            assert!(Instant::now() < deadline, "no PIN for {phone}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn register(&self, phone: Phone) -> (Client, Key) {
+        let mut c = self.client();
+        c.request_pin(phone, T).unwrap();
+        let key = c.verify(phone, self.pin(phone), T).unwrap();
+        c.login(phone, key, T).unwrap();
+        (c, key)
+    }
+
+    fn kill(mut self) {
+        self.child.kill().unwrap(); // SIGKILL
+        self.child.wait().unwrap();
+    }
+
+    fn stop(mut self) {
+        // SAFETY: sending SIGTERM to our own child process.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "clean stop: {status}");
+    }
+}
+
+fn phone(n: u64) -> Phone {
+    Phone::new(n).unwrap()
+}
+
+fn deliver(c: &mut Client) -> (u64, Phone, u64, Vec<u8>) {
+    match c
+        .wait_for(T, |m| matches!(m, Incoming::Deliver { .. }))
+        .unwrap()
+    {
+        Incoming::Deliver {
+            seq,
+            from,
+            msg_id,
+            body,
+            ..
+        } => (seq, from, msg_id, body),
+        _ => unreachable!(),
+    }
+}
+
+fn receipt(c: &mut Client, kind: ReceiptKind) -> (u64, u64) {
+    match c
+        .wait_for(
+            T,
+            |m| matches!(m, Incoming::Receipt { kind: k, .. } if *k == kind),
+        )
+        .unwrap()
+    {
+        Incoming::Receipt { seq, msg_id, .. } => (seq, msg_id),
+        _ => unreachable!(),
+    }
+}
+
+#[test]
+fn two_users_online_exchange_messages_with_ticks_and_receipts() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path());
+    let (a, b) = (phone(15550000001), phone(15550000002));
+    let (mut ca, _) = s.register(a);
+    let (mut cb, _) = s.register(b);
+    ca.send(b, 1, b"hello bob").unwrap();
+    assert_eq!(
+        ca.wait_for(T, |m| matches!(m, Incoming::ServerAck { .. }))
+            .unwrap(),
+        Incoming::ServerAck { to: b, msg_id: 1 }
+    );
+    let (seq, from, id, body) = deliver(&mut cb);
+    assert_eq!((from, id, &body[..]), (a, 1, &b"hello bob"[..]));
+    cb.ack(seq).unwrap();
+    let (rseq, rid) = receipt(&mut ca, ReceiptKind::Delivered);
+    assert_eq!(rid, 1);
+    ca.ack(rseq).unwrap();
+    cb.read(a, 1).unwrap();
+    let (rseq, _) = receipt(&mut ca, ReceiptKind::Read);
+    ca.ack(rseq).unwrap();
+    s.stop();
+}
+
+#[test]
+fn an_offline_recipient_gets_everything_in_order_and_nothing_acked_is_lost_to_sigkill() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path());
+    let (a, b) = (phone(15550000011), phone(15550000012));
+    let (mut ca, _) = s.register(a);
+    let (cb, kb) = s.register(b);
+    drop(cb); // b goes offline
+    std::thread::sleep(Duration::from_millis(100));
+    for i in 0..50u64 {
+        ca.send(b, i, format!("m{i}").as_bytes()).unwrap();
+    }
+    let mut acked = 0;
+    while acked < 50 {
+        if let Incoming::ServerAck { .. } = ca
+            .wait_for(T, |m| matches!(m, Incoming::ServerAck { .. }))
+            .unwrap()
+        {
+            acked += 1;
+        }
+    }
+    s.kill(); // everything acknowledged must survive
+    let s = Server::start(dir.path());
+    let mut cb = s.client();
+    assert_eq!(cb.login(b, kb, T).unwrap(), 50);
+    for i in 0..50u64 {
+        let (seq, from, id, body) = deliver(&mut cb);
+        assert_eq!((from, id, body), (a, i, format!("m{i}").into_bytes()));
+        cb.ack(seq).unwrap();
+    }
+    s.stop();
+}
+
+#[test]
+fn re_registration_closes_the_old_device_and_five_wrong_pins_void_the_pin() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path());
+    let a = phone(15550000021);
+    let (mut old, old_key) = s.register(a);
+    let (_new, _) = s.register(a);
+    match old.wait_for(T, |_| false) {
+        Err(ClientError::Closed {
+            code: ErrorCode::LoggedInElsewhere,
+            ..
+        }) => {}
+        other => panic!("{other:?}"),
+    }
+    let mut c = s.client();
+    assert!(matches!(
+        c.login(a, old_key, T),
+        Err(ClientError::Closed {
+            code: ErrorCode::AuthFailed,
+            ..
+        })
+    ));
+
+    let b = phone(15550000022);
+    let mut c = s.client();
+    c.request_pin(b, T).unwrap();
+    let pin = s.pin(b);
+    let wrong = Pin::new((pin.get() + 1) % 100_000).unwrap();
+    for _ in 0..5 {
+        assert!(matches!(
+            c.verify(b, wrong, T),
+            Err(ClientError::Server {
+                code: ErrorCode::PinWrong,
+                ..
+            })
+        ));
+    }
+    assert!(matches!(
+        c.verify(b, pin, T),
+        Err(ClientError::Server {
+            code: ErrorCode::PinInvalid,
+            ..
+        })
+    ));
+    s.stop();
+}
+
+/// Opens a raw TLS-less or TLS connection, sends bytes, returns what came back (until
+/// the server closes it, or 5 s).
+fn raw(s: &Server, bytes: &[u8]) -> Vec<u8> {
+    let mut t = TcpStream::connect(&s.addr).unwrap();
+    t.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    t.write_all(bytes).unwrap();
+    let mut out = vec![];
+    let _ = t.read_to_end(&mut out);
+    out
+}
+
+#[test]
+fn bad_input_closes_that_connection_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path());
+    let (a, b) = (phone(15550000031), phone(15550000032));
+    let (mut ca, _) = s.register(a);
+    let (mut cb, _) = s.register(b);
+
+    // Plain bytes instead of TLS: closed, nothing sent back in clear.
+    let back = raw(&s, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(!back.starts_with(b"HTTP"), "{back:?}");
+
+    // Over TLS: garbage, a frame over the limit, frames before login, an unknown kind.
+    let cases: [(&[u8], ErrorCode); 4] = [
+        (
+            &[0xde, 0xad, 0xbe, 0xef, 0x99, 0, 0, 0],
+            ErrorCode::FrameTooLarge,
+        ),
+        (
+            &[0x00, 0x00, 0x10, 0x00, 0x20, 0, 0, 0],
+            ErrorCode::FrameTooLarge,
+        ),
+        (
+            &[
+                24, 0, 0, 0, 0x20, 0, 0, 0, 0x3c, 0xb5, 0xa6, 0x9f, 3, 0, 0, 0, 1, 0, 0, 0, 0, 0,
+                0, 0, b'h', b'i', b'!', b'!', b'!', b'!', b'!', b'!',
+            ],
+            ErrorCode::NotLoggedIn,
+        ),
+        (
+            &[4, 0, 0, 0, 0x7e, 0, 0, 0, 1, 2, 3, 4],
+            ErrorCode::UnknownKind,
+        ),
+    ];
+    for (bytes, code) in cases {
+        let mut c = s.client();
+        c.send_raw_for_tests(bytes).unwrap();
+        match c.wait_for(T, |_| false) {
+            Err(ClientError::Closed { code: got, reason }) => assert_eq!(got, code, "{reason}"),
+            other => panic!("{code:?}: {other:?}"),
+        }
+    }
+
+    // A truncated frame followed by silence: still open (incomplete is not invalid).
+    let mut c = s.client();
+    c.send_raw_for_tests(&[16, 0, 0]).unwrap();
+    assert!(matches!(c.next(Duration::from_millis(300)), Ok(None)));
+
+    // The unrelated users kept working all along.
+    ca.send(b, 9, b"still here").unwrap();
+    let (seq, _, id, _) = deliver(&mut cb);
+    assert_eq!(id, 9);
+    cb.ack(seq).unwrap();
+    s.stop();
+}

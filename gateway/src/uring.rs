@@ -1,0 +1,608 @@
+//! The io_uring driver: one worker thread per core, each with its own ring, its own
+//! `SO_REUSEPORT` listener and its own provided-buffer ring; no state shared between
+//! workers. Multishot accept; multishot receive into the worker's buffer ring (an idle
+//! connection owns no read buffer: the kernel picks a ring buffer only when bytes
+//! arrive, and it goes back to the ring right after); sends from a per-connection
+//! buffer that exists only while bytes are in flight; an eventfd wakes the worker for
+//! router replies; a coarse timer sweep drives timeouts (no timer per connection).
+//!
+//! Why the `io-uring` crate and not tokio-uring: tokio-uring 0.5 (May 2024) has neither
+//! provided buffer rings nor multishot operations, which are what make idle connections
+//! free; `io-uring` (which tokio-uring is built on) has all of them.
+//!
+//! The only `unsafe` of the crate is here: handing buffers to the kernel. Each block
+//! says why the buffer outlives the operation.
+
+use std::io;
+use std::net::{SocketAddr, TcpListener};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
+
+use std::sync::mpsc::Receiver;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use io_uring::{cqueue, opcode, squeue, types, IoUring};
+use rustls::ServerConfig;
+use socket2::{Domain, Protocol, Socket, Type};
+use wire::link::{ConnId, ToClient, ToRouter};
+use wire::ErrorCode;
+
+use crate::conn::{Conn, Limits};
+
+/// Settings of one worker.
+#[derive(Clone, Debug)]
+pub struct WorkerConfig {
+    /// Gateway id (top 8 bits of every `ConnId`).
+    pub gateway: u8,
+    /// Worker index (next 8 bits).
+    pub worker: u8,
+    pub ring_entries: u32,
+    /// Buffers in the provided-buffer ring (power of two, ≤ 32,768) and their size.
+    pub buffers: u16,
+    pub buffer_bytes: u32,
+    /// Connections this worker holds at most; more are closed at accept.
+    pub conns_max: usize,
+    /// New connections per second this worker accepts; more are closed at once, so a
+    /// reconnect storm cannot starve established connections.
+    pub accepts_per_sec: u32,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        WorkerConfig {
+            gateway: 0,
+            worker: 0,
+            ring_entries: 4096,
+            buffers: 1024,
+            buffer_bytes: 16 * 1024,
+            conns_max: 100_000,
+            accepts_per_sec: 20_000,
+        }
+    }
+}
+
+/// Worker counters, updated by the worker only.
+#[derive(Clone, Debug, Default)]
+pub struct WorkerStats {
+    pub accepted: u64,
+    pub refused: u64,
+    pub closed: u64,
+    pub open: u64,
+}
+
+/// A `SO_REUSEPORT` listener: every worker binds its own on the same address.
+pub fn reuseport_listener(addr: SocketAddr, backlog: i32) -> io::Result<TcpListener> {
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    s.set_reuse_address(true)?;
+    s.set_reuse_port(true)?;
+    s.bind(&addr.into())?;
+    s.listen(backlog)?;
+    Ok(s.into())
+}
+
+/// ConnId layout: gateway (8 bits) | worker (8) | generation (16) | slot (32).
+pub fn conn_id(gateway: u8, worker: u8, gen: u16, slot: u32) -> ConnId {
+    ConnId(((gateway as u64) << 56) | ((worker as u64) << 48) | ((gen as u64) << 32) | slot as u64)
+}
+
+pub fn worker_of(id: ConnId) -> u8 {
+    (id.0 >> 48) as u8
+}
+
+const OP_ACCEPT: u64 = 1;
+const OP_RECV: u64 = 2;
+const OP_SEND: u64 = 3;
+const OP_WAKE: u64 = 4;
+const OP_TIMER: u64 = 5;
+const BGID: u16 = 1;
+const SWEEP: Duration = Duration::from_millis(250);
+
+fn ud(op: u64, gen: u16, slot: u32) -> u64 {
+    (op << 56) | ((gen as u64) << 32) | slot as u64
+}
+
+struct Slot {
+    fd: OwnedFd,
+    gen: u16,
+    conn: Conn,
+    /// Bytes handed to the kernel by the send in flight (empty when none).
+    sending: Vec<u8>,
+    send_at: usize,
+    recv_armed: bool,
+    shut: bool,
+}
+
+/// The provided-buffer ring: `count` buffers of `size` bytes, and the ring of entries
+/// the kernel takes them from.
+struct BufRing {
+    ring: *mut types::BufRingEntry,
+    ring_bytes: usize,
+    mask: u16,
+    tail: u16,
+    bufs: Vec<u8>,
+    size: usize,
+}
+
+impl BufRing {
+    fn new(ring: &IoUring, count: u16, size: u32) -> io::Result<BufRing> {
+        assert!(count.is_power_of_two() && count <= 32_768);
+        let ring_bytes = count as usize * std::mem::size_of::<types::BufRingEntry>();
+        // SAFETY: a fresh private anonymous mapping, page aligned as the kernel requires.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                ring_bytes,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let mut br = BufRing {
+            ring: ptr.cast(),
+            ring_bytes,
+            mask: count - 1,
+            tail: 0,
+            bufs: vec![0u8; count as usize * size as usize],
+            size: size as usize,
+        };
+        // SAFETY: the ring memory lives until `BufRing` is dropped, after the ring
+        // (the worker drops its `IoUring` first, see `Worker::run`).
+        unsafe {
+            ring.submitter()
+                .register_buf_ring_with_flags(br.ring as u64, count, BGID, 0)?
+        };
+        for bid in 0..count {
+            br.push(bid);
+        }
+        br.publish();
+        Ok(br)
+    }
+
+    fn push(&mut self, bid: u16) {
+        let idx = (self.tail & self.mask) as usize;
+        // SAFETY: `idx` is within the ring; entries are plain data; `bufs` outlives the
+        // ring registration and never reallocates.
+        unsafe {
+            let e = &mut *self.ring.add(idx);
+            e.set_addr(self.bufs.as_ptr().add(bid as usize * self.size) as u64);
+            e.set_len(self.size as u32);
+            e.set_bid(bid);
+        }
+        self.tail = self.tail.wrapping_add(1);
+    }
+
+    fn publish(&self) {
+        // SAFETY: the tail field shares entry 0's `resv`; the kernel reads it atomically.
+        unsafe {
+            let tail = types::BufRingEntry::tail(self.ring) as *const AtomicU16;
+            (*tail).store(self.tail, Ordering::Release);
+        }
+    }
+
+    fn buf(&self, bid: u16, len: usize) -> &[u8] {
+        let start = bid as usize * self.size;
+        &self.bufs[start..start + len.min(self.size)]
+    }
+}
+
+impl Drop for BufRing {
+    fn drop(&mut self) {
+        // SAFETY: unmapping what `new` mapped; the ring that used it is gone.
+        unsafe { libc::munmap(self.ring.cast(), self.ring_bytes) };
+    }
+}
+
+/// Where a worker sends requests for routers, and how it is woken for replies.
+pub struct WorkerLink {
+    /// Called with every request the worker's connections produce.
+    pub to_router: Box<dyn FnMut(ToRouter) + Send>,
+    /// Router replies for this worker's connections.
+    pub replies: Receiver<(ConnId, ToClient)>,
+    /// Written (8 bytes) by whoever queues a reply, to wake the worker.
+    pub wake: Arc<OwnedFd>,
+}
+
+/// An eventfd for [`WorkerLink::wake`].
+pub fn eventfd() -> io::Result<OwnedFd> {
+    // SAFETY: plain syscall; the descriptor is owned from here on.
+    let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a fresh descriptor nobody else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Wakes a worker blocked in its ring.
+pub fn wake(fd: &OwnedFd) {
+    let one = 1u64.to_ne_bytes();
+    // SAFETY: writes 8 bytes from a live buffer to an eventfd.
+    unsafe { libc::write(fd.as_raw_fd(), one.as_ptr().cast(), 8) };
+}
+
+pub struct Worker {
+    cfg: WorkerConfig,
+    tls: Arc<ServerConfig>,
+    limits: Arc<Limits>,
+    listener: TcpListener,
+    link: WorkerLink,
+    stop: Arc<AtomicBool>,
+}
+
+impl Worker {
+    pub fn new(
+        cfg: WorkerConfig,
+        tls: Arc<ServerConfig>,
+        limits: Arc<Limits>,
+        listener: TcpListener,
+        link: WorkerLink,
+        stop: Arc<AtomicBool>,
+    ) -> Worker {
+        Worker {
+            cfg,
+            tls,
+            limits,
+            listener,
+            link,
+            stop,
+        }
+    }
+
+    /// Runs until `stop` is set (then closes every connection with `ServerShutdown`).
+    pub fn run(mut self) -> io::Result<WorkerStats> {
+        let mut ring: IoUring = IoUring::builder()
+            .setup_coop_taskrun()
+            .build(self.cfg.ring_entries)?;
+        let mut bufs = BufRing::new(&ring, self.cfg.buffers, self.cfg.buffer_bytes)?;
+        let mut st = State {
+            slots: Vec::new(),
+            free: Vec::new(),
+            stats: WorkerStats::default(),
+            to_router: Vec::new(),
+            sq: Vec::new(),
+            gen: 0,
+        };
+        let started = Instant::now();
+        let now_ms = || started.elapsed().as_millis() as u64;
+        let lfd = self.listener.as_raw_fd();
+        st.sq.push(
+            opcode::AcceptMulti::new(types::Fd(lfd))
+                .build()
+                .user_data(ud(OP_ACCEPT, 0, 0)),
+        );
+        let wake_fd = self.link.wake.as_raw_fd();
+        st.sq.push(
+            opcode::PollAdd::new(types::Fd(wake_fd), libc::POLLIN as u32)
+                .multi(true)
+                .build()
+                .user_data(ud(OP_WAKE, 0, 0)),
+        );
+        let ts = types::Timespec::new().nsec(SWEEP.as_nanos() as u32);
+        st.sq.push(
+            opcode::Timeout::new(&ts)
+                .build()
+                .user_data(ud(OP_TIMER, 0, 0)),
+        );
+        let mut accept_window = (Instant::now(), 0u32);
+        let mut stopping = false;
+        loop {
+            // Submit what is queued; wait for at least one completion.
+            {
+                let mut sq = ring.submission();
+                for e in st.sq.drain(..) {
+                    // SAFETY: every entry's buffers live in `st.slots`/`bufs`/`ts` until
+                    // its completion is reaped (see `Slot::sending`, `BufRing`).
+                    while unsafe { sq.push(&e) }.is_err() {
+                        drop(sq);
+                        ring.submit()?;
+                        sq = ring.submission();
+                    }
+                }
+            }
+            match ring.submit_and_wait(1) {
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
+                Err(e) => return Err(e),
+            }
+            let cqes: Vec<cqueue::Entry> = ring.completion().collect();
+            for cqe in cqes {
+                let data = cqe.user_data();
+                let (op, gen, slot) = (data >> 56, (data >> 32) as u16, data as u32);
+                let res = cqe.result();
+                match op {
+                    OP_ACCEPT => {
+                        if !cqueue::more(cqe.flags()) && !stopping {
+                            st.sq.push(
+                                opcode::AcceptMulti::new(types::Fd(lfd))
+                                    .build()
+                                    .user_data(ud(OP_ACCEPT, 0, 0)),
+                            );
+                        }
+                        if res < 0 {
+                            continue;
+                        }
+                        // SAFETY: a fresh descriptor from accept, owned from here on.
+                        let fd = unsafe { OwnedFd::from_raw_fd(res) };
+                        let now = Instant::now();
+                        if now.duration_since(accept_window.0) >= Duration::from_secs(1) {
+                            accept_window = (now, 0);
+                        }
+                        accept_window.1 += 1;
+                        if stopping
+                            || accept_window.1 > self.cfg.accepts_per_sec
+                            || st.stats.open as usize >= self.cfg.conns_max
+                        {
+                            st.stats.refused += 1;
+                            continue; // dropping `fd` closes it
+                        }
+                        st.open(fd, &self.cfg, &self.tls, &self.limits, now_ms());
+                    }
+                    OP_RECV => st.on_recv(gen, slot, res, cqe.flags(), &mut bufs, now_ms()),
+                    OP_SEND => st.on_send(gen, slot, res),
+                    OP_WAKE => {
+                        let mut b = [0u8; 8];
+                        // SAFETY: reads 8 bytes into a live buffer from our eventfd.
+                        unsafe { libc::read(wake_fd, b.as_mut_ptr().cast(), 8) };
+                        if !cqueue::more(cqe.flags()) {
+                            st.sq.push(
+                                opcode::PollAdd::new(types::Fd(wake_fd), libc::POLLIN as u32)
+                                    .multi(true)
+                                    .build()
+                                    .user_data(ud(OP_WAKE, 0, 0)),
+                            );
+                        }
+                    }
+                    OP_TIMER => {
+                        let now = now_ms();
+                        for i in 0..st.slots.len() {
+                            if let Some(s) = st.slots[i].as_mut() {
+                                if s.conn.deadline_ms() <= now {
+                                    s.conn.timer(now, &mut st.to_router);
+                                    st.after(i as u32);
+                                }
+                            }
+                        }
+                        if !stopping {
+                            st.sq.push(
+                                opcode::Timeout::new(&ts)
+                                    .build()
+                                    .user_data(ud(OP_TIMER, 0, 0)),
+                            );
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            while let Ok((id, msg)) = self.link.replies.try_recv() {
+                let slot = id.0 as u32;
+                let gen = (id.0 >> 32) as u16;
+                if let Some(s) = st
+                    .slots
+                    .get_mut(slot as usize)
+                    .and_then(|s| s.as_mut())
+                    .filter(|s| s.gen == gen)
+                {
+                    s.conn.deliver(&msg, now_ms(), &mut st.to_router);
+                    st.after(slot);
+                }
+            }
+            for req in st.to_router.drain(..) {
+                (self.link.to_router)(req);
+            }
+            if self.stop.load(Ordering::Acquire) && !stopping {
+                stopping = true;
+                let now = now_ms();
+                for i in 0..st.slots.len() {
+                    if let Some(s) = st.slots[i].as_mut() {
+                        s.conn.close(
+                            ErrorCode::ServerShutdown,
+                            "the server is stopping",
+                            now,
+                            &mut st.to_router,
+                        );
+                        st.after(i as u32);
+                    }
+                }
+                for req in st.to_router.drain(..) {
+                    (self.link.to_router)(req);
+                }
+            }
+            if stopping && st.stats.open == 0 {
+                break;
+            }
+            if stopping && st.sq.is_empty() {
+                // Let the last sends and shutdowns complete; bounded by the timer.
+                st.sq.push(
+                    opcode::Timeout::new(&ts)
+                        .build()
+                        .user_data(ud(OP_TIMER, 0, 0)),
+                );
+            }
+        }
+        drop(ring); // before `bufs`: the kernel no longer uses the buffer ring
+        drop(bufs);
+        Ok(st.stats)
+    }
+}
+
+struct State {
+    slots: Vec<Option<Slot>>,
+    free: Vec<u32>,
+    stats: WorkerStats,
+    to_router: Vec<ToRouter>,
+    sq: Vec<squeue::Entry>,
+    gen: u16,
+}
+
+impl State {
+    fn open(
+        &mut self,
+        fd: OwnedFd,
+        cfg: &WorkerConfig,
+        tls: &Arc<ServerConfig>,
+        limits: &Arc<Limits>,
+        now: u64,
+    ) {
+        let peer = socket2::SockRef::from(&fd)
+            .peer_addr()
+            .ok()
+            .and_then(|a| a.as_socket())
+            .map_or(std::net::IpAddr::from([0, 0, 0, 0]), |a| a.ip());
+        let _ = socket2::SockRef::from(&fd).set_tcp_nodelay(true);
+        let slot = match self.free.pop() {
+            Some(s) => s,
+            None => {
+                self.slots.push(None);
+                (self.slots.len() - 1) as u32
+            }
+        };
+        let gen = self.next_gen();
+        let id = conn_id(cfg.gateway, cfg.worker, gen, slot);
+        let Ok(conn) = Conn::new(Arc::clone(tls), Arc::clone(limits), id, peer, now) else {
+            self.free.push(slot);
+            return;
+        };
+        let raw = fd.as_raw_fd();
+        self.slots[slot as usize] = Some(Slot {
+            fd,
+            gen,
+            conn,
+            sending: Vec::new(),
+            send_at: 0,
+            recv_armed: true,
+            shut: false,
+        });
+        self.sq.push(
+            opcode::RecvMulti::new(types::Fd(raw), BGID)
+                .build()
+                .user_data(ud(OP_RECV, gen, slot)),
+        );
+        self.stats.accepted += 1;
+        self.stats.open += 1;
+    }
+
+    /// A generation for a new connection: completions still in flight for an earlier
+    /// connection in a reused slot carry the old generation and are ignored.
+    fn next_gen(&mut self) -> u16 {
+        self.gen = self.gen.wrapping_add(1);
+        self.gen
+    }
+
+    fn get(&mut self, gen: u16, slot: u32) -> Option<&mut Slot> {
+        self.slots
+            .get_mut(slot as usize)
+            .and_then(|s| s.as_mut())
+            .filter(|s| s.gen == gen)
+    }
+
+    fn on_recv(&mut self, gen: u16, slot: u32, res: i32, flags: u32, bufs: &mut BufRing, now: u64) {
+        let bid = cqueue::buffer_select(flags);
+        let to_router = &mut self.to_router;
+        if let Some(s) = self
+            .slots
+            .get_mut(slot as usize)
+            .and_then(|s| s.as_mut())
+            .filter(|s| s.gen == gen)
+        {
+            if res > 0 {
+                if let Some(bid) = bid {
+                    s.conn.receive(bufs.buf(bid, res as usize), now, to_router);
+                }
+            } else if res == 0 || res != -libc::ENOBUFS {
+                s.conn.peer_gone();
+            }
+            if !cqueue::more(flags) {
+                s.recv_armed = false;
+                if s.conn.ended().is_none() {
+                    // Re-arm (after ENOBUFS the ring had no buffer: backpressure).
+                    s.recv_armed = true;
+                    let raw = s.fd.as_raw_fd();
+                    self.sq.push(
+                        opcode::RecvMulti::new(types::Fd(raw), BGID)
+                            .build()
+                            .user_data(ud(OP_RECV, gen, slot)),
+                    );
+                }
+            }
+        }
+        if let Some(bid) = bid {
+            bufs.push(bid);
+            bufs.publish();
+        }
+        self.after(slot);
+    }
+
+    fn on_send(&mut self, gen: u16, slot: u32, res: i32) {
+        let Some(s) = self.get(gen, slot) else { return };
+        if res < 0 {
+            s.sending.clear();
+            s.send_at = 0;
+            s.conn.peer_gone();
+        } else {
+            s.send_at += res as usize;
+            if s.send_at >= s.sending.len() {
+                s.sending = Vec::new();
+                s.send_at = 0;
+            }
+        }
+        self.after(slot);
+    }
+
+    /// After anything happened to a connection: start a send, or finish closing.
+    fn after(&mut self, slot: u32) {
+        let Some(s) = self.slots.get_mut(slot as usize).and_then(|s| s.as_mut()) else {
+            return;
+        };
+        let (gen, raw) = (s.gen, s.fd.as_raw_fd());
+        if !s.sending.is_empty() && s.send_at < s.sending.len() {
+            // A partial send completed above without finishing: send the rest.
+            if s.send_at > 0 {
+                // Move the unsent rest to the front first, then hand it to the kernel:
+                // the pointer must be taken after the bytes stop moving.
+                s.sending.drain(..s.send_at);
+                s.send_at = 0;
+                let rest = &s.sending;
+                self.sq.push(
+                    opcode::Send::new(types::Fd(raw), rest.as_ptr(), rest.len() as u32)
+                        .build()
+                        .user_data(ud(OP_SEND, gen, slot)),
+                );
+            }
+        } else if !s.conn.outgoing().is_empty() && !s.shut {
+            s.sending = s.conn.outgoing().to_vec();
+            s.send_at = 0;
+            let n = s.sending.len();
+            s.conn.sent(n);
+            self.sq.push(
+                opcode::Send::new(types::Fd(raw), s.sending.as_ptr(), n as u32)
+                    .build()
+                    .user_data(ud(OP_SEND, gen, slot)),
+            );
+        }
+        if let Some(notice) = s.conn.take_closed_notice() {
+            self.to_router.push(notice);
+        }
+        let s = self.slots[slot as usize].as_mut().expect("present");
+        if s.conn.ended().is_some() && s.sending.is_empty() && s.conn.outgoing().is_empty() {
+            if !s.shut {
+                s.shut = true;
+                // Ends the multishot receive (it completes with 0), then the slot goes.
+                let _ = socket2::SockRef::from(&s.fd).shutdown(std::net::Shutdown::Both);
+            }
+            if !s.recv_armed {
+                self.slots[slot as usize] = None;
+                self.free.push(slot);
+                self.stats.open -= 1;
+                self.stats.closed += 1;
+            }
+        }
+    }
+}
+
+// `RawFd` appears in signatures of the platform calls above.
+const _: Option<RawFd> = None;
