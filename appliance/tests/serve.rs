@@ -159,6 +159,11 @@ fn two_users_online_exchange_messages_with_ticks_and_receipts() {
     let (rseq, _) = receipt(&mut ca, ReceiptKind::Read);
     ca.ack(rseq).unwrap();
     s.stop();
+    // A clean stop closes every connection with a reason.
+    match ca.wait_for(T, |_| false) {
+        Err(ClientError::Closed { code: ErrorCode::ServerShutdown, .. }) => {}
+        other => panic!("{other:?}"),
+    }
 }
 
 #[test]
