@@ -9,7 +9,8 @@
 //! cert = "/etc/switchboard/cert.pem"
 //! key = "/etc/switchboard/key.pem"
 //! [sms]
-//! kind = "log"                 # "log": PINs go to data_dir/sms.log and the log
+//! kind = "log"                 # "log": PINs go to data_dir/sms.log; "http": POST to url
+//! # url = "https://sms.example/send"  timeout_ms = 5000  retries = 3
 //! [limits]                     # per connection (gateway::Limits)
 //! [gateway]                    # per worker
 //! [router]                     # router::RouterConfig
@@ -33,7 +34,7 @@ pub struct Config {
     /// Router shards. Default: 0 (one per core). Maximum: 64.
     pub shards: usize,
     pub tls: Option<TlsFiles>,
-    pub sms: SmsConfig,
+    pub sms: crate::sms::SmsConfig,
     pub limits: LimitsConfig,
     pub gateway: GatewayConfig,
     pub router: router::RouterConfig,
@@ -48,7 +49,7 @@ impl Default for Config {
             workers: 0,
             shards: 0,
             tls: None,
-            sms: SmsConfig::default(),
+            sms: crate::sms::SmsConfig::default(),
             limits: LimitsConfig::default(),
             gateway: GatewayConfig::default(),
             router: router::RouterConfig::default(),
@@ -64,20 +65,6 @@ pub struct TlsFiles {
     pub cert: PathBuf,
     /// PEM private key.
     pub key: PathBuf,
-}
-
-#[derive(Clone, Debug, Default, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct SmsConfig {
-    /// `log` (default): PINs are written to `data_dir/sms.log` and the log.
-    pub kind: SmsKind,
-}
-
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SmsKind {
-    #[default]
-    Log,
 }
 
 /// Per-connection limits (see `gateway::Limits`).
@@ -188,6 +175,7 @@ impl Config {
         if let Some((_, why)) = checks.iter().find(|(ok, _)| !ok) {
             return Err(format!("config: {why}"));
         }
+        self.sms.validate()?;
         self.router.validate().map_err(|e| e.to_string())?;
         self.storage.validate().map_err(|e| e.to_string())?;
         if self.storage.record_bytes_max() < l.frame_bytes_max + 128 {

@@ -4,6 +4,7 @@
 //! - [`cli`]: the `switchboard` command line (clap derive).
 //! - [`config`]: the appliance configuration (TOML), validated.
 //! - [`serve`]: `switchboard serve`: threads, channels, signals.
+//! - [`sms`]: sending registration PINs (`log`, `http`).
 //! - [`logcmd`]: `switchboard log`: operator commands on a shard's storage log.
 #![forbid(unsafe_code)]
 
@@ -11,3 +12,4 @@ pub mod cli;
 pub mod config;
 pub mod logcmd;
 pub mod serve;
+pub mod sms;

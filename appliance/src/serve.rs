@@ -5,10 +5,9 @@
 
 use std::io::Write;
 use std::os::fd::OwnedFd;
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -16,9 +15,9 @@ use gateway::tls::{server_config, Identity};
 use gateway::uring::{self, Worker, WorkerConfig, WorkerLink};
 use router::{PartitionMap, Shard};
 use wire::link::{ConnId, FromRouter, ToClient, ToRouter};
-use wire::{Phone, Pin};
 
 use crate::config::Config;
+use crate::sms::Sms;
 
 enum ShardMsg {
     Req(ToRouter),
@@ -57,34 +56,6 @@ impl Routes {
                 uring::wake(fd);
             }
         }
-    }
-}
-
-/// The `log` SMS sink: appends `unix_ms +number pin` to `data_dir/sms.log` and logs it.
-pub struct Sms {
-    file: Mutex<std::fs::File>,
-}
-
-impl Sms {
-    fn open(dir: &Path) -> Result<Sms, String> {
-        let path = dir.join("sms.log");
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .map_err(|e| format!("{}: {e}", path.display()))?;
-        Ok(Sms {
-            file: Mutex::new(file),
-        })
-    }
-
-    fn send(&self, phone: Phone, pin: Pin) {
-        let line = format!("{} {phone} {pin}\n", unix_ms());
-        let mut f = self.file.lock().unwrap_or_else(|p| p.into_inner());
-        if let Err(e) = f.write_all(line.as_bytes()).and_then(|()| f.flush()) {
-            eprintln!("switchboard: sms log: {e}");
-        }
-        eprintln!("switchboard: sms to {phone}: PIN {pin}");
     }
 }
 
@@ -224,7 +195,7 @@ pub fn serve(config: Config) -> Result<(), String> {
         shards: shard_txs,
         workers: worker_ends,
     });
-    let sms = Arc::new(Sms::open(&data)?);
+    let sms = Arc::new(Sms::start(&config.sms, &data)?);
 
     let mut shard_threads: Vec<JoinHandle<()>> = vec![];
     for (shard, rx) in opened.into_iter().zip(shard_rxs) {

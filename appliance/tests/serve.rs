@@ -24,9 +24,14 @@ struct Server {
 
 impl Server {
     fn start(data: &Path) -> Server {
+        Server::start_with(data, &[])
+    }
+
+    fn start_with(data: &Path, extra: &[&str]) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
             .args(["serve", "--listen", "127.0.0.1:0", "--data"])
             .arg(data)
+            .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -161,7 +166,10 @@ fn two_users_online_exchange_messages_with_ticks_and_receipts() {
     s.stop();
     // A clean stop closes every connection with a reason.
     match ca.wait_for(T, |_| false) {
-        Err(ClientError::Closed { code: ErrorCode::ServerShutdown, .. }) => {}
+        Err(ClientError::Closed {
+            code: ErrorCode::ServerShutdown,
+            ..
+        }) => {}
         other => panic!("{other:?}"),
     }
 }
@@ -311,4 +319,104 @@ fn bad_input_closes_that_connection_only() {
     assert_eq!(id, 9);
     cb.ack(seq).unwrap();
     s.stop();
+}
+
+/// A stand-in SMS provider: answers 503 to the first request and 200 after, and keeps
+/// the JSON bodies it was sent.
+fn mock_sms_provider() -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/send", listener.local_addr().unwrap());
+    let bodies = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = bodies.clone();
+    std::thread::spawn(move || {
+        for (n, stream) in listener.incoming().enumerate() {
+            let Ok(mut stream) = stream else { return };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut len = 0;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap();
+                }
+            }
+            let mut body = vec![0u8; len];
+            reader.read_exact(&mut body).unwrap();
+            seen.lock().unwrap().push(String::from_utf8(body).unwrap());
+            let status = if n == 0 {
+                "503 Service Unavailable"
+            } else {
+                "200 OK"
+            };
+            let _ = write!(
+                stream,
+                "HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+            );
+        }
+    });
+    (url, bodies)
+}
+
+#[test]
+fn pins_go_to_an_http_sms_provider_with_retries() {
+    let (url, bodies) = mock_sms_provider();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("sms.toml");
+    std::fs::write(
+        &config,
+        format!("[sms]\nkind = \"http\"\nurl = \"{url}\"\nretries = 2\ntimeout_ms = 2000\n"),
+    )
+    .unwrap();
+    let s = Server::start_with(
+        &dir.path().join("data"),
+        &["--config", config.to_str().unwrap()],
+    );
+    let a = phone(15550000041);
+    let mut c = s.client();
+    c.request_pin(a, T).unwrap();
+    let deadline = Instant::now() + T;
+    while bodies.lock().unwrap().len() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the provider was not retried: {:?}",
+            bodies.lock().unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let body = bodies.lock().unwrap()[1].clone();
+    assert!(body.contains("\"to\":\"+15550000041\""), "{body}");
+    let pin: u32 = body.split("\"pin\":\"").nth(1).unwrap()[..5]
+        .parse()
+        .unwrap();
+    c.verify(a, Pin::new(pin).unwrap(), T).unwrap();
+    assert!(
+        !s.data.join("sms.log").exists(),
+        "the http sink does not write the log file"
+    );
+    s.stop();
+}
+
+#[test]
+fn a_bad_config_is_refused_with_the_field_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("bad.toml");
+    std::fs::write(&config, "[sms]\nkind = \"http\"\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .args(["serve", "--check", "--config", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("sms.url"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::write(&config, "workers = 1\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .args(["serve", "--check", "--config", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
 }

@@ -13,7 +13,11 @@ use wire::frame::ReceiptKind;
 use wire::{Key, Phone, Pin};
 
 #[derive(Parser, Debug)]
-#[command(name = "switchboard-client", version, about = "Switchboard command-line client")]
+#[command(
+    name = "switchboard-client",
+    version,
+    about = "Switchboard command-line client"
+)]
 struct Cli {
     /// Server address.
     #[arg(long, global = true, default_value = "127.0.0.1:7443")]
@@ -78,14 +82,16 @@ fn key_path(dir: &Path, p: Phone) -> PathBuf {
 
 fn load_key(dir: &Path, p: Phone) -> Result<Key, String> {
     let path = key_path(dir, p);
-    let hex = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e} (register and verify {p} first)", path.display()))?;
+    let hex = std::fs::read_to_string(&path)
+        .map_err(|e| format!("{}: {e} (register and verify {p} first)", path.display()))?;
     let hex = hex.trim();
     if hex.len() != 64 {
         return Err(format!("{}: not a key", path.display()));
     }
     let mut k = [0u8; 32];
     for (i, b) in k.iter_mut().enumerate() {
-        *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).map_err(|_| format!("{}: not a key", path.display()))?;
+        *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16)
+            .map_err(|_| format!("{}: not a key", path.display()))?;
     }
     Ok(Key(k))
 }
@@ -99,16 +105,32 @@ fn save_key(dir: &Path, p: Phone, key: &Key) -> Result<PathBuf, String> {
 }
 
 fn msg_id() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
 }
 
 fn print(m: &Incoming) {
     match m {
-        Incoming::Deliver { from, body, msg_id, .. } => println!("{from}: {} (#{msg_id})", String::from_utf8_lossy(body)),
-        Incoming::Receipt { by, msg_id, kind: ReceiptKind::Delivered, .. } => println!("✓✓ delivered to {by} (#{msg_id})"),
-        Incoming::Receipt { by, msg_id, kind: ReceiptKind::Read, .. } => println!("✓✓ read by {by} (#{msg_id})"),
+        Incoming::Deliver {
+            from, body, msg_id, ..
+        } => println!("{from}: {} (#{msg_id})", String::from_utf8_lossy(body)),
+        Incoming::Receipt {
+            by,
+            msg_id,
+            kind: ReceiptKind::Delivered,
+            ..
+        } => println!("✓✓ delivered to {by} (#{msg_id})"),
+        Incoming::Receipt {
+            by,
+            msg_id,
+            kind: ReceiptKind::Read,
+            ..
+        } => println!("✓✓ read by {by} (#{msg_id})"),
         Incoming::ServerAck { to, msg_id } => println!("✓ stored for {to} (#{msg_id})"),
-        Incoming::Refused { to, msg_id, code } => println!("✗ refused for {to} (#{msg_id}): {code:?}"),
+        Incoming::Refused { to, msg_id, code } => {
+            println!("✗ refused for {to} (#{msg_id}): {code:?}")
+        }
         Incoming::Error { code, reason } => println!("error {code:?}: {reason}"),
         Incoming::Close { code, reason } => println!("closed {code:?}: {reason}"),
         other => println!("{other:?}"),
@@ -119,7 +141,9 @@ fn run(cli: Cli) -> Result<(), String> {
     let trust = match (&cli.fingerprint, &cli.ca) {
         (Some(f), _) => Trust::Fingerprint(f.clone()),
         (None, Some(ca)) => Trust::CaFile(ca.clone()),
-        (None, None) => return Err("say how to trust the server: --fingerprint HEX or --ca FILE".into()),
+        (None, None) => {
+            return Err("say how to trust the server: --fingerprint HEX or --ca FILE".into())
+        }
     };
     let t = Duration::from_secs(cli.timeout);
     let e = |e: ClientError| e.to_string();
@@ -145,7 +169,12 @@ fn run(cli: Cli) -> Result<(), String> {
                 return Err("not sent".into());
             }
             if wait {
-                let r = c.wait_for(t, |m| matches!(m, Incoming::Receipt { msg_id, .. } if *msg_id == id)).map_err(e)?;
+                let r = c
+                    .wait_for(
+                        t,
+                        |m| matches!(m, Incoming::Receipt { msg_id, .. } if *msg_id == id),
+                    )
+                    .map_err(e)?;
                 print(&r);
                 if let Incoming::Receipt { seq, .. } = r {
                     c.ack(seq).map_err(e)?;
@@ -157,10 +186,14 @@ fn run(cli: Cli) -> Result<(), String> {
             println!("logged in as {me}; {pending} waiting");
             let mut n = 0;
             while count == 0 || n < count {
-                let Some(m) = c.next(Duration::from_secs(3600)).map_err(e)? else { continue };
+                let Some(m) = c.next(Duration::from_secs(3600)).map_err(e)? else {
+                    continue;
+                };
                 print(&m);
                 match m {
-                    Incoming::Deliver { seq, from, msg_id, .. } => {
+                    Incoming::Deliver {
+                        seq, from, msg_id, ..
+                    } => {
                         c.ack(seq).map_err(e)?;
                         if read {
                             c.read(from, msg_id).map_err(e)?;
@@ -192,7 +225,9 @@ fn run(cli: Cli) -> Result<(), String> {
                 }
                 if let Some(m) = c.next(Duration::from_millis(50)).map_err(e)? {
                     match &m {
-                        Incoming::Deliver { seq, from, msg_id, .. } => {
+                        Incoming::Deliver {
+                            seq, from, msg_id, ..
+                        } => {
                             print(&m);
                             c.ack(*seq).map_err(e)?;
                             c.read(*from, *msg_id).map_err(e)?;
