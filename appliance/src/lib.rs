@@ -11,5 +11,9 @@
 pub mod cli;
 pub mod config;
 pub mod logcmd;
+#[cfg(target_os = "linux")]
+pub mod serve;
+#[cfg(not(target_os = "linux"))]
+#[path = "serve_other.rs"]
 pub mod serve;
 pub mod sms;

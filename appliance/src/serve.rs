@@ -24,11 +24,14 @@ enum ShardMsg {
     Stop,
 }
 
+/// A gateway worker's reply queue and the eventfd that wakes it.
+type WorkerInbox = (Sender<(ConnId, ToClient)>, Arc<OwnedFd>);
+
 /// Where router output goes: shards by partition, client replies by worker.
 struct Routes {
     map: PartitionMap,
     shards: Vec<Sender<ShardMsg>>,
-    workers: Vec<(Sender<(ConnId, ToClient)>, Arc<OwnedFd>)>,
+    workers: Vec<WorkerInbox>,
 }
 
 impl Routes {
