@@ -426,12 +426,21 @@ fn a_truncated_frame_then_silence_is_closed_with_a_timeout_reason() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("short.toml");
     std::fs::write(&config, "[limits]\nlogin_timeout_ms = 1000\n").unwrap();
-    let s = Server::start_with(&dir.path().join("data"), &["--config", config.to_str().unwrap()]);
+    let s = Server::start_with(
+        &dir.path().join("data"),
+        &["--config", config.to_str().unwrap()],
+    );
     let mut c = s.client();
     c.send_raw_for_tests(&[16, 0, 0]).unwrap();
-    assert!(matches!(c.next(Duration::from_millis(300)), Ok(None)), "incomplete is not invalid");
+    assert!(
+        matches!(c.next(Duration::from_millis(300)), Ok(None)),
+        "incomplete is not invalid"
+    );
     match c.wait_for(Duration::from_secs(5), |_| false) {
-        Err(ClientError::Closed { code: ErrorCode::LoginTimeout, .. }) => {}
+        Err(ClientError::Closed {
+            code: ErrorCode::LoginTimeout,
+            ..
+        }) => {}
         other => panic!("{other:?}"),
     }
     s.stop();

@@ -25,24 +25,35 @@ struct Pair {
 }
 
 fn setup(limits: Limits) -> Pair {
+    let (server_cfg, client_cfg) = configs(&[&rustls::version::TLS13, &rustls::version::TLS12]);
+    pair(limits, &server_cfg, &client_cfg)
+}
+
+fn configs(
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> (Arc<rustls::ServerConfig>, Arc<ClientConfig>) {
     let dir = tempfile::tempdir().unwrap();
     let (id, _) = Identity::self_signed_in(dir.path(), &[]).unwrap();
     let mut roots = RootCertStore::empty();
     roots.add(id.chain[0].clone()).unwrap();
-    let client_config = ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    let client = ClientConnection::new(
-        Arc::new(client_config),
-        ServerName::try_from("localhost").unwrap(),
-    )
-    .unwrap();
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let client_config = ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(versions)
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    (server_config(id).unwrap(), Arc::new(client_config))
+}
+
+fn pair(
+    limits: Limits,
+    server_cfg: &Arc<rustls::ServerConfig>,
+    client_cfg: &Arc<ClientConfig>,
+) -> Pair {
+    let name = ServerName::try_from("localhost").unwrap();
+    let client = ClientConnection::new(Arc::clone(client_cfg), name).unwrap();
     let server = Conn::new(
-        server_config(id).unwrap(),
+        Arc::clone(server_cfg),
         Arc::new(limits),
         ConnId(7),
         PEER,
@@ -56,6 +67,32 @@ fn setup(limits: Limits) -> Pair {
         now: 1_000,
         received: vec![],
     }
+}
+
+#[test]
+fn tls12_works_and_tickets_resume_sessions() {
+    let (s12, c12) = configs(&[&rustls::version::TLS12]);
+    let mut p = pair(Limits::default(), &s12, &c12);
+    p.hello();
+    assert_eq!(
+        p.client.protocol_version(),
+        Some(rustls::ProtocolVersion::TLSv1_2)
+    );
+
+    let (s, c) = configs(&[&rustls::version::TLS13]);
+    let mut first = pair(Limits::default(), &s, &c);
+    first.hello();
+    assert_eq!(
+        first.client.handshake_kind(),
+        Some(rustls::HandshakeKind::Full)
+    );
+    let mut second = pair(Limits::default(), &s, &c);
+    second.hello();
+    assert_eq!(
+        second.client.handshake_kind(),
+        Some(rustls::HandshakeKind::Resumed),
+        "a session ticket resumed it"
+    );
 }
 
 impl Pair {
