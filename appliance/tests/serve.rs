@@ -445,3 +445,41 @@ fn a_truncated_frame_then_silence_is_closed_with_a_timeout_reason() {
     }
     s.stop();
 }
+
+#[test]
+fn a_connection_storm_is_refused_past_the_accept_rate_and_established_users_carry_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("storm.toml");
+    std::fs::write(&config, "workers = 1\n[gateway]\naccepts_per_sec = 5\n").unwrap();
+    let s = Server::start_with(
+        &dir.path().join("data"),
+        &["--config", config.to_str().unwrap()],
+    );
+    let (a, b) = (phone(15550000051), phone(15550000052));
+    let (mut ca, _) = s.register(a);
+    std::thread::sleep(Duration::from_millis(1100)); // a fresh one-second window
+    let (mut cb, _) = s.register(b);
+    std::thread::sleep(Duration::from_millis(1100));
+    let mut ok = 0;
+    for _ in 0..30 {
+        if Client::connect(
+            &s.addr,
+            &Trust::Fingerprint(s.fingerprint.clone()),
+            "localhost",
+            Duration::from_secs(2),
+        )
+        .is_ok()
+        {
+            ok += 1;
+        }
+    }
+    assert!(
+        (1..=10).contains(&ok),
+        "{ok} of 30 accepted within about a second at 5/s"
+    );
+    ca.send(b, 1, b"through the storm").unwrap();
+    let (seq, _, id, _) = deliver(&mut cb);
+    assert_eq!(id, 1);
+    cb.ack(seq).unwrap();
+    s.stop();
+}
