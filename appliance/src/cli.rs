@@ -33,6 +33,9 @@ pub enum Command {
         #[arg(long)]
         check: bool,
     },
+    /// The host against a tuning profile: check, diff, apply, rollback, render.
+    #[command(subcommand)]
+    Tune(crate::tune::TuneCommand),
     /// Operator commands on a router shard's storage log.
     #[command(subcommand)]
     Log(LogCommand),
@@ -57,6 +60,7 @@ pub enum LogCommand {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Tune(t) => crate::tune::run(t),
         Command::Serve {
             config,
             listen,

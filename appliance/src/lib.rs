@@ -5,6 +5,7 @@
 //! - [`config`]: the appliance configuration (TOML), validated.
 //! - [`serve`]: `switchboard serve`: threads, channels, signals.
 //! - [`sms`]: sending registration PINs (`log`, `http`).
+//! - [`tune`]: `switchboard tune`: the host against a tuning profile.
 //! - [`logcmd`]: `switchboard log`: operator commands on a shard's storage log.
 #![forbid(unsafe_code)]
 
@@ -17,3 +18,4 @@ pub mod serve;
 #[path = "serve_other.rs"]
 pub mod serve;
 pub mod sms;
+pub mod tune;
