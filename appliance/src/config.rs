@@ -15,6 +15,7 @@
 //! [gateway]                    # per worker
 //! [router]                     # router::RouterConfig
 //! [storage]                    # storage::LogConfig
+//! [process]                    # realtime_priority, pin_threads, huge_pages, tune_profile
 //! ```
 
 use std::net::SocketAddr;
@@ -39,6 +40,34 @@ pub struct Config {
     pub gateway: GatewayConfig,
     pub router: router::RouterConfig,
     pub storage: storage::LogConfig,
+    pub process: ProcessConfig,
+}
+
+/// Process tuning (docs/TUNING.md).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProcessConfig {
+    /// Realtime FIFO priority for gateway workers (SCHED_FIFO on Linux, rtprio on
+    /// FreeBSD). Default: 0 (off). Range: 0 to 99. Refused at start when not permitted.
+    pub realtime_priority: u8,
+    /// Pin worker and shard threads to CPUs (worker w on CPU w, shards after). Default: false.
+    pub pin_threads: bool,
+    /// jemalloc with transparent huge pages. Default: true.
+    pub huge_pages: bool,
+    /// Tuning profile the host is checked against at start (each shortfall logged once);
+    /// a built-in name or a file; empty: no check. Default: "linux-dev".
+    pub tune_profile: String,
+}
+
+impl Default for ProcessConfig {
+    fn default() -> Self {
+        ProcessConfig {
+            realtime_priority: 0,
+            pin_threads: false,
+            huge_pages: true,
+            tune_profile: "linux-dev".into(),
+        }
+    }
 }
 
 impl Default for Config {
@@ -54,6 +83,7 @@ impl Default for Config {
             gateway: GatewayConfig::default(),
             router: router::RouterConfig::default(),
             storage: storage::LogConfig::default(),
+            process: ProcessConfig::default(),
         }
     }
 }
@@ -176,6 +206,9 @@ impl Config {
             return Err(format!("config: {why}"));
         }
         self.sms.validate()?;
+        if self.process.realtime_priority > 99 {
+            return Err("config: process.realtime_priority: from 0 (off) to 99".into());
+        }
         self.router.validate().map_err(|e| e.to_string())?;
         self.storage.validate().map_err(|e| e.to_string())?;
         if self.storage.record_bytes_max() < l.frame_bytes_max + 128 {

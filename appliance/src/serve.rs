@@ -115,8 +115,56 @@ fn raise_nofile(needed: u64) {
     }
 }
 
+/// With `huge_pages = false`, runs again with jemalloc told not to use THP (its options
+/// are read once, at start). Returns only if no re-exec was needed.
+fn maybe_reexec_without_thp(config: &Config) -> Result<(), String> {
+    const VAR: &str = "_RJEM_MALLOC_CONF";
+    if config.process.huge_pages || std::env::var_os(VAR).is_some() {
+        return Ok(());
+    }
+    use std::os::unix::process::CommandExt;
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let err = std::process::Command::new(exe)
+        .args(std::env::args_os().skip(1))
+        .env(VAR, "thp:never,metadata_thp:disabled")
+        .exec();
+    Err(format!("re-exec without huge pages: {err}"))
+}
+
+/// Realtime scheduling must be allowed before any worker starts: try it on a scratch thread.
+fn check_realtime(priority: u8) -> Result<(), String> {
+    if priority == 0 {
+        return Ok(());
+    }
+    std::thread::spawn(move || sysctl::process::realtime(priority))
+        .join()
+        .map_err(|_| "realtime check panicked".to_string())?
+        .map_err(|e| {
+            format!("process.realtime_priority = {priority}: not permitted ({e}); run as root or with CAP_SYS_NICE (systemd: CPUSchedulingPolicy=fifo), or set it to 0")
+        })
+}
+
+fn tune_thread(config: &Config, cpu: usize, realtime: bool) {
+    if config.process.pin_threads {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        if let Err(e) = sysctl::process::pin_to_cpu(cpu % cpus) {
+            eprintln!("switchboard: pinning to CPU {}: {e}", cpu % cpus);
+        }
+    }
+    if realtime && config.process.realtime_priority > 0 {
+        if let Err(e) = sysctl::process::realtime(config.process.realtime_priority) {
+            eprintln!("switchboard: realtime priority: {e}");
+        }
+    }
+}
+
 pub fn serve(config: Config) -> Result<(), String> {
     config.validate()?;
+    maybe_reexec_without_thp(&config)?;
+    check_realtime(config.process.realtime_priority)?;
+    if !config.process.tune_profile.is_empty() {
+        crate::tune::report_shortfalls(&config.process.tune_profile);
+    }
     let data = config.data_dir.clone();
     std::fs::create_dir_all(&data).map_err(|e| format!("{}: {e}", data.display()))?;
     let (workers, shards) = (config.workers(), config.shards());
@@ -200,14 +248,25 @@ pub fn serve(config: Config) -> Result<(), String> {
     });
     let sms = Arc::new(Sms::start(&config.sms, &data)?);
 
+    // Every thread reports once its scheduling and pinning are set: "listening" means ready.
+    let (tuned_tx, tuned_rx) = mpsc::channel::<()>();
     let mut shard_threads: Vec<JoinHandle<()>> = vec![];
     for (shard, rx) in opened.into_iter().zip(shard_rxs) {
         let (routes, sms) = (Arc::clone(&routes), Arc::clone(&sms));
         let name = format!("shard-{}", shard.id());
+        let (c, cpu, tuned) = (
+            config.clone(),
+            workers + shard.id() as usize,
+            tuned_tx.clone(),
+        );
         shard_threads.push(
             std::thread::Builder::new()
                 .name(name)
-                .spawn(move || run_shard(shard, rx, routes, sms))
+                .spawn(move || {
+                    tune_thread(&c, cpu, false);
+                    let _ = tuned.send(());
+                    run_shard(shard, rx, routes, sms)
+                })
                 .map_err(|e| e.to_string())?,
         );
     }
@@ -238,12 +297,34 @@ pub fn serve(config: Config) -> Result<(), String> {
             link,
             Arc::clone(&stop),
         );
+        let (c, tuned) = (config.clone(), tuned_tx.clone());
         worker_threads.push(
             std::thread::Builder::new()
                 .name(format!("gateway-{w}"))
-                .spawn(move || worker.run())
+                .spawn(move || {
+                    tune_thread(&c, w, true);
+                    let _ = tuned.send(());
+                    worker.run()
+                })
                 .map_err(|e| e.to_string())?,
         );
+    }
+    drop(tuned_tx);
+    for _ in 0..workers + shards {
+        tuned_rx
+            .recv_timeout(Duration::from_secs(10))
+            .map_err(|_| "a thread did not start".to_string())?;
+    }
+    match sysctl::process::anon_huge_pages_kb() {
+        Some(kb) => println!(
+            "switchboard: huge pages: AnonHugePages {kb} kB (jemalloc thp {})",
+            if config.process.huge_pages {
+                "always"
+            } else {
+                "never"
+            }
+        ),
+        None => println!("switchboard: huge pages: not reported by this system"),
     }
     println!("switchboard: listening on {addr} ({workers} gateway workers, {shards} router shards, data in {})", data.display());
     let _ = std::io::stdout().flush();

@@ -156,6 +156,11 @@ impl BufRing {
             ring.submitter()
                 .register_buf_ring_with_flags(br.ring as u64, count, BGID, 0)?
         };
+        // Touch every buffer page now: no page faults on the receive path later (and,
+        // with jemalloc's THP, the buffers sit in huge pages).
+        for page in br.bufs.chunks_mut(4096) {
+            page[0] = 1;
+        }
         for bid in 0..count {
             br.push(bid);
         }
