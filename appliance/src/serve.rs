@@ -161,6 +161,11 @@ fn tune_thread(config: &Config, cpu: usize, realtime: bool) {
 pub fn serve(config: Config) -> Result<(), String> {
     config.validate()?;
     maybe_reexec_without_thp(&config)?;
+    // Signals first: a SIGTERM at any point after this stops cleanly.
+    let signalled = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, Arc::clone(&signalled)).map_err(|e| e.to_string())?;
+    }
     check_realtime(config.process.realtime_priority)?;
     if !config.process.tune_profile.is_empty() {
         crate::tune::report_shortfalls(&config.process.tune_profile);
@@ -329,10 +334,6 @@ pub fn serve(config: Config) -> Result<(), String> {
     println!("switchboard: listening on {addr} ({workers} gateway workers, {shards} router shards, data in {})", data.display());
     let _ = std::io::stdout().flush();
 
-    let signalled = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(sig, Arc::clone(&signalled)).map_err(|e| e.to_string())?;
-    }
     while !signalled.load(Ordering::Acquire) {
         if worker_threads.iter().any(|t| t.is_finished()) {
             eprintln!("switchboard: a gateway worker stopped unexpectedly; shutting down");

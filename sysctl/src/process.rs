@@ -5,6 +5,7 @@
 use std::io;
 
 /// (soft, hard) open-files limit of this process.
+#[allow(clippy::unnecessary_cast)] // rlim_t is u64 on Linux but i64 on FreeBSD
 pub fn nofile() -> Option<(u64, u64)> {
     let mut r = libc::rlimit {
         rlim_cur: 0,

@@ -65,3 +65,20 @@ fn key_renders_are_right() {
         .unwrap()
         .contains(":openfiles=2700000:"));
 }
+
+#[test]
+fn every_profile_key_is_documented() {
+    let doc = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/TUNING.md"),
+    )
+    .unwrap();
+    for (name, _) in BUILT_IN {
+        for e in Profile::load(name).unwrap().entries {
+            assert!(
+                doc.contains(&format!("`{}`", e.key)),
+                "{} ({name}) is not in docs/TUNING.md",
+                e.key
+            );
+        }
+    }
+}
