@@ -62,6 +62,21 @@ impl Routes {
     }
 }
 
+/// How often the process figures are logged (issue 7 brings the full activity reporter).
+const STATS_EVERY: Duration = Duration::from_secs(60);
+
+/// Resident memory and huge pages of this process, for the periodic stats line.
+pub fn process_stats() -> String {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let rss = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .unwrap_or("?");
+    let huge = sysctl::process::anon_huge_pages_kb().map_or("?".to_string(), |k| k.to_string());
+    format!("rss {rss} kB, AnonHugePages {huge} kB")
+}
+
 pub fn unix_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -334,7 +349,12 @@ pub fn serve(config: Config) -> Result<(), String> {
     println!("switchboard: listening on {addr} ({workers} gateway workers, {shards} router shards, data in {})", data.display());
     let _ = std::io::stdout().flush();
 
+    let mut last_stats = Instant::now();
     while !signalled.load(Ordering::Acquire) {
+        if last_stats.elapsed() >= STATS_EVERY {
+            last_stats = Instant::now();
+            println!("switchboard: stats: {}", process_stats());
+        }
         if worker_threads.iter().any(|t| t.is_finished()) {
             eprintln!("switchboard: a gateway worker stopped unexpectedly; shutting down");
             break;

@@ -176,3 +176,13 @@ fn the_host_is_checked_against_the_configured_profile_at_start() {
         "{first}"
     );
 }
+
+#[test]
+fn process_stats_report_huge_pages() {
+    let line = switchboard::serve::process_stats();
+    assert!(
+        line.contains("AnonHugePages") && line.contains("rss"),
+        "{line}"
+    );
+    assert!(!line.contains('?'), "readable on Linux: {line}");
+}
