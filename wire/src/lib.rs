@@ -9,6 +9,7 @@
 //! - [`error`]: `FrameError` (why bytes are not a frame) and `ErrorCode` (what goes on the
 //!   wire in `Error` and `Close`).
 //! - [`link`]: what gateway and router say to each other (`ToRouter`, `ToClient`).
+//! - [`linkcodec`]: the link protocol on the wire (gateway ↔ router, router ↔ router).
 //! - [`fuzzing`]: entry points for the fuzz targets in `wire/fuzz`.
 #![forbid(unsafe_code)]
 
@@ -16,6 +17,7 @@ pub mod error;
 pub mod frame;
 pub mod fuzzing;
 pub mod link;
+pub mod linkcodec;
 pub mod types;
 
 pub use error::{ErrorCode, FrameError};
