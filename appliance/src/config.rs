@@ -41,6 +41,8 @@ pub struct Config {
     pub router: router::RouterConfig,
     pub storage: storage::LogConfig,
     pub process: ProcessConfig,
+    /// The cluster map, for `switchboard gateway` and `switchboard router`.
+    pub cluster: crate::cluster::ClusterConfig,
 }
 
 /// Process tuning (docs/TUNING.md).
@@ -84,6 +86,7 @@ impl Default for Config {
             router: router::RouterConfig::default(),
             storage: storage::LogConfig::default(),
             process: ProcessConfig::default(),
+            cluster: crate::cluster::ClusterConfig::default(),
         }
     }
 }

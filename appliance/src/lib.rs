@@ -3,6 +3,8 @@
 //! # Layout
 //! - [`cli`]: the `switchboard` command line (clap derive).
 //! - [`config`]: the appliance configuration (TOML), validated.
+//! - [`cluster`]: the cluster map (routers, partitions, gateways, secret).
+//! - [`link`]: authenticated, framed links on the private network.
 //! - [`serve`]: `switchboard serve`: threads, channels, signals.
 //! - [`sms`]: sending registration PINs (`log`, `http`).
 //! - [`tune`]: `switchboard tune`: the host against a tuning profile.
@@ -10,7 +12,9 @@
 #![forbid(unsafe_code)]
 
 pub mod cli;
+pub mod cluster;
 pub mod config;
+pub mod link;
 pub mod logcmd;
 #[cfg(target_os = "linux")]
 pub mod serve;

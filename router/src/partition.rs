@@ -29,6 +29,12 @@ impl PartitionMap {
         }
     }
 
+    /// A map from the owner of each partition (index = partition).
+    pub fn from_owners(owner: Vec<u16>) -> PartitionMap {
+        assert!(!owner.is_empty());
+        PartitionMap { owner }
+    }
+
     pub fn partitions(&self) -> u32 {
         self.owner.len() as u32
     }

@@ -202,6 +202,32 @@ impl Shard {
         }
     }
 
+    /// A gateway re-attaches a logged-in connection after its link came back (the link is
+    /// authenticated; the client logged in earlier). Pending messages stream again from
+    /// the start: delivery is at least once.
+    pub fn attach(&mut self, conn: ConnId, user: Phone, now_ms: u64, out: &mut Vec<FromRouter>) {
+        if self.log.account(&account_key(user)).is_none() {
+            return;
+        }
+        self.sessions.insert(
+            user,
+            Session {
+                conn,
+                sent_upto: MsgSeq(0),
+                inflight: 0,
+            },
+        );
+        self.fill(user, now_ms, out);
+        self.release(out);
+    }
+
+    /// A gateway's link is gone: its connections' sessions end (the phones reconnect,
+    /// here or through another gateway). `gateway` is the top byte of its `ConnId`s.
+    pub fn gateway_gone(&mut self, gateway: u8) {
+        self.sessions
+            .retain(|_, s| (s.conn.0 >> 56) as u8 != gateway);
+    }
+
     /// Flushes the log and stops its threads.
     pub fn close(self) -> Result<(), StorageError> {
         self.log.close()

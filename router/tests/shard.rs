@@ -568,3 +568,36 @@ fn a_wrong_key_or_unknown_number_cannot_log_in() {
     ));
     assert_eq!(net.shards[0].as_ref().unwrap().stats().auth_failures, 2);
 }
+
+#[test]
+fn attach_after_a_link_reconnect_streams_pending_again_and_gateway_gone_ends_sessions() {
+    let mut net = Net::new(1, RouterConfig::default(), Durability::None);
+    let (a, b) = (phone(A), phone(B));
+    let ka = net.register(1, a);
+    let kb = net.register(2, b);
+    net.login(1, a, ka);
+    net.login(2, b, kb);
+    net.msg(1, a, b, 1, b"x");
+    assert_eq!(delivers(&net.drain(2)).len(), 1);
+    // The gateway's link dropped (gateway 0: the top byte of the ConnIds here).
+    net.shards[0].as_mut().unwrap().gateway_gone(0);
+    net.msg(1, a, b, 2, b"y");
+    assert!(net.drain(2).is_empty(), "no session: nothing is pushed");
+    // The link is back; the gateway re-attaches b's connection.
+    let mut out = vec![];
+    net.shards[0]
+        .as_mut()
+        .unwrap()
+        .attach(ConnId(2), b, net.now, &mut out);
+    let got: Vec<u64> = out
+        .iter()
+        .filter_map(|o| match o {
+            FromRouter::ToClient {
+                msg: ToClient::Deliver { msg_id, .. },
+                ..
+            } => Some(*msg_id),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(got, vec![1, 2], "everything not acknowledged, in order");
+}
