@@ -1,9 +1,14 @@
-//! `switchboard serve`: gateway, router and storage in one process, joined by the
-//! in-process link (channels). Threads: one per gateway worker (io_uring), one per
-//! router shard (its own log). Stops cleanly on SIGINT/SIGTERM: workers close every
-//! connection with `ServerShutdown`, then shards flush their logs.
+//! Running the appliance. `switchboard serve`: gateway, router and storage in one process,
+//! joined by the in-process link (channels). The pieces here are shared with the split
+//! deployment (`roles.rs`: `switchboard gateway` and `switchboard router`), which joins
+//! the same gateway workers and router shards with TCP links instead.
+//!
+//! Threads: one per gateway worker (io_uring), one per router shard (its own log). Stops
+//! cleanly on SIGINT/SIGTERM: workers close every connection with `ServerShutdown`,
+//! then shards flush their logs.
 
-use std::io::Write;
+use std::io::{self, Write};
+use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
@@ -12,53 +17,77 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use gateway::tls::{server_config, Identity};
-use gateway::uring::{self, Worker, WorkerConfig, WorkerLink};
+use gateway::uring::{self, Worker, WorkerConfig, WorkerLink, WorkerStats};
 use router::{PartitionMap, Shard};
+use rustls::ServerConfig;
 use wire::link::{ConnId, FromRouter, ToClient, ToRouter};
+use wire::Phone;
 
 use crate::config::Config;
 use crate::sms::Sms;
 
-enum ShardMsg {
+pub(crate) enum ShardMsg {
     Req(ToRouter),
+    /// A gateway re-attaches a logged-in connection after its link came back.
+    Attach(ConnId, Phone),
+    /// A gateway's link is gone: drop its sessions.
+    GatewayGone(u8),
     Stop,
 }
 
-/// A gateway worker's reply queue and the eventfd that wakes it.
-type WorkerInbox = (Sender<(ConnId, ToClient)>, Arc<OwnedFd>);
+/// Where a shard's output goes.
+pub(crate) trait Dispatch: Send + Sync + 'static {
+    fn dispatch(&self, out: &mut Vec<FromRouter>);
+}
 
-/// Where router output goes: shards by partition, client replies by worker.
+/// A gateway worker's reply queue and the eventfd that wakes it.
+pub(crate) type WorkerInbox = (Sender<(ConnId, ToClient)>, Arc<OwnedFd>);
+
+/// Sends replies to their workers and wakes each worker once.
+pub(crate) fn to_workers(
+    workers: &[WorkerInbox],
+    replies: impl IntoIterator<Item = (ConnId, ToClient)>,
+) {
+    let mut woken = 0u64;
+    for (conn, msg) in replies {
+        let w = uring::worker_of(conn) as usize;
+        if let Some((tx, _)) = workers.get(w) {
+            let _ = tx.send((conn, msg));
+            woken |= 1 << w;
+        }
+    }
+    for (w, (_, fd)) in workers.iter().enumerate() {
+        if woken & (1 << w) != 0 {
+            uring::wake(fd);
+        }
+    }
+}
+
+/// The all-in-one routes: shards by partition, client replies by worker.
 struct Routes {
     map: PartitionMap,
     shards: Vec<Sender<ShardMsg>>,
     workers: Vec<WorkerInbox>,
+    sms: Arc<Sms>,
 }
 
 impl Routes {
     fn to_shard(&self, req: ToRouter) {
         let _ = self.shards[self.map.shard_of(req.route_key()) as usize].send(ShardMsg::Req(req));
     }
+}
 
-    fn dispatch(&self, out: &mut Vec<FromRouter>, sms: &Sms) {
-        let mut woken = 0u64;
+impl Dispatch for Routes {
+    fn dispatch(&self, out: &mut Vec<FromRouter>) {
+        let mut replies = vec![];
         for o in out.drain(..) {
             match o {
-                FromRouter::ToClient { conn, msg } => {
-                    let w = uring::worker_of(conn) as usize;
-                    if let Some((tx, _)) = self.workers.get(w) {
-                        let _ = tx.send((conn, msg));
-                        woken |= 1 << w;
-                    }
-                }
+                FromRouter::ToClient { conn, msg } => replies.push((conn, msg)),
                 FromRouter::ToRouter(req) => self.to_shard(req),
-                FromRouter::Sms { phone, pin } => sms.send(phone, pin),
+                FromRouter::Sms { phone, pin } => self.sms.send(phone, pin),
             }
         }
-        for (w, (_, fd)) in self.workers.iter().enumerate() {
-            if woken & (1 << w) != 0 {
-                uring::wake(fd);
-            }
-        }
+        to_workers(&self.workers, replies);
     }
 }
 
@@ -83,21 +112,35 @@ pub fn unix_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-fn run_shard(mut shard: Shard, rx: Receiver<ShardMsg>, routes: Arc<Routes>, sms: Arc<Sms>) {
+pub(crate) fn run_shard<D: Dispatch>(mut shard: Shard, rx: Receiver<ShardMsg>, d: Arc<D>) {
     let mut out = Vec::new();
     let mut last_tick = Instant::now();
+    let on = |shard: &mut Shard, m: ShardMsg, out: &mut Vec<FromRouter>| -> bool {
+        match m {
+            ShardMsg::Req(r) => shard.handle(unix_ms(), r, out),
+            ShardMsg::Attach(conn, user) => shard.attach(conn, user, unix_ms(), out),
+            ShardMsg::GatewayGone(g) => shard.gateway_gone(g),
+            ShardMsg::Stop => return false,
+        }
+        true
+    };
     'run: loop {
         match rx.recv_timeout(Duration::from_millis(1)) {
-            Ok(ShardMsg::Req(r)) => shard.handle(unix_ms(), r, &mut out),
-            Ok(ShardMsg::Stop) | Err(RecvTimeoutError::Disconnected) => break 'run,
+            Ok(m) => {
+                if !on(&mut shard, m, &mut out) {
+                    break 'run;
+                }
+            }
+            Err(RecvTimeoutError::Disconnected) => break 'run,
             Err(RecvTimeoutError::Timeout) => {}
         }
         for _ in 0..4096 {
             match rx.try_recv() {
-                Ok(ShardMsg::Req(r)) => shard.handle(unix_ms(), r, &mut out),
-                Ok(ShardMsg::Stop) => {
-                    routes.dispatch(&mut out, &sms);
-                    break 'run;
+                Ok(m) => {
+                    if !on(&mut shard, m, &mut out) {
+                        d.dispatch(&mut out);
+                        break 'run;
+                    }
                 }
                 Err(_) => break,
             }
@@ -106,10 +149,10 @@ fn run_shard(mut shard: Shard, rx: Receiver<ShardMsg>, routes: Arc<Routes>, sms:
             shard.tick(unix_ms(), &mut out);
             last_tick = Instant::now();
         }
-        routes.dispatch(&mut out, &sms);
+        d.dispatch(&mut out);
     }
     shard.tick(unix_ms(), &mut out);
-    routes.dispatch(&mut out, &sms);
+    d.dispatch(&mut out);
     let id = shard.id();
     if let Err(e) = shard.close() {
         eprintln!("switchboard: shard {id}: closing its log: {e}");
@@ -173,9 +216,11 @@ fn tune_thread(config: &Config, cpu: usize, realtime: bool) {
     }
 }
 
-pub fn serve(config: Config) -> Result<(), String> {
+/// Everything every role does first: validate, signals, process checks, data directory,
+/// open-files limit. Returns the flag SIGINT/SIGTERM set.
+pub(crate) fn start(config: &Config) -> Result<Arc<AtomicBool>, String> {
     config.validate()?;
-    maybe_reexec_without_thp(&config)?;
+    maybe_reexec_without_thp(config)?;
     // Signals first: a SIGTERM at any point after this stops cleanly.
     let signalled = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
@@ -185,15 +230,17 @@ pub fn serve(config: Config) -> Result<(), String> {
     if !config.process.tune_profile.is_empty() {
         crate::tune::report_shortfalls(&config.process.tune_profile);
     }
-    let data = config.data_dir.clone();
-    std::fs::create_dir_all(&data).map_err(|e| format!("{}: {e}", data.display()))?;
-    let (workers, shards) = (config.workers(), config.shards());
-    raise_nofile((workers * config.gateway.conns_per_worker) as u64 + 1024);
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(|e| format!("{}: {e}", config.data_dir.display()))?;
+    raise_nofile((config.workers() * config.gateway.conns_per_worker) as u64 + 1024);
+    Ok(signalled)
+}
 
+pub(crate) fn load_tls(config: &Config) -> Result<Arc<ServerConfig>, String> {
     let identity = match &config.tls {
         Some(t) => Identity::from_pem_files(&t.cert, &t.key).map_err(|e| e.to_string())?,
         None => {
-            let dir = data.join("tls");
+            let dir = config.data_dir.join("tls");
             std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
             let (id, made) = Identity::self_signed_in(&dir, &[]).map_err(|e| e.to_string())?;
             if made {
@@ -209,93 +256,95 @@ pub fn serve(config: Config) -> Result<(), String> {
         "switchboard: certificate sha256 fingerprint {}",
         identity.fingerprint()
     );
-    let tls = server_config(identity).map_err(|e| e.to_string())?;
+    server_config(identity).map_err(|e| e.to_string())
+}
 
-    // Shards: open (recover) every log first.
-    let map = PartitionMap::even(config.router.partitions, shards as u16);
-    let mut opened = vec![];
-    for id in 0..shards as u16 {
-        let dir = data.join(format!("log-{id}"));
-        let (shard, report) = Shard::open(
-            id,
-            map.clone(),
-            config.router.clone(),
-            config.storage.clone(),
-            &dir,
-            unix_ms(),
-        )
-        .map_err(|e| format!("shard {id}: {e}"))?;
-        println!(
-            "switchboard: shard {id}: {} records, {} pending messages, {} accounts recovered in {:.0} ms{}",
-            report.records,
-            report.messages_live,
-            report.accounts_live,
-            report.elapsed.as_secs_f64() * 1e3,
-            if report.clean() { String::new() } else { format!(" — damage: {}", report.notes.join("; ")) }
-        );
-        opened.push(shard);
+pub(crate) fn open_shard(
+    config: &Config,
+    id: u16,
+    map: PartitionMap,
+    dir: &std::path::Path,
+) -> Result<Shard, String> {
+    let (shard, report) = Shard::open(
+        id,
+        map,
+        config.router.clone(),
+        config.storage.clone(),
+        dir,
+        unix_ms(),
+    )
+    .map_err(|e| format!("shard {id}: {e}"))?;
+    println!(
+        "switchboard: shard {id}: {} records, {} pending messages, {} accounts recovered in {:.0} ms{}",
+        report.records,
+        report.messages_live,
+        report.accounts_live,
+        report.elapsed.as_secs_f64() * 1e3,
+        if report.clean() { String::new() } else { format!(" — damage: {}", report.notes.join("; ")) }
+    );
+    Ok(shard)
+}
+
+pub(crate) fn spawn_shard<D: Dispatch>(
+    config: &Config,
+    shard: Shard,
+    rx: Receiver<ShardMsg>,
+    d: Arc<D>,
+    cpu: usize,
+    tuned: Sender<()>,
+) -> Result<JoinHandle<()>, String> {
+    let c = config.clone();
+    std::thread::Builder::new()
+        .name(format!("shard-{}", shard.id()))
+        .spawn(move || {
+            tune_thread(&c, cpu, false);
+            let _ = tuned.send(());
+            run_shard(shard, rx, d)
+        })
+        .map_err(|e| e.to_string())
+}
+
+/// Worker reply channels: the senders (for routes) and what each worker receives.
+pub(crate) type WorkerEnd = (Receiver<(ConnId, ToClient)>, Arc<OwnedFd>);
+
+pub(crate) fn worker_channels(n: usize) -> Result<(Vec<WorkerInbox>, Vec<WorkerEnd>), String> {
+    let (mut inboxes, mut ends) = (vec![], vec![]);
+    for _ in 0..n {
+        let (tx, rx) = mpsc::channel();
+        let fd = Arc::new(uring::eventfd().map_err(|e| format!("eventfd: {e}"))?);
+        inboxes.push((tx, Arc::clone(&fd)));
+        ends.push((rx, fd));
     }
+    Ok((inboxes, ends))
+}
 
-    // Listeners: the first binds (port 0 picks one), the rest share its address.
+pub(crate) type Workers = Vec<JoinHandle<io::Result<WorkerStats>>>;
+
+/// Binds the public listeners (the first picks the port; the rest share it) and starts
+/// the gateway workers.
+pub(crate) fn spawn_workers(
+    config: &Config,
+    tls: &Arc<ServerConfig>,
+    gateway_id: u8,
+    ends: Vec<WorkerEnd>,
+    to_router: Arc<dyn Fn(ToRouter) + Send + Sync>,
+    stop: &Arc<AtomicBool>,
+    tuned: &Sender<()>,
+) -> Result<(Workers, SocketAddr), String> {
     let first = uring::reuseport_listener(config.listen, 4096)
         .map_err(|e| format!("listen on {}: {e}", config.listen))?;
     let addr = first.local_addr().map_err(|e| e.to_string())?;
     let mut listeners = vec![first];
-    for _ in 1..workers {
+    for _ in 1..ends.len() {
         listeners.push(
             uring::reuseport_listener(addr, 4096).map_err(|e| format!("listen on {addr}: {e}"))?,
         );
     }
-    let mut worker_ends = vec![];
-    let mut worker_links = vec![];
-    for _ in 0..workers {
-        let (tx, rx) = mpsc::channel();
-        let fd = Arc::new(uring::eventfd().map_err(|e| format!("eventfd: {e}"))?);
-        worker_ends.push((tx, Arc::clone(&fd)));
-        worker_links.push((rx, fd));
-    }
-    let mut shard_txs = vec![];
-    let mut shard_rxs = vec![];
-    for _ in 0..shards {
-        let (tx, rx) = mpsc::channel();
-        shard_txs.push(tx);
-        shard_rxs.push(rx);
-    }
-    let routes = Arc::new(Routes {
-        map,
-        shards: shard_txs,
-        workers: worker_ends,
-    });
-    let sms = Arc::new(Sms::start(&config.sms, &data)?);
-
-    // Every thread reports once its scheduling and pinning are set: "listening" means ready.
-    let (tuned_tx, tuned_rx) = mpsc::channel::<()>();
-    let mut shard_threads: Vec<JoinHandle<()>> = vec![];
-    for (shard, rx) in opened.into_iter().zip(shard_rxs) {
-        let (routes, sms) = (Arc::clone(&routes), Arc::clone(&sms));
-        let name = format!("shard-{}", shard.id());
-        let (c, cpu, tuned) = (
-            config.clone(),
-            workers + shard.id() as usize,
-            tuned_tx.clone(),
-        );
-        shard_threads.push(
-            std::thread::Builder::new()
-                .name(name)
-                .spawn(move || {
-                    tune_thread(&c, cpu, false);
-                    let _ = tuned.send(());
-                    run_shard(shard, rx, routes, sms)
-                })
-                .map_err(|e| e.to_string())?,
-        );
-    }
-    let stop = Arc::new(AtomicBool::new(false));
     let limits = Arc::new(config.limits());
-    let mut worker_threads = vec![];
-    for (w, (listener, (rx, fd))) in listeners.into_iter().zip(worker_links).enumerate() {
+    let mut threads = vec![];
+    for (w, (listener, (rx, fd))) in listeners.into_iter().zip(ends).enumerate() {
         let cfg = WorkerConfig {
-            gateway: 0,
+            gateway: gateway_id,
             worker: w as u8,
             conns_max: config.gateway.conns_per_worker,
             accepts_per_sec: config.gateway.accepts_per_sec,
@@ -303,22 +352,22 @@ pub fn serve(config: Config) -> Result<(), String> {
             buffer_bytes: config.gateway.buffer_bytes,
             ..WorkerConfig::default()
         };
-        let r = Arc::clone(&routes);
+        let r = Arc::clone(&to_router);
         let link = WorkerLink {
-            to_router: Box::new(move |req| r.to_shard(req)),
+            to_router: Box::new(move |req| r(req)),
             replies: rx,
             wake: fd,
         };
         let worker = Worker::new(
             cfg,
-            Arc::clone(&tls),
+            Arc::clone(tls),
             Arc::clone(&limits),
             listener,
             link,
-            Arc::clone(&stop),
+            Arc::clone(stop),
         );
-        let (c, tuned) = (config.clone(), tuned_tx.clone());
-        worker_threads.push(
+        let (c, tuned) = (config.clone(), tuned.clone());
+        threads.push(
             std::thread::Builder::new()
                 .name(format!("gateway-{w}"))
                 .spawn(move || {
@@ -329,8 +378,12 @@ pub fn serve(config: Config) -> Result<(), String> {
                 .map_err(|e| e.to_string())?,
         );
     }
-    drop(tuned_tx);
-    for _ in 0..workers + shards {
+    Ok((threads, addr))
+}
+
+/// Waits until every tuned thread has started, then reports huge pages.
+pub(crate) fn ready(config: &Config, tuned_rx: Receiver<()>, threads: usize) -> Result<(), String> {
+    for _ in 0..threads {
         tuned_rx
             .recv_timeout(Duration::from_secs(10))
             .map_err(|_| "a thread did not start".to_string())?;
@@ -346,33 +399,105 @@ pub fn serve(config: Config) -> Result<(), String> {
         ),
         None => println!("switchboard: huge pages: not reported by this system"),
     }
-    println!("switchboard: listening on {addr} ({workers} gateway workers, {shards} router shards, data in {})", data.display());
-    let _ = std::io::stdout().flush();
+    Ok(())
+}
 
+/// Runs until a signal (or a worker dies), logging stats now and then.
+pub(crate) fn wait(signalled: &AtomicBool, workers: &Workers) {
     let mut last_stats = Instant::now();
     while !signalled.load(Ordering::Acquire) {
         if last_stats.elapsed() >= STATS_EVERY {
             last_stats = Instant::now();
             println!("switchboard: stats: {}", process_stats());
         }
-        if worker_threads.iter().any(|t| t.is_finished()) {
+        if workers.iter().any(|t| t.is_finished()) {
             eprintln!("switchboard: a gateway worker stopped unexpectedly; shutting down");
             break;
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    println!("switchboard: stopping: closing connections, flushing logs");
+}
+
+/// Closes every client connection with a reason and joins the workers.
+pub(crate) fn stop_workers(stop: &AtomicBool, inboxes: &[WorkerInbox], workers: Workers) {
     stop.store(true, Ordering::Release);
-    for (_, fd) in &routes.workers {
+    for (_, fd) in inboxes {
         uring::wake(fd);
     }
-    for t in worker_threads {
+    for t in workers {
         match t.join() {
             Ok(Ok(_stats)) => {}
             Ok(Err(e)) => eprintln!("switchboard: gateway worker: {e}"),
             Err(_) => eprintln!("switchboard: a gateway worker panicked"),
         }
     }
+}
+
+pub fn serve(config: Config) -> Result<(), String> {
+    let signalled = start(&config)?;
+    let (workers, shards) = (config.workers(), config.shards());
+    let tls = load_tls(&config)?;
+    let map = PartitionMap::even(config.router.partitions, shards as u16);
+    let mut opened = vec![];
+    for id in 0..shards as u16 {
+        opened.push(open_shard(
+            &config,
+            id,
+            map.clone(),
+            &config.data_dir.join(format!("log-{id}")),
+        )?);
+    }
+    let (inboxes, ends) = worker_channels(workers)?;
+    let (mut shard_txs, mut shard_rxs) = (vec![], vec![]);
+    for _ in 0..shards {
+        let (tx, rx) = mpsc::channel();
+        shard_txs.push(tx);
+        shard_rxs.push(rx);
+    }
+    let sms = Arc::new(Sms::start(&config.sms, &config.data_dir)?);
+    let routes = Arc::new(Routes {
+        map,
+        shards: shard_txs,
+        workers: inboxes.clone(),
+        sms,
+    });
+
+    // Every thread reports once its scheduling and pinning are set: "listening" means ready.
+    let (tuned_tx, tuned_rx) = mpsc::channel::<()>();
+    let mut shard_threads = vec![];
+    for (shard, rx) in opened.into_iter().zip(shard_rxs) {
+        let cpu = workers + shard.id() as usize;
+        shard_threads.push(spawn_shard(
+            &config,
+            shard,
+            rx,
+            Arc::clone(&routes),
+            cpu,
+            tuned_tx.clone(),
+        )?);
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let r = Arc::clone(&routes);
+    let (worker_threads, addr) = spawn_workers(
+        &config,
+        &tls,
+        0,
+        ends,
+        Arc::new(move |req| r.to_shard(req)),
+        &stop,
+        &tuned_tx,
+    )?;
+    drop(tuned_tx);
+    ready(&config, tuned_rx, workers + shards)?;
+    println!(
+        "switchboard: listening on {addr} ({workers} gateway workers, {shards} router shards, data in {})",
+        config.data_dir.display()
+    );
+    let _ = std::io::stdout().flush();
+
+    wait(&signalled, &worker_threads);
+    println!("switchboard: stopping: closing connections, flushing logs");
+    stop_workers(&stop, &inboxes, worker_threads);
     for tx in &routes.shards {
         let _ = tx.send(ShardMsg::Stop);
     }
