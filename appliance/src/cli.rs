@@ -33,6 +33,28 @@ pub enum Command {
         #[arg(long)]
         check: bool,
     },
+    /// Runs a gateway of a split deployment: TLS workers, links to every router.
+    Gateway {
+        /// This gateway's id in the cluster map (1 to 255).
+        #[arg(long)]
+        id: u8,
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+        #[arg(long)]
+        data: Option<PathBuf>,
+    },
+    /// Runs a router of a split deployment: one shard and its log, links on its private address.
+    Router {
+        /// This router's id in the cluster map.
+        #[arg(long)]
+        id: u16,
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        data: Option<PathBuf>,
+    },
     /// The host against a tuning profile: check, diff, apply, rollback, render.
     #[command(subcommand)]
     Tune(crate::tune::TuneCommand),
@@ -60,6 +82,13 @@ pub enum LogCommand {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Gateway {
+            id,
+            config,
+            listen,
+            data,
+        } => role(&config, listen, data, |c| run_gateway(c, id)),
+        Command::Router { id, config, data } => role(&config, None, data, |c| run_router(c, id)),
         Command::Tune(t) => crate::tune::run(t),
         Command::Serve {
             config,
@@ -108,4 +137,52 @@ pub fn main() -> ExitCode {
             crate::logcmd::inspect(&dir, config.as_deref(), quiet)
         }
     }
+}
+
+fn role(
+    path: &std::path::Path,
+    listen: Option<std::net::SocketAddr>,
+    data: Option<PathBuf>,
+    run: impl FnOnce(crate::config::Config) -> Result<(), String>,
+) -> ExitCode {
+    let mut c = match crate::config::Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("switchboard: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Some(l) = listen {
+        c.listen = l;
+    }
+    if let Some(d) = data {
+        c.data_dir = d;
+    }
+    match run(c) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("switchboard: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn run_gateway(c: crate::config::Config, id: u8) -> Result<(), String> {
+    crate::roles::gateway(c, id)
+}
+
+#[cfg(target_os = "linux")]
+fn run_router(c: crate::config::Config, id: u16) -> Result<(), String> {
+    crate::roles::router(c, id)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn run_gateway(_c: crate::config::Config, _id: u8) -> Result<(), String> {
+    Err("gateway needs the io_uring driver (Linux)".into())
+}
+
+#[cfg(not(target_os = "linux"))]
+fn run_router(_c: crate::config::Config, _id: u16) -> Result<(), String> {
+    Err("router processes are built for Linux only so far".into())
 }

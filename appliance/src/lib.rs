@@ -8,6 +8,7 @@
 //! - [`serve`]: `switchboard serve`: threads, channels, signals.
 //! - [`sms`]: sending registration PINs (`log`, `http`).
 //! - [`tune`]: `switchboard tune`: the host against a tuning profile.
+//! - `roles` (Linux): `switchboard gateway` and `switchboard router`, the split deployment.
 //! - [`logcmd`]: `switchboard log`: operator commands on a shard's storage log.
 #![forbid(unsafe_code)]
 
@@ -16,6 +17,8 @@ pub mod cluster;
 pub mod config;
 pub mod link;
 pub mod logcmd;
+#[cfg(target_os = "linux")]
+pub mod roles;
 #[cfg(target_os = "linux")]
 pub mod serve;
 #[cfg(not(target_os = "linux"))]

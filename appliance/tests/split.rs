@@ -1,0 +1,392 @@
+//! The split deployment on loopback: two `switchboard router` processes and one
+//! `switchboard gateway`, joined by authenticated links. (The same on a real two-network
+//! topology, built with namespaces: `tests/topology.rs`.)
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use client::{Client, ClientError, Incoming, Trust};
+use wire::frame::ReceiptKind;
+use wire::{Key, Phone, Pin};
+
+const T: Duration = Duration::from_secs(10);
+pub const PARTITIONS: u32 = 16;
+pub const SECRET: &str = "split-test-secret-0123456789";
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub struct Proc {
+    pub child: Child,
+    pub lines: Vec<String>,
+}
+
+/// Starts `switchboard ARGS` (optionally inside a network namespace) and waits for a
+/// stdout line starting with `ready`.
+pub fn spawn(netns: Option<&str>, args: &[&str], ready: &str) -> Proc {
+    let bin = env!("CARGO_BIN_EXE_switchboard");
+    let mut cmd = match netns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns, bin]);
+            c
+        }
+        None => Command::new(bin),
+    };
+    let mut child = cmd
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut it = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut lines = vec![];
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        assert!(Instant::now() < deadline, "not ready: {lines:?}");
+        let l = it
+            .next()
+            .unwrap_or_else(|| panic!("exited: {lines:?}"))
+            .unwrap();
+        let done = l.starts_with(ready);
+        lines.push(l);
+        if done {
+            break;
+        }
+    }
+    std::thread::spawn(move || for _ in it {});
+    Proc { child, lines }
+}
+
+impl Proc {
+    pub fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+    pub fn fingerprint(&self) -> String {
+        self.lines
+            .iter()
+            .find_map(|l| l.strip_prefix("switchboard: certificate sha256 fingerprint "))
+            .unwrap()
+            .to_string()
+    }
+    pub fn listen_addr(&self, prefix: &str) -> String {
+        self.lines
+            .iter()
+            .find_map(|l| l.strip_prefix(prefix))
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .to_string()
+    }
+}
+
+pub fn config(dir: &Path, routers: &[(u16, String, &str)], gateway_source: &str) -> PathBuf {
+    let mut t = format!("workers = 1\n[router]\npartitions = {PARTITIONS}\n[storage]\nsegment_bytes = 1048576\nprefault = false\n[cluster]\nsecret = \"{SECRET}\"\n");
+    for (id, addr, parts) in routers {
+        t += &format!(
+            "[[cluster.router]]\nid = {id}\naddress = \"{addr}\"\npartitions = \"{parts}\"\n"
+        );
+    }
+    t += &format!("[[cluster.gateway]]\nid = 1\nsource = \"{gateway_source}\"\n");
+    let p = dir.join("cluster.toml");
+    std::fs::write(&p, t).unwrap();
+    p
+}
+
+/// A phone number whose partition belongs to router `r` (partitions 0-7 → 0, 8-15 → 1).
+pub fn phone_on(r: u16, nth: u64) -> Phone {
+    (15550000000u64..)
+        .map(|n| Phone::new(n).unwrap())
+        .filter(|p| (router::partition_of(*p, PARTITIONS) >= 8) == (r == 1))
+        .nth(nth as usize)
+        .unwrap()
+}
+
+pub fn pin_from(sms_log: &Path, phone: Phone) -> Pin {
+    let deadline = Instant::now() + T;
+    loop {
+        let text = std::fs::read_to_string(sms_log).unwrap_or_default();
+        if let Some(pin) = text.lines().rev().find_map(|l| {
+            let mut it = l.split_whitespace().skip(1);
+            (it.next() == Some(&phone.to_string()))
+                .then(|| it.next())
+                .flatten()
+        }) {
+            return Pin::new(pin.parse().unwrap()).unwrap();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no PIN for {phone} in {}",
+            sms_log.display()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+pub fn register(addr: &str, fp: &str, sms_log: &Path, p: Phone) -> (Client, Key) {
+    let mut c = Client::connect(addr, &Trust::Fingerprint(fp.into()), "localhost", T).unwrap();
+    c.request_pin(p, T).unwrap();
+    let key = c.verify(p, pin_from(sms_log, p), T).unwrap();
+    c.login(p, key, T).unwrap();
+    (c, key)
+}
+
+fn deliver(c: &mut Client) -> (u64, Phone, u64, Vec<u8>) {
+    match c
+        .wait_for(T, |m| matches!(m, Incoming::Deliver { .. }))
+        .unwrap()
+    {
+        Incoming::Deliver {
+            seq,
+            from,
+            msg_id,
+            body,
+            ..
+        } => (seq, from, msg_id, body),
+        _ => unreachable!(),
+    }
+}
+
+#[test]
+fn users_on_different_routers_exchange_messages_and_survive_a_router_kill() {
+    let dir = tempfile::tempdir().unwrap();
+    let (p0, p1) = (free_port(), free_port());
+    let routers = [
+        (0, format!("127.0.0.1:{p0}"), "0-7"),
+        (1, format!("127.0.0.1:{p1}"), "8-15"),
+    ];
+    let cfg = config(dir.path(), &routers, "127.0.0.1");
+    let cfg = cfg.to_str().unwrap();
+    let (d0, d1, dg) = (
+        dir.path().join("r0"),
+        dir.path().join("r1"),
+        dir.path().join("gw"),
+    );
+    let r0 = spawn(
+        None,
+        &[
+            "router",
+            "--id",
+            "0",
+            "--config",
+            cfg,
+            "--data",
+            d0.to_str().unwrap(),
+        ],
+        "switchboard: router 0 listening",
+    );
+    let r1 = spawn(
+        None,
+        &[
+            "router",
+            "--id",
+            "1",
+            "--config",
+            cfg,
+            "--data",
+            d1.to_str().unwrap(),
+        ],
+        "switchboard: router 1 listening",
+    );
+    let gw = spawn(
+        None,
+        &[
+            "gateway",
+            "--id",
+            "1",
+            "--config",
+            cfg,
+            "--listen",
+            "127.0.0.1:0",
+            "--data",
+            dg.to_str().unwrap(),
+        ],
+        "switchboard: gateway 1 listening",
+    );
+    let (addr, fp) = (
+        gw.listen_addr("switchboard: gateway 1 listening on "),
+        gw.fingerprint(),
+    );
+    let (a, b) = (phone_on(0, 0), phone_on(1, 0));
+    let (mut ca, _) = register(&addr, &fp, &d0.join("sms.log"), a);
+    let (mut cb, kb) = register(&addr, &fp, &d1.join("sms.log"), b);
+
+    // A (router 0) → B (router 1): tick, delivery, receipts across routers.
+    ca.send(b, 1, b"across routers").unwrap();
+    assert_eq!(
+        ca.wait_for(T, |m| matches!(m, Incoming::ServerAck { .. }))
+            .unwrap(),
+        Incoming::ServerAck { to: b, msg_id: 1 }
+    );
+    let (seq, from, id, body) = deliver(&mut cb);
+    assert_eq!((from, id, &body[..]), (a, 1, &b"across routers"[..]));
+    cb.ack(seq).unwrap();
+    match ca
+        .wait_for(T, |m| {
+            matches!(
+                m,
+                Incoming::Receipt {
+                    kind: ReceiptKind::Delivered,
+                    ..
+                }
+            )
+        })
+        .unwrap()
+    {
+        Incoming::Receipt { seq, msg_id: 1, .. } => ca.ack(seq).unwrap(),
+        other => panic!("{other:?}"),
+    }
+
+    // B goes offline; messages wait in router 1's log; router 1 is killed and restarted.
+    drop(cb);
+    std::thread::sleep(Duration::from_millis(200));
+    for i in 10..20 {
+        ca.send(b, i, format!("m{i}").as_bytes()).unwrap();
+    }
+    let mut acked = 0;
+    while acked < 10 {
+        if let Incoming::ServerAck { .. } = ca
+            .wait_for(T, |m| matches!(m, Incoming::ServerAck { .. }))
+            .unwrap()
+        {
+            acked += 1;
+        }
+    }
+    r1.kill();
+    let r1 = spawn(
+        None,
+        &[
+            "router",
+            "--id",
+            "1",
+            "--config",
+            cfg,
+            "--data",
+            d1.to_str().unwrap(),
+        ],
+        "switchboard: router 1 listening",
+    );
+    // The gateway reconnects by itself (backoff ≤ 2 s); B logs in again and gets all ten.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut cb = loop {
+        let mut c =
+            Client::connect(&addr, &Trust::Fingerprint(fp.clone()), "localhost", T).unwrap();
+        match c.login(b, kb, Duration::from_secs(3)) {
+            Ok(n) => {
+                assert_eq!(n, 10);
+                break c;
+            }
+            Err(ClientError::Server { .. } | ClientError::Timeout) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(200))
+            }
+            Err(e) => panic!("{e}"),
+        }
+    };
+    for i in 10..20 {
+        let (seq, _, id, _) = deliver(&mut cb);
+        assert_eq!(id, i);
+        cb.ack(seq).unwrap();
+    }
+    for p in [gw, r0, r1] {
+        p.kill();
+    }
+}
+
+#[test]
+fn a_peer_without_the_secret_gets_nothing_accepted_and_the_public_port_refuses_link_traffic() {
+    let dir = tempfile::tempdir().unwrap();
+    let p0 = free_port();
+    let routers = [(0, format!("127.0.0.1:{p0}"), "0-15")];
+    let cfg = config(dir.path(), &routers, "127.0.0.1");
+    let cfg = cfg.to_str().unwrap();
+    let d0 = dir.path().join("r0");
+    let r0 = spawn(
+        None,
+        &[
+            "router",
+            "--id",
+            "0",
+            "--config",
+            cfg,
+            "--data",
+            d0.to_str().unwrap(),
+        ],
+        "switchboard: router 0 listening",
+    );
+
+    // A fake gateway: reads the challenge, answers with a made-up MAC, then tries a request.
+    let mut s = TcpStream::connect(("127.0.0.1", p0)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut challenge = [0u8; 40];
+    s.read_exact(&mut challenge).unwrap();
+    let mut buf = vec![];
+    wire::linkcodec::LinkMsg::Auth {
+        peer: wire::linkcodec::PeerKind::Gateway,
+        id: 9,
+        nonce: [1; 32],
+        mac: [2; 32],
+    }
+    .encode(&mut buf);
+    let victim = Phone::new(15551234567).unwrap();
+    let req = wire::link::ToRouter::Register {
+        conn: wire::link::ConnId(9 << 56),
+        phone: victim,
+        source: "127.0.0.1".parse().unwrap(),
+    };
+    wire::linkcodec::LinkMsg::Req(req).encode(&mut buf);
+    let _ = s.write_all(&buf);
+    let mut rest = vec![];
+    let _ = s.read_to_end(&mut rest);
+    assert!(
+        rest.is_empty(),
+        "the router answered an unauthenticated peer: {rest:?}"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let sms = std::fs::read_to_string(d0.join("sms.log")).unwrap_or_default();
+    assert!(
+        !sms.contains(&victim.to_string()),
+        "an injected request was acted on"
+    );
+
+    // Link bytes sent to a gateway's public (TLS) port go nowhere.
+    let gw = spawn(
+        None,
+        &[
+            "gateway",
+            "--id",
+            "1",
+            "--config",
+            cfg,
+            "--listen",
+            "127.0.0.1:0",
+            "--data",
+            dir.path().join("gw").to_str().unwrap(),
+        ],
+        "switchboard: gateway 1 listening",
+    );
+    let addr = gw.listen_addr("switchboard: gateway 1 listening on ");
+    let mut s = TcpStream::connect(&addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let _ = s.write_all(&buf);
+    let mut back = vec![];
+    let _ = s.read_to_end(&mut back);
+    assert!(
+        back.len() < 64 && !back.windows(4).any(|w| w == [0x11, 0, 0, 0]),
+        "the public port spoke link: {back:?}"
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    let sms = std::fs::read_to_string(d0.join("sms.log")).unwrap_or_default();
+    assert!(!sms.contains(&victim.to_string()));
+    gw.kill();
+    r0.kill();
+}
