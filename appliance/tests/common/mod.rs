@@ -1,0 +1,140 @@
+//! Helpers for the split-deployment tests (loopback and namespaces).
+#![allow(dead_code)] // each test binary uses a subset
+
+use std::io::BufRead;
+use std::io::BufReader;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use client::{Client, Trust};
+use wire::{Key, Phone, Pin};
+
+pub const T: Duration = Duration::from_secs(10);
+pub const PARTITIONS: u32 = 16;
+pub const SECRET: &str = "split-test-secret-0123456789";
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub struct Proc {
+    pub child: Child,
+    pub lines: Vec<String>,
+}
+
+/// Starts `switchboard ARGS` (optionally inside a network namespace) and waits for a
+/// stdout line starting with `ready`.
+pub fn spawn(netns: Option<&str>, args: &[&str], ready: &str) -> Proc {
+    let bin = env!("CARGO_BIN_EXE_switchboard");
+    let mut cmd = match netns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns, bin]);
+            c
+        }
+        None => Command::new(bin),
+    };
+    let mut child = cmd
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut it = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut lines = vec![];
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        assert!(Instant::now() < deadline, "not ready: {lines:?}");
+        let l = it
+            .next()
+            .unwrap_or_else(|| panic!("exited: {lines:?}"))
+            .unwrap();
+        let done = l.starts_with(ready);
+        lines.push(l);
+        if done {
+            break;
+        }
+    }
+    std::thread::spawn(move || for _ in it {});
+    Proc { child, lines }
+}
+
+impl Proc {
+    pub fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+    pub fn fingerprint(&self) -> String {
+        self.lines
+            .iter()
+            .find_map(|l| l.strip_prefix("switchboard: certificate sha256 fingerprint "))
+            .unwrap()
+            .to_string()
+    }
+    pub fn listen_addr(&self, prefix: &str) -> String {
+        self.lines
+            .iter()
+            .find_map(|l| l.strip_prefix(prefix))
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .to_string()
+    }
+}
+
+pub fn config(dir: &Path, routers: &[(u16, String, &str)], gateway_source: &str) -> PathBuf {
+    let mut t = format!("workers = 1\n[router]\npartitions = {PARTITIONS}\n[storage]\nsegment_bytes = 1048576\nprefault = false\n[cluster]\nsecret = \"{SECRET}\"\n");
+    for (id, addr, parts) in routers {
+        t += &format!(
+            "[[cluster.router]]\nid = {id}\naddress = \"{addr}\"\npartitions = \"{parts}\"\n"
+        );
+    }
+    t += &format!("[[cluster.gateway]]\nid = 1\nsource = \"{gateway_source}\"\n");
+    let p = dir.join("cluster.toml");
+    std::fs::write(&p, t).unwrap();
+    p
+}
+
+/// A phone number whose partition belongs to router `r` (partitions 0-7 → 0, 8-15 → 1).
+pub fn phone_on(r: u16, nth: u64) -> Phone {
+    (15550000000u64..)
+        .map(|n| Phone::new(n).unwrap())
+        .filter(|p| (router::partition_of(*p, PARTITIONS) >= 8) == (r == 1))
+        .nth(nth as usize)
+        .unwrap()
+}
+
+pub fn pin_from(sms_log: &Path, phone: Phone) -> Pin {
+    let deadline = Instant::now() + T;
+    loop {
+        let text = std::fs::read_to_string(sms_log).unwrap_or_default();
+        if let Some(pin) = text.lines().rev().find_map(|l| {
+            let mut it = l.split_whitespace().skip(1);
+            (it.next() == Some(&phone.to_string()))
+                .then(|| it.next())
+                .flatten()
+        }) {
+            return Pin::new(pin.parse().unwrap()).unwrap();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no PIN for {phone} in {}",
+            sms_log.display()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+pub fn register(addr: &str, fp: &str, sms_log: &Path, p: Phone) -> (Client, Key) {
+    let mut c = Client::connect(addr, &Trust::Fingerprint(fp.into()), "localhost", T).unwrap();
+    c.request_pin(p, T).unwrap();
+    let key = c.verify(p, pin_from(sms_log, p), T).unwrap();
+    c.login(p, key, T).unwrap();
+    (c, key)
+}

@@ -1,0 +1,221 @@
+//! The split deployment on a real two-network topology (`scripts/topology.sh`): the
+//! client on a public network with the gateway; the gateway and two routers on a private
+//! one. Skipped, with a message, where network namespaces cannot be created.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::os::fd::AsRawFd;
+use std::process::Command;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use client::Incoming;
+use common::*;
+use wire::frame::ReceiptKind;
+
+struct Topology(String);
+
+impl Topology {
+    fn up(prefix: &str, n: u32) -> Option<Topology> {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/topology.sh");
+        let ok = Command::new(script)
+            .args(["up", prefix, &n.to_string()])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !ok {
+            let _ = Command::new(script).args(["down", prefix]).output();
+            return None;
+        }
+        Some(Topology(prefix.into()))
+    }
+}
+
+impl Drop for Topology {
+    fn drop(&mut self) {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/topology.sh");
+        let _ = Command::new(script).args(["down", &self.0]).output();
+    }
+}
+
+/// Moves the calling thread into a network namespace (sockets it opens live there).
+fn enter(ns: &str) {
+    let f = std::fs::File::open(format!("/var/run/netns/{ns}")).unwrap();
+    // SAFETY: setns on a namespace file we opened; affects only this thread.
+    assert_eq!(
+        unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) },
+        0,
+        "setns {ns}"
+    );
+}
+
+#[test]
+fn gateway_and_routers_over_a_private_network() {
+    let n = 20 + std::process::id() % 200;
+    let p = format!("sb{}", std::process::id() % 100_000);
+    let Some(_topo) = Topology::up(&p, n) else {
+        eprintln!("SKIPPED: cannot build network namespaces here (needs root and iproute2)");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let routers = [
+        (0, format!("10.202.{n}.1:7500"), "0-7"),
+        (1, format!("10.202.{n}.2:7500"), "8-15"),
+    ];
+    let cfg = config(dir.path(), &routers, &format!("10.202.{n}.10"));
+    let cfg = cfg.to_str().unwrap().to_string();
+    let (d0, d1, dg) = (
+        dir.path().join("r0"),
+        dir.path().join("r1"),
+        dir.path().join("gw"),
+    );
+    let router = |id: u16, d: &std::path::Path| {
+        spawn(
+            Some(&format!("{p}-r{id}")),
+            &[
+                "router",
+                "--id",
+                &id.to_string(),
+                "--config",
+                &cfg,
+                "--data",
+                d.to_str().unwrap(),
+            ],
+            &format!("switchboard: router {id} listening"),
+        )
+    };
+    let r0 = router(0, &d0);
+    let mut r1 = Some(router(1, &d1));
+    let public = format!("10.201.{n}.1:7443");
+    let gw = spawn(
+        Some(&format!("{p}-gw")),
+        &[
+            "gateway",
+            "--id",
+            "1",
+            "--config",
+            &cfg,
+            "--listen",
+            &public,
+            "--data",
+            dg.to_str().unwrap(),
+        ],
+        "switchboard: gateway 1 listening",
+    );
+    let fp = gw.fingerprint();
+
+    // The client runs in the client namespace; the main thread restarts router 1 when asked.
+    let (ask_tx, ask_rx) = mpsc::channel::<()>();
+    let (done_tx, done_rx) = mpsc::channel::<()>();
+    let (c_fp, c_public, c_d0, c_d1, c_n, c_ns) = (
+        fp.clone(),
+        public.clone(),
+        d0.clone(),
+        d1.clone(),
+        n,
+        format!("{p}-client"),
+    );
+    let client = std::thread::spawn(move || {
+        enter(&c_ns);
+        // Routers listen only on the private network: unreachable from here.
+        let private = format!("10.202.{c_n}.1:7500").parse().unwrap();
+        assert!(
+            std::net::TcpStream::connect_timeout(&private, Duration::from_secs(1)).is_err(),
+            "a router is reachable from the public network"
+        );
+
+        let (a, b) = (phone_on(0, 0), phone_on(1, 0));
+        let (mut ca, _) = register(&c_public, &c_fp, &c_d0.join("sms.log"), a);
+        let (mut cb, _) = register(&c_public, &c_fp, &c_d1.join("sms.log"), b);
+        ca.send(b, 1, b"over the private network").unwrap();
+        let got = cb
+            .wait_for(T, |m| matches!(m, Incoming::Deliver { .. }))
+            .unwrap();
+        let Incoming::Deliver { seq, msg_id: 1, .. } = got else {
+            panic!("{got:?}")
+        };
+        cb.ack(seq).unwrap();
+        assert!(matches!(
+            ca.wait_for(T, |m| matches!(
+                m,
+                Incoming::Receipt {
+                    kind: ReceiptKind::Delivered,
+                    ..
+                }
+            ))
+            .unwrap(),
+            Incoming::Receipt { msg_id: 1, .. }
+        ));
+
+        // Steady traffic A → B while router 1 (B's) is killed and restarted.
+        let total = 300u64;
+        let mut sent_at: BTreeMap<u64, Instant> = BTreeMap::new();
+        let (mut acked, mut delivered) = (BTreeSet::new(), BTreeSet::new());
+        let mut next = 100u64;
+        let mut asked = false;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while (acked.len() as u64) < total || !acked.is_subset(&delivered) {
+            assert!(
+                Instant::now() < deadline,
+                "acked {} delivered {}",
+                acked.len(),
+                delivered.len()
+            );
+            while sent_at.len() < 20 && next < 100 + total {
+                ca.send(b, next, b"steady").unwrap();
+                sent_at.insert(next, Instant::now());
+                next += 1;
+            }
+            if !asked && next >= 100 + total / 3 {
+                asked = true;
+                ask_tx.send(()).unwrap();
+                done_rx.recv().unwrap();
+            }
+            while let Some(m) = ca.next(Duration::from_millis(5)).unwrap() {
+                match m {
+                    Incoming::ServerAck { msg_id, .. } if msg_id >= 100 => {
+                        sent_at.remove(&msg_id);
+                        acked.insert(msg_id);
+                    }
+                    Incoming::Refused { msg_id, .. } => {
+                        sent_at.insert(msg_id, Instant::now() - Duration::from_secs(10));
+                        // resend now
+                    }
+                    Incoming::Receipt { seq, .. } => ca.ack(seq).unwrap(),
+                    _ => {}
+                }
+            }
+            while let Some(m) = cb.next(Duration::from_millis(5)).unwrap() {
+                if let Incoming::Deliver { seq, msg_id, .. } = m {
+                    if msg_id >= 100 {
+                        delivered.insert(msg_id);
+                    }
+                    cb.ack(seq).unwrap();
+                }
+            }
+            // No tick in 3 s: resend with the same id (the router stores it once).
+            let stale: Vec<u64> = sent_at
+                .iter()
+                .filter(|(_, t)| t.elapsed() > Duration::from_secs(3))
+                .map(|(id, _)| *id)
+                .collect();
+            for id in stale {
+                ca.send(b, id, b"steady").unwrap();
+                sent_at.insert(id, Instant::now());
+            }
+        }
+        (acked.len(), delivered.len())
+    });
+    ask_rx.recv().unwrap();
+    r1.take().unwrap().kill();
+    let r1 = router(1, &d1);
+    done_tx.send(()).unwrap();
+    let (acked, delivered) = client.join().unwrap();
+    assert!(
+        acked >= 300 && delivered >= acked,
+        "acked {acked}, delivered {delivered}"
+    );
+    for proc in [gw, r0, r1] {
+        proc.kill();
+    }
+}
