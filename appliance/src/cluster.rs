@@ -56,8 +56,11 @@ pub struct RouterNode {
 pub struct GatewayNode {
     /// 1 to 255 (0 is the all-in-one appliance). The top byte of its connection ids.
     pub id: u8,
-    /// Private source address for its links (the interface is chosen by routing).
+    /// Private source address for its links.
     pub source: Option<IpAddr>,
+    /// Private interface its links must use (`SO_BINDTODEVICE`, Linux only; elsewhere
+    /// the interface is chosen by routing from `source`).
+    pub interface: Option<String>,
 }
 
 /// The validated map.

@@ -170,6 +170,7 @@ fn serve_link(
 fn dial(
     node: RouterNode,
     source: Option<IpAddr>,
+    interface: Option<String>,
     secret: Vec<u8>,
     peer: PeerKind,
     id: u16,
@@ -188,6 +189,9 @@ fn dial(
                 socket2::Type::STREAM,
                 None,
             )?;
+            if let Some(ifc) = &interface {
+                sock.bind_device(Some(ifc.as_bytes()))?;
+            }
             if let Some(src) = source {
                 sock.bind(&SocketAddr::new(src, 0).into())?;
             }
@@ -287,6 +291,7 @@ pub fn router(config: Config, id: u16) -> Result<(), String> {
         std::thread::spawn(move || {
             dial(
                 node,
+                None,
                 None,
                 secret,
                 PeerKind::Router,
@@ -431,12 +436,14 @@ pub fn gateway(config: Config, id: u8) -> Result<(), String> {
             inboxes.clone(),
         );
         let attach = Arc::clone(&mine);
+        let (source, interface) = (me.source, me.interface.clone());
         std::thread::Builder::new()
             .name(format!("link-router-{}", node.id))
             .spawn(move || {
                 dial(
                     node,
-                    me.source,
+                    source,
+                    interface,
                     secret,
                     PeerKind::Gateway,
                     id as u16,

@@ -37,7 +37,7 @@ fn users_on_different_routers_exchange_messages_and_survive_a_router_kill() {
         (0, format!("127.0.0.1:{p0}"), "0-7"),
         (1, format!("127.0.0.1:{p1}"), "8-15"),
     ];
-    let cfg = config(dir.path(), &routers, "127.0.0.1");
+    let cfg = config(dir.path(), &routers, "127.0.0.1", None);
     let cfg = cfg.to_str().unwrap();
     let (d0, d1, dg) = (
         dir.path().join("r0"),
@@ -179,7 +179,7 @@ fn a_peer_without_the_secret_gets_nothing_accepted_and_the_public_port_refuses_l
     let dir = tempfile::tempdir().unwrap();
     let p0 = free_port();
     let routers = [(0, format!("127.0.0.1:{p0}"), "0-15")];
-    let cfg = config(dir.path(), &routers, "127.0.0.1");
+    let cfg = config(dir.path(), &routers, "127.0.0.1", None);
     let cfg = cfg.to_str().unwrap();
     let d0 = dir.path().join("r0");
     let r0 = spawn(

@@ -62,7 +62,13 @@ fn gateway_and_routers_over_a_private_network() {
         (0, format!("10.202.{n}.1:7500"), "0-7"),
         (1, format!("10.202.{n}.2:7500"), "8-15"),
     ];
-    let cfg = config(dir.path(), &routers, &format!("10.202.{n}.10"));
+    // The gateway's links must leave by its private interface (SO_BINDTODEVICE).
+    let cfg = config(
+        dir.path(),
+        &routers,
+        &format!("10.202.{n}.10"),
+        Some(&format!("{p}-gw-i")),
+    );
     let cfg = cfg.to_str().unwrap().to_string();
     let (d0, d1, dg) = (
         dir.path().join("r0"),

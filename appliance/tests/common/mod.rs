@@ -88,7 +88,12 @@ impl Proc {
     }
 }
 
-pub fn config(dir: &Path, routers: &[(u16, String, &str)], gateway_source: &str) -> PathBuf {
+pub fn config(
+    dir: &Path,
+    routers: &[(u16, String, &str)],
+    gateway_source: &str,
+    interface: Option<&str>,
+) -> PathBuf {
     let mut t = format!("workers = 1\n[router]\npartitions = {PARTITIONS}\n[storage]\nsegment_bytes = 1048576\nprefault = false\n[cluster]\nsecret = \"{SECRET}\"\n");
     for (id, addr, parts) in routers {
         t += &format!(
@@ -96,6 +101,9 @@ pub fn config(dir: &Path, routers: &[(u16, String, &str)], gateway_source: &str)
         );
     }
     t += &format!("[[cluster.gateway]]\nid = 1\nsource = \"{gateway_source}\"\n");
+    if let Some(ifc) = interface {
+        t += &format!("interface = \"{ifc}\"\n");
+    }
     let p = dir.join("cluster.toml");
     std::fs::write(&p, t).unwrap();
     p
