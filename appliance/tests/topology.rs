@@ -225,3 +225,190 @@ fn gateway_and_routers_over_a_private_network() {
         proc.kill();
     }
 }
+
+#[test]
+fn offline_messages_survive_a_router_kill_and_intruders_get_nothing_over_the_topology() {
+    let n = 20 + (std::process::id() + 101) % 200;
+    let p = format!("sc{}", std::process::id() % 100_000);
+    let Some(_topo) = Topology::up(&p, n) else {
+        eprintln!("SKIPPED: cannot build network namespaces here (needs root and iproute2)");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let routers = [
+        (0, format!("10.202.{n}.1:7500"), "0-7"),
+        (1, format!("10.202.{n}.2:7500"), "8-15"),
+    ];
+    let cfg = config(dir.path(), &routers, &format!("10.202.{n}.10"), None);
+    let cfg = cfg.to_str().unwrap().to_string();
+    let (d0, d1, dg) = (
+        dir.path().join("r0"),
+        dir.path().join("r1"),
+        dir.path().join("gw"),
+    );
+    let router = |id: u16, d: &std::path::Path| {
+        spawn(
+            Some(&format!("{p}-r{id}")),
+            &[
+                "router",
+                "--id",
+                &id.to_string(),
+                "--config",
+                &cfg,
+                "--data",
+                d.to_str().unwrap(),
+            ],
+            &format!("switchboard: router {id} listening"),
+        )
+    };
+    let r0 = router(0, &d0);
+    let r1 = router(1, &d1);
+    let public = format!("10.201.{n}.1:7443");
+    let gw = spawn(
+        Some(&format!("{p}-gw")),
+        &[
+            "gateway",
+            "--id",
+            "1",
+            "--config",
+            &cfg,
+            "--listen",
+            &public,
+            "--data",
+            dg.to_str().unwrap(),
+        ],
+        "switchboard: gateway 1 listening",
+    );
+    let fp = gw.fingerprint();
+    let (a, b) = (phone_on(0, 1), phone_on(1, 1));
+
+    // A fake gateway on the private network, without the secret.
+    let (gw_ns, r0_addr, victim) = (
+        format!("{p}-gw"),
+        format!("10.202.{n}.1:7500"),
+        phone_on(0, 5),
+    );
+    std::thread::spawn(move || {
+        enter(&gw_ns);
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(&r0_addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut challenge = [0u8; 40];
+        s.read_exact(&mut challenge).unwrap();
+        let mut buf = vec![];
+        wire::linkcodec::LinkMsg::Auth {
+            peer: wire::linkcodec::PeerKind::Gateway,
+            id: 9,
+            nonce: [1; 32],
+            mac: [2; 32],
+        }
+        .encode(&mut buf);
+        let req = wire::link::ToRouter::Register {
+            conn: wire::link::ConnId(9 << 56),
+            phone: victim,
+            source: "10.0.0.9".parse().unwrap(),
+        };
+        wire::linkcodec::LinkMsg::Req(req).encode(&mut buf);
+        let _ = s.write_all(&buf);
+        let mut rest = vec![];
+        let _ = s.read_to_end(&mut rest);
+        assert!(
+            rest.is_empty(),
+            "the router answered an unauthenticated peer"
+        );
+    })
+    .join()
+    .unwrap();
+
+    let (c_ns, c_public, c_fp, c_d0, c_d1) = (
+        format!("{p}-client"),
+        public.clone(),
+        fp.clone(),
+        d0.clone(),
+        d1.clone(),
+    );
+    let (ask_tx, ask_rx) = mpsc::channel::<()>();
+    let (done_tx, done_rx) = mpsc::channel::<()>();
+    let client = std::thread::spawn(move || {
+        enter(&c_ns);
+        // Link bytes to the public port: a TLS listener, they go nowhere.
+        {
+            use std::io::{Read, Write};
+            let mut s = std::net::TcpStream::connect(&c_public).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let mut buf = vec![];
+            wire::linkcodec::LinkMsg::Challenge { nonce: [0; 32] }.encode(&mut buf);
+            let _ = s.write_all(&buf);
+            let mut back = vec![];
+            let _ = s.read_to_end(&mut back);
+            assert!(
+                back.len() < 64,
+                "the public port answered link traffic with {} bytes",
+                back.len()
+            );
+        }
+        let (mut ca, _) = register(&c_public, &c_fp, &c_d0.join("sms.log"), a);
+        let (cb, kb) = register(&c_public, &c_fp, &c_d1.join("sms.log"), b);
+        drop(cb); // b offline
+        std::thread::sleep(Duration::from_millis(200));
+        for i in 0..10u64 {
+            ca.send(b, i, format!("m{i}").as_bytes()).unwrap();
+        }
+        let mut acked = 0;
+        while acked < 10 {
+            if let Incoming::ServerAck { .. } = ca
+                .wait_for(T, |m| matches!(m, Incoming::ServerAck { .. }))
+                .unwrap()
+            {
+                acked += 1;
+            }
+        }
+        ask_tx.send(()).unwrap(); // kill and restart router 1
+        done_rx.recv().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let mut cb = loop {
+            let mut c = client::Client::connect(
+                &c_public,
+                &client::Trust::Fingerprint(c_fp.clone()),
+                "localhost",
+                T,
+            )
+            .unwrap();
+            match c.login(b, kb, Duration::from_secs(3)) {
+                Ok(n) => {
+                    assert_eq!(n, 10);
+                    break c;
+                }
+                Err(_) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(200))
+                }
+                Err(e) => panic!("{e}"),
+            }
+        };
+        for i in 0..10u64 {
+            match cb
+                .wait_for(T, |m| matches!(m, Incoming::Deliver { .. }))
+                .unwrap()
+            {
+                Incoming::Deliver { seq, msg_id, .. } => {
+                    assert_eq!(msg_id, i);
+                    cb.ack(seq).unwrap();
+                }
+                _ => unreachable!(),
+            }
+        }
+    });
+    ask_rx.recv().unwrap();
+    r1.kill();
+    let r1 = router(1, &d1);
+    done_tx.send(()).unwrap();
+    client.join().unwrap();
+    let sms = std::fs::read_to_string(d0.join("sms.log")).unwrap_or_default();
+    assert!(
+        !sms.contains(&victim.to_string()),
+        "a request from the fake peer was acted on"
+    );
+    for proc in [gw, r0, r1] {
+        proc.kill();
+    }
+}
