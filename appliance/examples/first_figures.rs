@@ -5,14 +5,14 @@
 //!
 //! `cargo build --release --bins && cargo run --release -p switchboard --example first_figures -- [N] [P] [SECONDS]`
 
+#[path = "common/pairs.rs"]
+mod pairs;
+
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use client::{Client, Incoming, Trust};
-use wire::{Phone, Pin};
+use client::{Client, Trust};
 
 fn rss_kb(pid: u32) -> u64 {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -105,99 +105,25 @@ fn main() {
     drop(idle);
     std::thread::sleep(Duration::from_secs(1));
 
-    // 2. Pairs: register 2P users through the SMS log, then send with a window.
-    let sms = Arc::new(dir.path().join("data/sms.log"));
-    let register = move |c: &mut Client, p: Phone| {
-        c.request_pin(p, t).unwrap();
-        let pin = loop {
-            let text = std::fs::read_to_string(&*sms).unwrap_or_default();
-            if let Some(pin) = text.lines().rev().find_map(|l| {
-                let mut it = l.split_whitespace().skip(1);
-                (it.next() == Some(&p.to_string()))
-                    .then(|| it.next())
-                    .flatten()
-            }) {
-                break pin.parse().unwrap();
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        };
-        let key = c.verify(p, Pin::new(pin).unwrap(), t).unwrap();
-        c.login(p, key, t).unwrap();
-    };
-    let delivered = Arc::new(AtomicU64::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
-    let ready = Arc::new(AtomicU64::new(0));
-    let mut threads = vec![];
-    for i in 0..pairs {
-        let (addr, trust, delivered, stop, ready) = (
-            addr.clone(),
-            trust.clone(),
-            delivered.clone(),
-            stop.clone(),
-            ready.clone(),
-        );
-        let register = register.clone();
-        threads.push(std::thread::spawn(move || {
-            let (a, b) = (
-                Phone::new(15560000000 + 2 * i).unwrap(),
-                Phone::new(15560000001 + 2 * i).unwrap(),
-            );
-            let mut ca = Client::connect(&addr, &trust, "localhost", t).unwrap();
-            let mut cb = Client::connect(&addr, &trust, "localhost", t).unwrap();
-            register(&mut ca, a);
-            register(&mut cb, b);
-            ready.fetch_add(1, Ordering::AcqRel);
-            while ready.load(Ordering::Acquire) < pairs {
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            let (window, mut next, mut inflight) = (10u64, 0u64, 0u64);
-            while !stop.load(Ordering::Relaxed) {
-                while inflight < window {
-                    ca.send(b, next, &[0x42; 100]).unwrap();
-                    next += 1;
-                    inflight += 1;
-                }
-                if let Some(Incoming::Deliver { seq, .. }) =
-                    cb.next(Duration::from_millis(200)).unwrap()
-                {
-                    cb.ack(seq).unwrap();
-                    inflight -= 1;
-                    delivered.fetch_add(1, Ordering::Relaxed);
-                }
-                // Drain the sender's ticks and receipts (acking receipts erases them).
-                while let Some(m) = ca.next(Duration::ZERO).unwrap() {
-                    if let Incoming::Receipt { seq, .. } = m {
-                        ca.ack(seq).unwrap();
-                    }
-                }
-            }
-        }));
-    }
-    while ready.load(Ordering::Acquire) < pairs {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    std::thread::sleep(Duration::from_secs(1)); // warm-up
-    let (d0, c0, t0) = (
-        delivered.load(Ordering::Relaxed),
-        cpu_ticks(pid),
-        Instant::now(),
+    // 2. Pairs (the shared workload, window 10).
+    let c0 = cpu_ticks(pid);
+    let r = pairs::run(
+        &addr,
+        &trust,
+        vec![dir.path().join("data/sms.log")],
+        pairs,
+        10,
+        seconds,
+        15560000000,
     );
-    std::thread::sleep(Duration::from_secs(seconds));
-    let (d1, c1, el) = (
-        delivered.load(Ordering::Relaxed),
-        cpu_ticks(pid),
-        t0.elapsed(),
-    );
-    stop.store(true, Ordering::Relaxed);
-    for th in threads {
-        let _ = th.join();
-    }
-    let msgs = (d1 - d0) as f64;
+    let msgs = r.msgs_per_s * r.seconds;
     println!(
-        "pairs: {pairs} pairs, window 10, 100-byte bodies: {:.0} delivered msgs/s over {:.0} s; server CPU {:.1} us per message",
-        msgs / el.as_secs_f64(),
-        el.as_secs_f64(),
-        (c1 - c0) as f64 * 10_000.0 / msgs
+        "pairs: {pairs} pairs, window 10, 100-byte bodies: {:.0} delivered msgs/s over {:.0} s, latency p50 {} us p99 {} us; server CPU {:.1} us per message (incl. registration)",
+        r.msgs_per_s,
+        r.seconds,
+        r.p50_us,
+        r.p99_us,
+        (cpu_ticks(pid) - c0) as f64 * 10_000.0 / msgs
     );
     // SAFETY: stopping our own child.
     let _ = child.kill();

@@ -50,7 +50,7 @@ impl LinkReader {
     }
 
     /// The next frame; `Ok(None)` at a clean end of stream.
-    pub fn next(&mut self) -> io::Result<Option<LinkMsg>> {
+    pub fn next_msg(&mut self) -> io::Result<Option<LinkMsg>> {
         loop {
             match decode_link(&self.buf) {
                 Ok((m, n)) => {
@@ -98,7 +98,7 @@ pub fn accept_auth(
         id,
         nonce: nc,
         mac: tag,
-    }) = reader.next()?
+    }) = reader.next_msg()?
     else {
         return Err(refused("the first frame was not Auth"));
     };
@@ -134,7 +134,7 @@ pub fn connect_auth(
     id: u16,
 ) -> io::Result<()> {
     stream.set_read_timeout(Some(AUTH_TIMEOUT))?;
-    let Some(LinkMsg::Challenge { nonce: ns }) = reader.next()? else {
+    let Some(LinkMsg::Challenge { nonce: ns }) = reader.next_msg()? else {
         return Err(refused("the first frame was not Challenge"));
     };
     let nc = nonce()?;
@@ -157,7 +157,7 @@ pub fn connect_auth(
             mac: tag,
         },
     )?;
-    let Some(LinkMsg::AuthOk { mac: tag }) = reader.next()? else {
+    let Some(LinkMsg::AuthOk { mac: tag }) = reader.next_msg()? else {
         return Err(refused("the server did not accept our authentication"));
     };
     if !verify(secret, &[b"switchboard-link-v1 server", &nc, &ns], &tag) {

@@ -130,7 +130,7 @@ fn serve_link(
     });
     println!("switchboard: link from {kind:?} {id} ({peer_addr:?}) authenticated");
     loop {
-        let m = match reader.next() {
+        let m = match reader.next_msg() {
             Ok(Some(m)) => m,
             Ok(None) => break,
             Err(e) => {
@@ -203,7 +203,7 @@ fn dial(
             on_connect(&mut s)?;
             let f = Arc::clone(&on_frame);
             std::thread::spawn(move || {
-                while let Ok(Some(m)) = reader.next() {
+                while let Ok(Some(m)) = reader.next_msg() {
                     f(m);
                 }
             });

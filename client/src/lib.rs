@@ -204,11 +204,17 @@ impl Client {
                 Err(wire::FrameError::Incomplete { .. }) => {}
                 Err(e) => return Err(ClientError::Protocol(e.to_string())),
             }
-            self.tls
-                .sock
-                .set_read_timeout(Some(timeout.max(Duration::from_millis(1))))?;
+            // A zero timeout is a poll: read what is there, without waiting.
+            self.tls.sock.set_nonblocking(timeout.is_zero())?;
+            if !timeout.is_zero() {
+                self.tls.sock.set_read_timeout(Some(timeout))?;
+            }
             let mut buf = [0u8; 16 * 1024];
-            match self.tls.read(&mut buf) {
+            let read = self.tls.read(&mut buf);
+            if timeout.is_zero() {
+                self.tls.sock.set_nonblocking(false)?;
+            }
+            match read {
                 Ok(0) => {
                     let (code, reason) = self
                         .closed
