@@ -63,16 +63,27 @@ struct RouterRoutes {
 
 impl Dispatch for RouterRoutes {
     fn dispatch(&self, out: &mut Vec<FromRouter>) {
-        let gateways = self.gateways.lock().unwrap_or_else(|p| p.into_inner());
         for o in out.drain(..) {
             let sent = match o {
-                FromRouter::ToClient { conn, msg } => match gateways.get(&((conn.0 >> 56) as u8)) {
-                    Some((_, tx)) => tx.try_send(LinkMsg::Resp { conn, msg }).is_ok(),
-                    None => false, // gateway gone: the message stays in the log
-                },
+                FromRouter::ToClient { conn, msg } => {
+                    let gw = (conn.0 >> 56) as u8;
+                    let tx = self
+                        .gateways
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .get(&gw)
+                        .map(|(_, tx)| tx.clone());
+                    // Blocks (without the lock) when the gateway's link is full: the shard
+                    // slows down with it, and a reply is never dropped while its gateway
+                    // is connected. No cycle: a gateway never waits on its router while
+                    // reading replies. Gateway gone: the message stays in the log.
+                    tx.is_some_and(|tx| tx.send(LinkMsg::Resp { conn, msg }).is_ok())
+                }
                 FromRouter::ToRouter(req) => {
                     let owner = self.map.shard_of(req.route_key());
                     debug_assert_ne!(owner, self.me);
+                    // Router to router never blocks (two routers must not wait on each
+                    // other): receipts past a full queue are dropped and counted.
                     self.peers
                         .get(&owner)
                         .is_some_and(|tx| tx.try_send(LinkMsg::Req(req)).is_ok())
@@ -177,6 +188,7 @@ fn dial(
     rx: Receiver<LinkMsg>,
     batch: usize,
     stop: Arc<AtomicBool>,
+    up: Arc<AtomicBool>,
     on_connect: impl Fn(&mut TcpStream) -> io::Result<()> + Send + 'static,
     on_frame: impl Fn(LinkMsg) + Send + Sync + 'static,
 ) {
@@ -211,6 +223,7 @@ fn dial(
         })();
         let mut s = match connected {
             Ok(s) => {
+                up.store(true, Ordering::Release);
                 println!(
                     "switchboard: link to router {} ({}) up",
                     node.id, node.address
@@ -248,6 +261,7 @@ fn dial(
                 Err(RecvTimeoutError::Disconnected) => return,
             }
         }
+        up.store(false, Ordering::Release);
         let _ = s.shutdown(std::net::Shutdown::Both);
         eprintln!("switchboard: link to router {} down; reconnecting", node.id);
     }
@@ -299,6 +313,7 @@ pub fn router(config: Config, id: u16) -> Result<(), String> {
                 qrx,
                 batch,
                 stop,
+                Arc::new(AtomicBool::new(false)),
                 |_| Ok(()),
                 |_| {},
             )
@@ -352,13 +367,18 @@ pub fn router(config: Config, id: u16) -> Result<(), String> {
 struct GatewayRoutes {
     map: PartitionMap,
     queues: HashMap<u16, SyncSender<LinkMsg>>,
+    /// Whether each router's link is up (a full queue then means "slow": backpressure).
+    up: HashMap<u16, Arc<AtomicBool>>,
     /// Logged-in connections per router, re-attached when its link comes back.
     sessions: HashMap<u16, Arc<Mutex<HashMap<ConnId, Phone>>>>,
     workers: Vec<WorkerInbox>,
 }
 
 impl GatewayRoutes {
-    fn send(&self, req: ToRouter) {
+    /// Queues a request for its router's link. A full queue with the link up hands the
+    /// request back (the worker stops reading that client: backpressure); with the link
+    /// down the client is told to try again.
+    fn send(&self, req: ToRouter) -> Result<(), ToRouter> {
         let owner = self.map.shard_of(req.route_key());
         if let ToRouter::Closed { conn, .. } = req {
             if let Some(s) = self.sessions.get(&owner) {
@@ -366,15 +386,26 @@ impl GatewayRoutes {
             }
         }
         let Some(q) = self.queues.get(&owner) else {
-            return;
+            return Ok(());
         };
         match q.try_send(LinkMsg::Req(req)) {
-            Ok(()) => {}
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(LinkMsg::Req(req)))
+                if self
+                    .up
+                    .get(&owner)
+                    .is_some_and(|u| u.load(Ordering::Acquire)) =>
+            {
+                Err(req)
+            }
             Err(
                 TrySendError::Full(LinkMsg::Req(req))
                 | TrySendError::Disconnected(LinkMsg::Req(req)),
-            ) => self.refuse(req),
-            Err(_) => {}
+            ) => {
+                self.refuse(req);
+                Ok(())
+            }
+            Err(_) => Ok(()),
         }
     }
 
@@ -424,11 +455,14 @@ pub fn gateway(config: Config, id: u8) -> Result<(), String> {
     let link_stop = Arc::new(AtomicBool::new(false));
     let mut queues = HashMap::new();
     let mut sessions = HashMap::new();
+    let mut ups = HashMap::new();
     for node in cluster.routers.iter().cloned() {
         let (qtx, qrx) = mpsc::sync_channel(cluster.link_queue);
         let mine: Arc<Mutex<HashMap<ConnId, Phone>>> = Arc::default();
         queues.insert(node.id, qtx);
         sessions.insert(node.id, Arc::clone(&mine));
+        let link_up = Arc::new(AtomicBool::new(false));
+        ups.insert(node.id, Arc::clone(&link_up));
         let (secret, batch, stop, inboxes) = (
             cluster.secret.clone(),
             cluster.link_batch_bytes,
@@ -450,6 +484,7 @@ pub fn gateway(config: Config, id: u8) -> Result<(), String> {
                     qrx,
                     batch,
                     stop,
+                    link_up,
                     move |s| {
                         // Sessions re-register before anything new goes out.
                         let mut buf = vec![];
@@ -486,6 +521,7 @@ pub fn gateway(config: Config, id: u8) -> Result<(), String> {
     let routes = Arc::new(GatewayRoutes {
         map: cluster.map.clone(),
         queues,
+        up: ups,
         sessions,
         workers: inboxes.clone(),
     });

@@ -327,7 +327,7 @@ pub(crate) fn spawn_workers(
     tls: &Arc<ServerConfig>,
     gateway_id: u8,
     ends: Vec<WorkerEnd>,
-    to_router: Arc<dyn Fn(ToRouter) + Send + Sync>,
+    to_router: Arc<dyn Fn(ToRouter) -> Result<(), ToRouter> + Send + Sync>,
     stop: &Arc<AtomicBool>,
     tuned: &Sender<()>,
 ) -> Result<(Workers, SocketAddr), String> {
@@ -483,7 +483,10 @@ pub fn serve(config: Config) -> Result<(), String> {
         &tls,
         0,
         ends,
-        Arc::new(move |req| r.to_shard(req)),
+        Arc::new(move |req| {
+            r.to_shard(req);
+            Ok(())
+        }),
         &stop,
         &tuned_tx,
     )?;

@@ -262,3 +262,144 @@ fn a_peer_without_the_secret_gets_nothing_accepted_and_the_public_port_refuses_l
     gw.kill();
     r0.kill();
 }
+
+#[test]
+fn a_full_link_stops_reading_the_client_instead_of_buffering_or_refusing() {
+    let dir = tempfile::tempdir().unwrap();
+    let p0 = free_port();
+    let routers = [(0, format!("127.0.0.1:{p0}"), "0-15")];
+    let cfg = config(dir.path(), &routers, "127.0.0.1", None);
+    // A tiny link queue; and room for 320 MB pending for one user (the default 256 MB
+    // limit would refuse some with QueueFull while the receiver catches up).
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace(
+            &format!("secret = \"{SECRET}\"\n"),
+            &format!("secret = \"{SECRET}\"\nlink_queue = 16\n"),
+        )
+        .replace("[storage]\n", "[storage]\nuser_bytes_max = 1073741824\n");
+    std::fs::write(&cfg, text).unwrap();
+    let cfg = cfg.to_str().unwrap();
+    let d0 = dir.path().join("r0");
+    let r0 = spawn(
+        None,
+        &[
+            "router",
+            "--id",
+            "0",
+            "--config",
+            cfg,
+            "--data",
+            d0.to_str().unwrap(),
+        ],
+        "switchboard: router 0 listening",
+    );
+    let gw = spawn(
+        None,
+        &[
+            "gateway",
+            "--id",
+            "1",
+            "--config",
+            cfg,
+            "--listen",
+            "127.0.0.1:0",
+            "--data",
+            dir.path().join("gw").to_str().unwrap(),
+        ],
+        "switchboard: gateway 1 listening",
+    );
+    let (addr, fp) = (
+        gw.listen_addr("switchboard: gateway 1 listening on "),
+        gw.fingerprint(),
+    );
+    let (a, b) = (phone_on(0, 2), phone_on(1, 2));
+    let (mut ca, _) = register(&addr, &fp, &d0.join("sms.log"), a);
+    let (mut cb, _) = register(&addr, &fp, &d0.join("sms.log"), b);
+
+    // 320 MB: well past what the kernel's socket buffers on the path can hold (loopback
+    // buffers autotune up to 32 MB each here), so only backpressure can explain a stall.
+    const N: u64 = 40_000;
+    let body = vec![7u8; 8 * 1024];
+    // Freeze the router: its link stops draining, the gateway's link queue fills.
+    // SAFETY: signalling a child process we started.
+    unsafe { libc::kill(r0.child.id() as i32, libc::SIGSTOP) };
+    let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let s2 = sent.clone();
+    let seen = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let seen2 = seen.clone();
+    let sender = std::thread::spawn(move || {
+        let (mut acked, mut refused) = (0, 0);
+        for i in 0..N {
+            ca.send(b, i, &body).unwrap();
+            s2.store(i + 1, std::sync::atomic::Ordering::Relaxed);
+            while let Some(m) = ca.next(Duration::ZERO).unwrap() {
+                match m {
+                    Incoming::ServerAck { .. } => acked += 1,
+                    Incoming::Refused { code, .. } => {
+                        assert_eq!(code, wire::ErrorCode::TryAgain);
+                        refused += 1
+                    }
+                    _ => {}
+                }
+                seen2.store(
+                    acked * 1_000_000 + refused,
+                    std::sync::atomic::Ordering::Relaxed,
+                );
+            }
+        }
+        while acked + refused < N {
+            match ca
+                .wait_for(Duration::from_secs(30), |m| {
+                    matches!(m, Incoming::ServerAck { .. } | Incoming::Refused { .. })
+                })
+                .unwrap()
+            {
+                Incoming::ServerAck { .. } => acked += 1,
+                _ => refused += 1,
+            }
+        }
+        refused
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let stalled_at = sent.load(std::sync::atomic::Ordering::Relaxed);
+    let x = seen.load(std::sync::atomic::Ordering::Relaxed);
+    eprintln!(
+        "at 2 s: sent {stalled_at}, acked {}, refused {}",
+        x / 1_000_000,
+        x % 1_000_000
+    );
+    assert!(
+        stalled_at < N / 2,
+        "the client was not slowed down: {stalled_at} of {N} × 8 KiB went through a frozen router"
+    );
+    // SAFETY: as above.
+    unsafe { libc::kill(r0.child.id() as i32, libc::SIGCONT) };
+    let receiver = std::thread::spawn(move || {
+        let mut got = std::collections::BTreeSet::new();
+        while (got.len() as u64) < N {
+            match cb
+                .wait_for(Duration::from_secs(30), |m| {
+                    matches!(m, Incoming::Deliver { .. })
+                })
+                .unwrap()
+            {
+                Incoming::Deliver { seq, msg_id, .. } => {
+                    got.insert(msg_id);
+                    cb.ack(seq).unwrap();
+                }
+                _ => unreachable!(),
+            }
+        }
+        got.len()
+    });
+    let refused = sender.join().unwrap();
+    assert_eq!(
+        refused, 0,
+        "requests were refused while the link was up: backpressure must slow the client instead"
+    );
+    assert_eq!(receiver.join().unwrap() as u64, N);
+    eprintln!("client stalled after {stalled_at} of {N} messages while the router was frozen");
+    gw.kill();
+    r0.kill();
+}

@@ -95,6 +95,10 @@ const OP_RECV: u64 = 2;
 const OP_SEND: u64 = 3;
 const OP_WAKE: u64 = 4;
 const OP_TIMER: u64 = 5;
+const OP_RETRY: u64 = 6;
+const OP_CANCEL: u64 = 7;
+/// How soon requests handed back by a full link are offered again.
+const RETRY: Duration = Duration::from_millis(2);
 const BGID: u16 = 1;
 const SWEEP: Duration = Duration::from_millis(250);
 
@@ -111,6 +115,8 @@ struct Slot {
     send_at: usize,
     recv_armed: bool,
     shut: bool,
+    /// Not read while a request of it waits for room on a link.
+    paused: bool,
 }
 
 /// The provided-buffer ring: `count` buffers of `size` bytes, and the ring of entries
@@ -204,8 +210,11 @@ impl Drop for BufRing {
 
 /// Where a worker sends requests for routers, and how it is woken for replies.
 pub struct WorkerLink {
-    /// Called with every request the worker's connections produce.
-    pub to_router: Box<dyn FnMut(ToRouter) + Send>,
+    /// Called with every request the worker's connections produce. `Err(req)` hands it
+    /// back: the link cannot take it now (its queue is full). The worker then stops
+    /// reading that connection and offers the request again shortly (backpressure: the
+    /// client's bytes stay in the kernel and TCP slows it down).
+    pub to_router: Box<dyn FnMut(ToRouter) -> Result<(), ToRouter> + Send>,
     /// Router replies for this worker's connections.
     pub replies: Receiver<(ConnId, ToClient)>,
     /// Written (8 bytes) by whoever queues a reply, to wake the worker.
@@ -271,6 +280,8 @@ impl Worker {
             to_router: Vec::new(),
             sq: Vec::new(),
             gen: 0,
+            blocked: std::collections::VecDeque::new(),
+            retry_armed: false,
         };
         let started = Instant::now();
         let now_ms = || started.elapsed().as_millis() as u64;
@@ -288,6 +299,7 @@ impl Worker {
                 .user_data(ud(OP_WAKE, 0, 0)),
         );
         let ts = types::Timespec::new().nsec(SWEEP.as_nanos() as u32);
+        let retry_ts = types::Timespec::new().nsec(RETRY.as_nanos() as u32);
         st.sq.push(
             opcode::Timeout::new(&ts)
                 .build()
@@ -362,6 +374,8 @@ impl Worker {
                             );
                         }
                     }
+                    OP_RETRY => st.retry_armed = false, // the loop offers parked requests again
+                    OP_CANCEL => {}
                     OP_TIMER => {
                         let now = now_ms();
                         for i in 0..st.slots.len() {
@@ -396,8 +410,14 @@ impl Worker {
                     st.after(slot);
                 }
             }
-            for req in st.to_router.drain(..) {
-                (self.link.to_router)(req);
+            st.forward(&mut self.link.to_router);
+            if !st.blocked.is_empty() && !st.retry_armed {
+                st.retry_armed = true;
+                st.sq.push(
+                    opcode::Timeout::new(&retry_ts)
+                        .build()
+                        .user_data(ud(OP_RETRY, 0, 0)),
+                );
             }
             if self.stop.load(Ordering::Acquire) && !stopping {
                 stopping = true;
@@ -413,9 +433,7 @@ impl Worker {
                         st.after(i as u32);
                     }
                 }
-                for req in st.to_router.drain(..) {
-                    (self.link.to_router)(req);
-                }
+                st.forward(&mut self.link.to_router);
             }
             if stopping && st.stats.open == 0 {
                 break;
@@ -442,9 +460,84 @@ struct State {
     to_router: Vec<ToRouter>,
     sq: Vec<squeue::Entry>,
     gen: u16,
+    /// Requests a full link handed back, oldest first; their connections are paused.
+    blocked: std::collections::VecDeque<ToRouter>,
+    retry_armed: bool,
+}
+
+/// The worker slot a request came from (its `ConnId`'s low 32 bits), if any.
+fn slot_of(req: &ToRouter) -> Option<u32> {
+    match req {
+        ToRouter::Register { conn, .. }
+        | ToRouter::Verify { conn, .. }
+        | ToRouter::Login { conn, .. }
+        | ToRouter::Send { conn, .. }
+        | ToRouter::Ack { conn, .. }
+        | ToRouter::Read { conn, .. }
+        | ToRouter::Closed { conn, .. } => Some(conn.0 as u32),
+        ToRouter::Receipt { .. } => None,
+    }
 }
 
 impl State {
+    /// Offers parked requests (oldest first), then new ones, to the link. A connection
+    /// with a request handed back is paused (its receive cancelled) and its later
+    /// requests wait behind it, in order; a connection with nothing parked any more is
+    /// read again.
+    fn forward(&mut self, link: &mut dyn FnMut(ToRouter) -> Result<(), ToRouter>) {
+        if self.blocked.is_empty() && self.to_router.is_empty() {
+            return;
+        }
+        let mut stuck = std::collections::BTreeSet::new();
+        let mut still = std::collections::VecDeque::new();
+        let pending: Vec<ToRouter> = self
+            .blocked
+            .drain(..)
+            .chain(self.to_router.drain(..))
+            .collect();
+        for req in pending {
+            let slot = slot_of(&req);
+            if slot.is_some_and(|s| stuck.contains(&s)) {
+                still.push_back(req);
+                continue;
+            }
+            if let Err(req) = link(req) {
+                if let Some(s) = slot {
+                    stuck.insert(s);
+                }
+                still.push_back(req);
+            }
+        }
+        self.blocked = still;
+        for i in 0..self.slots.len() {
+            let Some(s) = self.slots[i].as_mut() else {
+                continue;
+            };
+            let want = stuck.contains(&(i as u32));
+            if want && !s.paused {
+                s.paused = true;
+                if s.recv_armed {
+                    self.sq.push(
+                        opcode::AsyncCancel::new(ud(OP_RECV, s.gen, i as u32))
+                            .build()
+                            .user_data(ud(OP_CANCEL, s.gen, i as u32)),
+                    );
+                }
+            } else if !want && s.paused {
+                s.paused = false;
+                if !s.recv_armed && s.conn.ended().is_none() {
+                    s.recv_armed = true;
+                    let raw = s.fd.as_raw_fd();
+                    self.sq.push(
+                        opcode::RecvMulti::new(types::Fd(raw), BGID)
+                            .build()
+                            .user_data(ud(OP_RECV, s.gen, i as u32)),
+                    );
+                }
+            }
+        }
+    }
+
     fn open(
         &mut self,
         fd: OwnedFd,
@@ -481,6 +574,7 @@ impl State {
             send_at: 0,
             recv_armed: true,
             shut: false,
+            paused: false,
         });
         self.sq.push(
             opcode::RecvMulti::new(types::Fd(raw), BGID)
@@ -518,12 +612,12 @@ impl State {
                 if let Some(bid) = bid {
                     s.conn.receive(bufs.buf(bid, res as usize), now, to_router);
                 }
-            } else if res == 0 || res != -libc::ENOBUFS {
+            } else if res == 0 || (res != -libc::ENOBUFS && res != -libc::ECANCELED) {
                 s.conn.peer_gone();
             }
             if !cqueue::more(flags) {
                 s.recv_armed = false;
-                if s.conn.ended().is_none() {
+                if s.conn.ended().is_none() && !s.paused {
                     // Re-arm (after ENOBUFS the ring had no buffer: backpressure).
                     s.recv_armed = true;
                     let raw = s.fd.as_raw_fd();
