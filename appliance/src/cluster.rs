@@ -39,6 +39,10 @@ pub struct ClusterConfig {
     pub link_queue: usize,
     /// Bytes batched into one write on a link. Default: 65,536. Range: 1 KiB to 4 MiB.
     pub link_batch_bytes: usize,
+    /// TLS on links. Default: false (the private network is trusted). When true every
+    /// router needs `fingerprint`: routers serve links with their certificate
+    /// (`[tls]` or the self-signed one in the data directory) and dialers pin it.
+    pub link_tls: bool,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -49,6 +53,9 @@ pub struct RouterNode {
     pub address: SocketAddr,
     /// Partition ranges it owns: "0-511,600,700-799".
     pub partitions: String,
+    /// SHA-256 of its certificate (as `switchboard router` prints it); needed with
+    /// `link_tls = true`.
+    pub fingerprint: Option<String>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -72,6 +79,7 @@ pub struct Cluster {
     pub gateways: Vec<GatewayNode>,
     pub link_queue: usize,
     pub link_batch_bytes: usize,
+    pub link_tls: bool,
 }
 
 fn ranges(spec: &str, partitions: u32) -> Result<Vec<u32>, String> {
@@ -110,6 +118,12 @@ impl ClusterConfig {
         let mut owner: Vec<Option<u16>> = vec![None; partitions as usize];
         let mut ids = std::collections::BTreeSet::new();
         for r in &self.routers {
+            if self.link_tls && r.fingerprint.as_deref().is_none_or(|f| f.len() != 64) {
+                return bad(format!(
+                    "router {}: link_tls = true needs its certificate fingerprint (64 hex digits)",
+                    r.id
+                ));
+            }
             if !ids.insert(r.id) {
                 return bad(format!("router id {} is listed twice", r.id));
             }
@@ -159,6 +173,7 @@ impl ClusterConfig {
             gateways: self.gateways.clone(),
             link_queue,
             link_batch_bytes,
+            link_tls: self.link_tls,
         })
     }
 }

@@ -15,6 +15,7 @@
 pub mod cli;
 pub mod cluster;
 pub mod config;
+#[cfg(target_os = "linux")]
 pub mod link;
 pub mod logcmd;
 #[cfg(target_os = "linux")]

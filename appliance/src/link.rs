@@ -1,12 +1,22 @@
-//! Links over the private network: framed, batched TCP between gateways and routers and
-//! between routers. A link is used only after a challenge–response with the cluster
-//! secret (HMAC-SHA256, both ways); before that, any other frame closes it.
+//! Links over the private network: framed, batched TCP (optionally TLS) between gateways
+//! and routers and between routers. A link is used only after a challenge–response with
+//! the cluster secret (HMAC-SHA256, both ways); before that, any other frame closes it.
+//!
+//! Each link is one loop ([`Link::run`]) on a non-blocking socket: it waits (`poll`) on
+//! the socket and on an eventfd that [`LinkSender`] rings when a frame is queued, so a
+//! TLS session is never shared between threads and nothing waits on a timer.
 
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, SendError, SyncSender, TrySendError};
+use std::sync::Arc;
 use std::time::Duration;
 
+use gateway::uring;
 use hmac::{KeyInit, Mac};
+use rustls::pki_types::ServerName;
 use wire::linkcodec::{decode_link, LinkError, LinkMsg, PeerKind};
 
 type HmacSha256 = hmac::Hmac<sha2::Sha256>;
@@ -35,136 +45,351 @@ fn nonce() -> io::Result<[u8; 32]> {
     Ok(n)
 }
 
-/// Reads link frames from a stream, keeping partial frames between reads.
-pub struct LinkReader {
-    stream: TcpStream,
-    buf: Vec<u8>,
-}
-
-impl LinkReader {
-    pub fn new(stream: TcpStream) -> Self {
-        LinkReader {
-            stream,
-            buf: Vec::new(),
-        }
-    }
-
-    /// The next frame; `Ok(None)` at a clean end of stream.
-    pub fn next_msg(&mut self) -> io::Result<Option<LinkMsg>> {
-        loop {
-            match decode_link(&self.buf) {
-                Ok((m, n)) => {
-                    self.buf.drain(..n);
-                    return Ok(Some(m));
-                }
-                Err(LinkError::Incomplete { .. }) => {}
-                Err(e) => return Err(io::Error::new(io::ErrorKind::InvalidData, e)),
-            }
-            let mut chunk = [0u8; 64 * 1024];
-            let n = self.stream.read(&mut chunk)?;
-            if n == 0 {
-                return if self.buf.is_empty() {
-                    Ok(None)
-                } else {
-                    Err(io::ErrorKind::UnexpectedEof.into())
-                };
-            }
-            self.buf.extend_from_slice(&chunk[..n]);
-        }
-    }
-}
-
-fn send(stream: &mut TcpStream, m: &LinkMsg) -> io::Result<()> {
-    let mut b = vec![];
-    m.encode(&mut b);
-    stream.write_all(&b)
-}
-
 fn refused(why: &str) -> io::Error {
     io::Error::new(io::ErrorKind::PermissionDenied, why.to_string())
 }
 
-/// Server side of the handshake. Returns who the peer is.
-pub fn accept_auth(
-    stream: &mut TcpStream,
-    reader: &mut LinkReader,
-    secret: &[u8],
-) -> io::Result<(PeerKind, u16)> {
-    stream.set_read_timeout(Some(AUTH_TIMEOUT))?;
-    let ns = nonce()?;
-    send(stream, &LinkMsg::Challenge { nonce: ns })?;
-    let Some(LinkMsg::Auth {
-        peer,
-        id,
-        nonce: nc,
-        mac: tag,
-    }) = reader.next_msg()?
-    else {
-        return Err(refused("the first frame was not Auth"));
-    };
-    if !verify(
-        secret,
-        &[
-            b"switchboard-link-v1 client",
-            &ns,
-            &[peer as u8],
-            &id.to_le_bytes(),
-            &nc,
-        ],
-        &tag,
-    ) {
-        return Err(refused("bad link authentication"));
-    }
-    send(
-        stream,
-        &LinkMsg::AuthOk {
-            mac: mac(secret, &[b"switchboard-link-v1 server", &nc, &ns]),
-        },
-    )?;
-    stream.set_read_timeout(None)?;
-    Ok((peer, id))
+/// The queue of frames for one link; sending rings the link's eventfd.
+#[derive(Clone)]
+pub struct LinkSender {
+    tx: SyncSender<LinkMsg>,
+    wake: Arc<OwnedFd>,
 }
 
-/// Client side of the handshake: proves we know the secret and checks the server does.
-pub fn connect_auth(
-    stream: &mut TcpStream,
-    reader: &mut LinkReader,
-    secret: &[u8],
-    peer: PeerKind,
-    id: u16,
-) -> io::Result<()> {
-    stream.set_read_timeout(Some(AUTH_TIMEOUT))?;
-    let Some(LinkMsg::Challenge { nonce: ns }) = reader.next_msg()? else {
-        return Err(refused("the first frame was not Challenge"));
-    };
-    let nc = nonce()?;
-    let tag = mac(
-        secret,
-        &[
-            b"switchboard-link-v1 client",
-            &ns,
-            &[peer as u8],
-            &id.to_le_bytes(),
-            &nc,
-        ],
-    );
-    send(
-        stream,
-        &LinkMsg::Auth {
+pub struct LinkReceiver {
+    rx: Receiver<LinkMsg>,
+    wake: Arc<OwnedFd>,
+}
+
+pub fn link_channel(capacity: usize) -> io::Result<(LinkSender, LinkReceiver)> {
+    let (tx, rx) = mpsc::sync_channel(capacity);
+    let wake = Arc::new(uring::eventfd()?);
+    Ok((
+        LinkSender {
+            tx,
+            wake: Arc::clone(&wake),
+        },
+        LinkReceiver { rx, wake },
+    ))
+}
+
+impl LinkSender {
+    pub fn try_send(&self, m: LinkMsg) -> Result<(), TrySendError<LinkMsg>> {
+        self.tx.try_send(m)?;
+        uring::wake(&self.wake);
+        Ok(())
+    }
+
+    /// Blocks while the queue is full.
+    pub fn send(&self, m: LinkMsg) -> Result<(), SendError<LinkMsg>> {
+        self.tx.send(m)?;
+        uring::wake(&self.wake);
+        Ok(())
+    }
+}
+
+/// TLS for links (off by default: the private network is trusted).
+#[derive(Clone)]
+pub enum LinkTls {
+    Off,
+    /// Router side: its certificate.
+    Server(Arc<rustls::ServerConfig>),
+    /// Dialing side: trust the router by its pinned certificate fingerprint.
+    Client(Arc<rustls::ClientConfig>),
+}
+
+impl LinkTls {
+    /// A client config trusting one certificate fingerprint (SHA-256, hex).
+    pub fn pinned(fingerprint: &str) -> Result<LinkTls, String> {
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let verifier = client::pin::Pinned::new(fingerprint, Arc::clone(&provider))?;
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(verifier))
+            .with_no_client_auth();
+        Ok(LinkTls::Client(Arc::new(config)))
+    }
+}
+
+/// An authenticated link.
+pub struct Link {
+    sock: TcpStream,
+    tls: Option<rustls::Connection>,
+    /// Plaintext received, not yet decoded.
+    inbuf: Vec<u8>,
+    /// Bytes for the socket (already encrypted when TLS).
+    outbuf: Vec<u8>,
+}
+
+impl Link {
+    fn new(sock: TcpStream, tls: &LinkTls) -> io::Result<Link> {
+        sock.set_nodelay(true)?;
+        sock.set_read_timeout(Some(AUTH_TIMEOUT))?;
+        sock.set_write_timeout(Some(AUTH_TIMEOUT))?;
+        let tls = match tls {
+            LinkTls::Off => None,
+            LinkTls::Server(c) => Some(rustls::Connection::Server(
+                rustls::ServerConnection::new(Arc::clone(c)).map_err(io::Error::other)?,
+            )),
+            LinkTls::Client(c) => {
+                let name = ServerName::try_from("switchboard-router").expect("valid name");
+                Some(rustls::Connection::Client(
+                    rustls::ClientConnection::new(Arc::clone(c), name).map_err(io::Error::other)?,
+                ))
+            }
+        };
+        let mut link = Link {
+            sock,
+            tls,
+            inbuf: Vec::new(),
+            outbuf: Vec::new(),
+        };
+        if let Some(t) = link.tls.as_mut() {
+            while t.is_handshaking() {
+                t.complete_io(&mut link.sock)?;
+            }
+        }
+        Ok(link)
+    }
+
+    /// Blocking: writes one frame.
+    fn send_now(&mut self, m: &LinkMsg) -> io::Result<()> {
+        let mut b = vec![];
+        m.encode(&mut b);
+        match self.tls.as_mut() {
+            None => self.sock.write_all(&b),
+            Some(t) => {
+                t.writer().write_all(&b)?;
+                while t.wants_write() {
+                    t.write_tls(&mut self.sock)?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Blocking: reads one frame (during authentication).
+    fn recv_now(&mut self) -> io::Result<LinkMsg> {
+        loop {
+            match decode_link(&self.inbuf) {
+                Ok((m, n)) => {
+                    self.inbuf.drain(..n);
+                    return Ok(m);
+                }
+                Err(LinkError::Incomplete { .. }) => {}
+                Err(e) => return Err(io::Error::new(io::ErrorKind::InvalidData, e)),
+            }
+            if self.fill()? == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+        }
+    }
+
+    /// Reads what the socket has into `inbuf` (decrypting); 0 at end of stream.
+    fn fill(&mut self) -> io::Result<usize> {
+        let mut buf = [0u8; 64 * 1024];
+        let n = self.sock.read(&mut buf)?;
+        if n == 0 {
+            return Ok(0);
+        }
+        match self.tls.as_mut() {
+            None => self.inbuf.extend_from_slice(&buf[..n]),
+            Some(t) => {
+                let mut rd = &buf[..n];
+                while !rd.is_empty() {
+                    t.read_tls(&mut rd)?;
+                    let state = t.process_new_packets().map_err(io::Error::other)?;
+                    let plain = state.plaintext_bytes_to_read();
+                    if plain > 0 {
+                        let at = self.inbuf.len();
+                        self.inbuf.resize(at + plain, 0);
+                        t.reader().read_exact(&mut self.inbuf[at..])?;
+                    }
+                }
+                // Handshake messages or tickets the peer is owed go out with the next write.
+                while t.wants_write() {
+                    t.write_tls(&mut self.outbuf)?;
+                }
+            }
+        }
+        Ok(n)
+    }
+
+    /// Server side: TLS if configured, then the challenge. Returns who the peer is.
+    pub fn accept(
+        sock: TcpStream,
+        tls: &LinkTls,
+        secret: &[u8],
+    ) -> io::Result<(Link, PeerKind, u16)> {
+        let mut link = Link::new(sock, tls)?;
+        let ns = nonce()?;
+        link.send_now(&LinkMsg::Challenge { nonce: ns })?;
+        let LinkMsg::Auth {
             peer,
             id,
             nonce: nc,
             mac: tag,
-        },
-    )?;
-    let Some(LinkMsg::AuthOk { mac: tag }) = reader.next_msg()? else {
-        return Err(refused("the server did not accept our authentication"));
-    };
-    if !verify(secret, &[b"switchboard-link-v1 server", &nc, &ns], &tag) {
-        return Err(refused("the server does not know the cluster secret"));
+        } = link.recv_now()?
+        else {
+            return Err(refused("the first frame was not Auth"));
+        };
+        if !verify(
+            secret,
+            &[
+                b"switchboard-link-v1 client",
+                &ns,
+                &[peer as u8],
+                &id.to_le_bytes(),
+                &nc,
+            ],
+            &tag,
+        ) {
+            return Err(refused("bad link authentication"));
+        }
+        link.send_now(&LinkMsg::AuthOk {
+            mac: mac(secret, &[b"switchboard-link-v1 server", &nc, &ns]),
+        })?;
+        Ok((link, peer, id))
     }
-    stream.set_read_timeout(None)?;
-    Ok(())
+
+    /// Client side: TLS if configured, then proves it knows the secret and checks the
+    /// server does.
+    pub fn connect(
+        sock: TcpStream,
+        tls: &LinkTls,
+        secret: &[u8],
+        peer: PeerKind,
+        id: u16,
+    ) -> io::Result<Link> {
+        let mut link = Link::new(sock, tls)?;
+        let LinkMsg::Challenge { nonce: ns } = link.recv_now()? else {
+            return Err(refused("the first frame was not Challenge"));
+        };
+        let nc = nonce()?;
+        let tag = mac(
+            secret,
+            &[
+                b"switchboard-link-v1 client",
+                &ns,
+                &[peer as u8],
+                &id.to_le_bytes(),
+                &nc,
+            ],
+        );
+        link.send_now(&LinkMsg::Auth {
+            peer,
+            id,
+            nonce: nc,
+            mac: tag,
+        })?;
+        let LinkMsg::AuthOk { mac: tag } = link.recv_now()? else {
+            return Err(refused("the server did not accept our authentication"));
+        };
+        if !verify(secret, &[b"switchboard-link-v1 server", &nc, &ns], &tag) {
+            return Err(refused("the server does not know the cluster secret"));
+        }
+        Ok(link)
+    }
+
+    /// Queues a frame to go out first when [`Link::run`] starts (e.g. `Attach`).
+    pub fn queue(&mut self, m: &LinkMsg) -> io::Result<()> {
+        let mut b = vec![];
+        m.encode(&mut b);
+        self.push(&b)
+    }
+
+    fn push(&mut self, plain: &[u8]) -> io::Result<()> {
+        match self.tls.as_mut() {
+            None => self.outbuf.extend_from_slice(plain),
+            Some(t) => {
+                t.writer().write_all(plain)?;
+                while t.wants_write() {
+                    t.write_tls(&mut self.outbuf)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs the link: frames from `rx` go out in batches of up to `batch` bytes (all
+    /// that is queued, so a batch ends when it fills or the queue is empty); frames
+    /// received go to `on_frame` (which returns false to close). Ends when the peer
+    /// closes, on an error, or when `stop` is set.
+    pub fn run(
+        mut self,
+        rx: &LinkReceiver,
+        batch: usize,
+        stop: &AtomicBool,
+        mut on_frame: impl FnMut(LinkMsg) -> bool,
+    ) -> io::Result<()> {
+        self.sock.set_nonblocking(true)?;
+        let fd = self.sock.as_raw_fd();
+        let mut plain = Vec::with_capacity(batch);
+        loop {
+            if stop.load(Ordering::Acquire) {
+                return Ok(());
+            }
+            // Take queued frames while there is room (backpressure on the queue beyond).
+            if self.outbuf.len() < batch {
+                plain.clear();
+                while plain.len() < batch {
+                    match rx.rx.try_recv() {
+                        Ok(m) => m.encode(&mut plain),
+                        Err(_) => break,
+                    }
+                }
+                if !plain.is_empty() {
+                    let p = std::mem::take(&mut plain);
+                    self.push(&p)?;
+                    plain = p;
+                }
+            }
+            // Write what we can.
+            while !self.outbuf.is_empty() {
+                match self.sock.write(&self.outbuf) {
+                    Ok(n) => {
+                        self.outbuf.drain(..n);
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) => return Err(e),
+                }
+            }
+            let events = libc::POLLIN
+                | if self.outbuf.is_empty() {
+                    0
+                } else {
+                    libc::POLLOUT
+                };
+            let (revents, woken) = uring::poll_two(fd, events, rx.wake.as_raw_fd(), 100)?;
+            if woken {
+                uring::drain_eventfd(&rx.wake);
+            }
+            if revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0 {
+                loop {
+                    match self.fill() {
+                        Ok(0) => return Ok(()), // the peer closed
+                        Ok(_) => {}
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                        Err(e) => return Err(e),
+                    }
+                }
+                loop {
+                    match decode_link(&self.inbuf) {
+                        Ok((m, n)) => {
+                            self.inbuf.drain(..n);
+                            if !on_frame(m) {
+                                return Ok(());
+                            }
+                        }
+                        Err(LinkError::Incomplete { .. }) => break,
+                        Err(e) => return Err(io::Error::new(io::ErrorKind::InvalidData, e)),
+                    }
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -178,36 +403,68 @@ mod tests {
         (l.accept().unwrap().0, c)
     }
 
-    #[test]
-    fn the_same_secret_authenticates_both_ways() {
-        let (mut s, mut c) = pair();
-        let t = std::thread::spawn(move || {
-            let mut r = LinkReader::new(s.try_clone().unwrap());
-            accept_auth(&mut s, &mut r, b"0123456789abcdef-secret")
-        });
-        let mut r = LinkReader::new(c.try_clone().unwrap());
-        connect_auth(
-            &mut c,
-            &mut r,
-            b"0123456789abcdef-secret",
-            PeerKind::Gateway,
-            7,
+    const SECRET: &[u8] = b"0123456789abcdef-secret";
+
+    fn tls_pair() -> (LinkTls, LinkTls) {
+        let dir = tempfile::tempdir().unwrap();
+        let (id, _) =
+            gateway::tls::Identity::self_signed_in(dir.path(), &["switchboard-router".into()])
+                .unwrap();
+        let fp = id.fingerprint();
+        (
+            LinkTls::Server(gateway::tls::server_config(id).unwrap()),
+            LinkTls::pinned(&fp).unwrap(),
         )
-        .unwrap();
-        assert_eq!(t.join().unwrap().unwrap(), (PeerKind::Gateway, 7));
+    }
+
+    fn round_trip(server_tls: LinkTls, client_tls: LinkTls) {
+        let (s, c) = pair();
+        let t = std::thread::spawn(move || {
+            let (link, peer, id) = Link::accept(s, &server_tls, SECRET).unwrap();
+            assert_eq!((peer, id), (PeerKind::Gateway, 7));
+            let (_tx, rx) = link_channel(4).unwrap();
+            let mut got = vec![];
+            let stop = AtomicBool::new(false);
+            link.run(&rx, 4096, &stop, |m| {
+                got.push(m);
+                got.len() < 100
+            })
+            .unwrap();
+            got.len()
+        });
+        let link = Link::connect(c, &client_tls, SECRET, PeerKind::Gateway, 7).unwrap();
+        let (tx, rx) = link_channel(1000).unwrap();
+        let sender = std::thread::spawn(move || {
+            for i in 0..100u64 {
+                let m = LinkMsg::Req(wire::link::ToRouter::Ack {
+                    conn: wire::link::ConnId(i),
+                    user: wire::Phone::new(15550000001).unwrap(),
+                    seq: i,
+                });
+                tx.send(m).unwrap();
+            }
+            tx
+        });
+        let stop = AtomicBool::new(false);
+        let _keep = sender.join().unwrap();
+        let _ = link.run(&rx, 4096, &stop, |_| true);
+        assert_eq!(t.join().unwrap(), 100);
     }
 
     #[test]
-    fn a_wrong_secret_is_refused_and_no_frame_is_taken() {
-        let (mut s, mut c) = pair();
-        let t = std::thread::spawn(move || {
-            let mut r = LinkReader::new(s.try_clone().unwrap());
-            accept_auth(&mut s, &mut r, b"0123456789abcdef-secret")
-        });
-        let mut r = LinkReader::new(c.try_clone().unwrap());
-        assert!(connect_auth(
-            &mut c,
-            &mut r,
+    fn plain_and_tls_links_carry_frames_after_authentication() {
+        round_trip(LinkTls::Off, LinkTls::Off);
+        let (s, c) = tls_pair();
+        round_trip(s, c);
+    }
+
+    #[test]
+    fn a_wrong_secret_or_a_wrong_certificate_is_refused() {
+        let (s, c) = pair();
+        let t = std::thread::spawn(move || Link::accept(s, &LinkTls::Off, SECRET).map(|_| ()));
+        assert!(Link::connect(
+            c,
+            &LinkTls::Off,
             b"not-the-secret-at-all",
             PeerKind::Gateway,
             7
@@ -219,16 +476,23 @@ mod tests {
         );
 
         // A peer that skips authentication and sends a request straight away.
-        let (mut s, mut c) = pair();
-        let t = std::thread::spawn(move || {
-            let mut r = LinkReader::new(s.try_clone().unwrap());
-            accept_auth(&mut s, &mut r, b"0123456789abcdef-secret")
-        });
-        let req = LinkMsg::Req(wire::link::ToRouter::Closed {
+        let (s, mut c) = pair();
+        let t = std::thread::spawn(move || Link::accept(s, &LinkTls::Off, SECRET).map(|_| ()));
+        let mut b = vec![];
+        LinkMsg::Req(wire::link::ToRouter::Closed {
             conn: wire::link::ConnId(1),
             user: wire::Phone::new(15550000001).unwrap(),
-        });
-        send(&mut c, &req).unwrap();
+        })
+        .encode(&mut b);
+        c.write_all(&b).unwrap();
+        assert!(t.join().unwrap().is_err());
+
+        // TLS with a certificate that is not the pinned one.
+        let (server_tls, _) = tls_pair();
+        let (_, other_client) = tls_pair();
+        let (s, c) = pair();
+        let t = std::thread::spawn(move || Link::accept(s, &server_tls, SECRET).map(|_| ()));
+        assert!(Link::connect(c, &other_client, SECRET, PeerKind::Gateway, 7).is_err());
         assert!(t.join().unwrap().is_err());
     }
 }

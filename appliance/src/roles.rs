@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::io::{self, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender, TrySendError};
+use std::sync::mpsc::{self, Sender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -23,28 +23,9 @@ use wire::{ErrorCode, Phone};
 
 use crate::cluster::{Cluster, RouterNode};
 use crate::config::Config;
-use crate::link::{accept_auth, connect_auth, LinkReader};
+use crate::link::{link_channel, Link, LinkReceiver, LinkSender, LinkTls};
 use crate::serve::{self, Dispatch, ShardMsg, WorkerInbox};
 use crate::sms::Sms;
-
-/// Writes queued frames in batches: everything waiting goes out in one write, up to
-/// `batch` bytes (so a batch ends when it fills or when the queue is momentarily empty).
-fn write_batches(
-    stream: &mut TcpStream,
-    rx: &Receiver<LinkMsg>,
-    batch: usize,
-    first: LinkMsg,
-) -> io::Result<()> {
-    let mut buf = Vec::with_capacity(batch);
-    first.encode(&mut buf);
-    while buf.len() < batch {
-        match rx.try_recv() {
-            Ok(m) => m.encode(&mut buf),
-            Err(_) => break,
-        }
-    }
-    stream.write_all(&buf)
-}
 
 // ---------------------------------------------------------------------------------
 // Router
@@ -54,9 +35,9 @@ struct RouterRoutes {
     map: PartitionMap,
     /// The link writer of each connected gateway, by gateway id, with the link's token
     /// (a gateway that reconnects replaces its older link).
-    gateways: Mutex<HashMap<u8, (u64, SyncSender<LinkMsg>)>>,
+    gateways: Mutex<HashMap<u8, (u64, LinkSender)>>,
     /// Outbound links to the other routers (receipts for their users).
-    peers: HashMap<u16, SyncSender<LinkMsg>>,
+    peers: HashMap<u16, LinkSender>,
     sms: Sms,
     dropped: AtomicU64,
 }
@@ -102,70 +83,54 @@ impl Dispatch for RouterRoutes {
 
 /// Serves one accepted link until it ends.
 fn serve_link(
-    mut stream: TcpStream,
+    sock: TcpStream,
     cluster: Arc<Cluster>,
+    tls: LinkTls,
     shard: Sender<ShardMsg>,
     routes: Arc<RouterRoutes>,
 ) {
-    let peer_addr = stream.peer_addr().ok();
-    let _ = stream.set_nodelay(true);
-    let mut reader = LinkReader::new(stream.try_clone().expect("clone"));
-    let (kind, id) = match accept_auth(&mut stream, &mut reader, &cluster.secret) {
-        Ok(p) => p,
+    static TOKENS: AtomicU64 = AtomicU64::new(1);
+    let peer_addr = sock.peer_addr().ok();
+    let (link, kind, id) = match Link::accept(sock, &tls, &cluster.secret) {
+        Ok(x) => x,
         Err(e) => {
             eprintln!("switchboard: link from {peer_addr:?} refused: {e}");
             return;
         }
     };
-    static TOKENS: AtomicU64 = AtomicU64::new(1);
     let gateway = (kind == PeerKind::Gateway).then_some(id as u8);
-    let mine = gateway.map(|g| {
-        let (tx, rx) = mpsc::sync_channel::<LinkMsg>(cluster.link_queue);
-        let token = TOKENS.fetch_add(1, Ordering::Relaxed);
+    let Ok((tx, rx)) = link_channel(cluster.link_queue) else {
+        return;
+    };
+    let token = TOKENS.fetch_add(1, Ordering::Relaxed);
+    if let Some(g) = gateway {
         routes
             .gateways
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(g, (token, tx));
-        let mut w = stream.try_clone().expect("clone");
-        let batch = cluster.link_batch_bytes;
-        std::thread::spawn(move || {
-            while let Ok(first) = rx.recv() {
-                if write_batches(&mut w, &rx, batch, first).is_err() {
-                    break;
-                }
-            }
-            let _ = w.shutdown(std::net::Shutdown::Both);
-        });
-        token
-    });
+            .insert(g, (token, tx.clone()));
+    }
     println!("switchboard: link from {kind:?} {id} ({peer_addr:?}) authenticated");
-    loop {
-        let m = match reader.next_msg() {
-            Ok(Some(m)) => m,
-            Ok(None) => break,
-            Err(e) => {
-                eprintln!("switchboard: link from {kind:?} {id}: {e}");
-                break;
-            }
-        };
+    let never = AtomicBool::new(false);
+    let ended = link.run(&rx, cluster.link_batch_bytes, &never, |m| {
         let msg = match (m, gateway) {
             (LinkMsg::Req(r), _) => ShardMsg::Req(r),
             (LinkMsg::Attach { conn, user }, Some(_)) => ShardMsg::Attach(conn, user),
             (other, _) => {
                 eprintln!("switchboard: link from {kind:?} {id}: unexpected {other:?}; closing");
-                break;
+                return false;
             }
         };
-        if shard.send(msg).is_err() {
-            break;
-        }
+        shard.send(msg).is_ok()
+    });
+    if let Err(e) = ended {
+        eprintln!("switchboard: link from {kind:?} {id}: {e}");
     }
-    let _ = stream.shutdown(std::net::Shutdown::Both);
-    if let (Some(g), Some(mine)) = (gateway, mine) {
+    drop(tx);
+    if let Some(g) = gateway {
         let mut gws = routes.gateways.lock().unwrap_or_else(|p| p.into_inner());
         // Only if a newer link of the same gateway has not replaced this one.
-        if gws.get(&g).is_some_and(|(token, _)| *token == mine) {
+        if gws.get(&g).is_some_and(|(t, _)| *t == token) {
             gws.remove(&g);
             drop(gws);
             let _ = shard.send(ShardMsg::GatewayGone(g));
@@ -174,28 +139,28 @@ fn serve_link(
     }
 }
 
-/// Dials `node` for ever (with backoff) and writes what `rx` queues; `peer`/`id` say who
-/// we are. `on_connect` runs after authentication (before queued frames go out) and
-/// `on_frame` for each frame read.
+/// Dials `node` for ever (with backoff) and runs the link: `rx`'s frames go out,
+/// received frames go to `on_frame`. `on_connect` queues frames that must go first
+/// (session re-attachment). `up` says whether the link is up.
 #[allow(clippy::too_many_arguments)] // one call per link kind; the pieces are all distinct
 fn dial(
     node: RouterNode,
     source: Option<IpAddr>,
     interface: Option<String>,
     secret: Vec<u8>,
+    tls: LinkTls,
     peer: PeerKind,
     id: u16,
-    rx: Receiver<LinkMsg>,
+    rx: LinkReceiver,
     batch: usize,
     stop: Arc<AtomicBool>,
     up: Arc<AtomicBool>,
-    on_connect: impl Fn(&mut TcpStream) -> io::Result<()> + Send + 'static,
-    on_frame: impl Fn(LinkMsg) + Send + Sync + 'static,
+    on_connect: impl Fn(&mut Link) -> io::Result<()>,
+    mut on_frame: impl FnMut(LinkMsg),
 ) {
-    let on_frame = Arc::new(on_frame);
     let mut backoff = Duration::from_millis(50);
     while !stop.load(Ordering::Acquire) {
-        let connected = (|| -> io::Result<TcpStream> {
+        let connected = (|| -> io::Result<Link> {
             let sock = socket2::Socket::new(
                 socket2::Domain::for_address(node.address),
                 socket2::Type::STREAM,
@@ -208,29 +173,12 @@ fn dial(
                 sock.bind(&SocketAddr::new(src, 0).into())?;
             }
             sock.connect_timeout(&node.address.into(), Duration::from_secs(2))?;
-            let mut s: TcpStream = sock.into();
-            s.set_nodelay(true)?;
-            let mut reader = LinkReader::new(s.try_clone()?);
-            connect_auth(&mut s, &mut reader, &secret, peer, id)?;
-            on_connect(&mut s)?;
-            let f = Arc::clone(&on_frame);
-            std::thread::spawn(move || {
-                while let Ok(Some(m)) = reader.next_msg() {
-                    f(m);
-                }
-            });
-            Ok(s)
+            let mut link = Link::connect(sock.into(), &tls, &secret, peer, id)?;
+            on_connect(&mut link)?;
+            Ok(link)
         })();
-        let mut s = match connected {
-            Ok(s) => {
-                up.store(true, Ordering::Release);
-                println!(
-                    "switchboard: link to router {} ({}) up",
-                    node.id, node.address
-                );
-                backoff = Duration::from_millis(50);
-                s
-            }
+        let link = match connected {
+            Ok(l) => l,
             Err(e) => {
                 eprintln!(
                     "switchboard: link to router {} ({}): {e}; retrying in {backoff:?}",
@@ -241,39 +189,41 @@ fn dial(
                 continue;
             }
         };
-        // Write until the link fails. A dead peer shows as a failed write, or as the
-        // reader's end (checked through a zero-byte peek after each idle period).
-        loop {
-            if stop.load(Ordering::Acquire) {
-                return;
-            }
-            match rx.recv_timeout(Duration::from_millis(100)) {
-                Ok(first) => {
-                    if write_batches(&mut s, &rx, batch, first).is_err() {
-                        break;
-                    }
-                }
-                Err(RecvTimeoutError::Timeout) => {
-                    if peer_closed(&s) {
-                        break;
-                    }
-                }
-                Err(RecvTimeoutError::Disconnected) => return,
-            }
-        }
+        up.store(true, Ordering::Release);
+        backoff = Duration::from_millis(50);
+        println!(
+            "switchboard: link to router {} ({}) up",
+            node.id, node.address
+        );
+        let ended = link.run(&rx, batch, &stop, |m| {
+            on_frame(m);
+            true
+        });
         up.store(false, Ordering::Release);
-        let _ = s.shutdown(std::net::Shutdown::Both);
-        eprintln!("switchboard: link to router {} down; reconnecting", node.id);
+        if stop.load(Ordering::Acquire) {
+            return;
+        }
+        eprintln!(
+            "switchboard: link to router {} down ({}); reconnecting",
+            node.id,
+            ended.err().map_or("closed".to_string(), |e| e.to_string())
+        );
     }
 }
 
-/// True when the peer has closed (a non-blocking peek returns 0 bytes).
-fn peer_closed(s: &TcpStream) -> bool {
-    let _ = s.set_nonblocking(true);
-    let mut b = [0u8; 1];
-    let closed = matches!(s.peek(&mut b), Ok(0));
-    let _ = s.set_nonblocking(false);
-    closed
+/// How this node serves and dials links.
+fn link_tls_server(config: &Config, cluster: &Cluster) -> Result<LinkTls, String> {
+    if !cluster.link_tls {
+        return Ok(LinkTls::Off);
+    }
+    Ok(LinkTls::Server(serve::load_tls(config)?))
+}
+
+fn link_tls_to(cluster: &Cluster, node: &RouterNode) -> Result<LinkTls, String> {
+    match (&node.fingerprint, cluster.link_tls) {
+        (Some(fp), true) => LinkTls::pinned(fp),
+        _ => Ok(LinkTls::Off),
+    }
 }
 
 pub fn router(config: Config, id: u16) -> Result<(), String> {
@@ -285,6 +235,7 @@ pub fn router(config: Config, id: u16) -> Result<(), String> {
         .find(|r| r.id == id)
         .ok_or(format!("router {id} is not in the cluster map"))?
         .clone();
+    let tls = link_tls_server(&config, &cluster)?;
     let shard = serve::open_shard(
         &config,
         id,
@@ -295,25 +246,28 @@ pub fn router(config: Config, id: u16) -> Result<(), String> {
     let stop = Arc::new(AtomicBool::new(false));
     let mut peers = HashMap::new();
     for node in cluster.routers.iter().filter(|r| r.id != id).cloned() {
-        let (qtx, qrx) = mpsc::sync_channel(cluster.link_queue);
+        let (qtx, qrx) = link_channel(cluster.link_queue).map_err(|e| e.to_string())?;
         peers.insert(node.id, qtx);
         let (secret, batch, stop) = (
             cluster.secret.clone(),
             cluster.link_batch_bytes,
             Arc::clone(&stop),
         );
+        let peer_tls = link_tls_to(&cluster, &node)?;
         std::thread::spawn(move || {
+            let up = Arc::new(AtomicBool::new(false));
             dial(
                 node,
                 None,
                 None,
                 secret,
+                peer_tls,
                 PeerKind::Router,
                 id,
                 qrx,
                 batch,
                 stop,
-                Arc::new(AtomicBool::new(false)),
+                up,
                 |_| Ok(()),
                 |_| {},
             )
@@ -334,8 +288,13 @@ pub fn router(config: Config, id: u16) -> Result<(), String> {
         let (cluster, tx, routes) = (Arc::clone(&cluster), tx.clone(), Arc::clone(&routes));
         std::thread::spawn(move || {
             for s in listener.incoming().flatten() {
-                let (c, t, r) = (Arc::clone(&cluster), tx.clone(), Arc::clone(&routes));
-                std::thread::spawn(move || serve_link(s, c, t, r));
+                let (c, t, r, tls) = (
+                    Arc::clone(&cluster),
+                    tx.clone(),
+                    Arc::clone(&routes),
+                    tls.clone(),
+                );
+                std::thread::spawn(move || serve_link(s, c, tls, t, r));
             }
         });
     }
@@ -343,7 +302,8 @@ pub fn router(config: Config, id: u16) -> Result<(), String> {
     let shard_thread = serve::spawn_shard(&config, shard, rx, Arc::clone(&routes), 0, tuned_tx)?;
     serve::ready(&config, tuned_rx, 1)?;
     println!(
-        "switchboard: router {id} listening for links on {addr} (data in {})",
+        "switchboard: router {id} listening for links on {addr}{} (data in {})",
+        if cluster.link_tls { " with TLS" } else { "" },
         config.data_dir.display()
     );
     let _ = io::stdout().flush();
@@ -366,7 +326,7 @@ pub fn router(config: Config, id: u16) -> Result<(), String> {
 
 struct GatewayRoutes {
     map: PartitionMap,
-    queues: HashMap<u16, SyncSender<LinkMsg>>,
+    queues: HashMap<u16, LinkSender>,
     /// Whether each router's link is up (a full queue then means "slow": backpressure).
     up: HashMap<u16, Arc<AtomicBool>>,
     /// Logged-in connections per router, re-attached when its link comes back.
@@ -453,15 +413,13 @@ pub fn gateway(config: Config, id: u8) -> Result<(), String> {
     let (inboxes, ends) = serve::worker_channels(workers)?;
     let stop = Arc::new(AtomicBool::new(false));
     let link_stop = Arc::new(AtomicBool::new(false));
-    let mut queues = HashMap::new();
-    let mut sessions = HashMap::new();
-    let mut ups = HashMap::new();
+    let (mut queues, mut sessions, mut ups) = (HashMap::new(), HashMap::new(), HashMap::new());
     for node in cluster.routers.iter().cloned() {
-        let (qtx, qrx) = mpsc::sync_channel(cluster.link_queue);
+        let (qtx, qrx) = link_channel(cluster.link_queue).map_err(|e| e.to_string())?;
         let mine: Arc<Mutex<HashMap<ConnId, Phone>>> = Arc::default();
+        let link_up = Arc::new(AtomicBool::new(false));
         queues.insert(node.id, qtx);
         sessions.insert(node.id, Arc::clone(&mine));
-        let link_up = Arc::new(AtomicBool::new(false));
         ups.insert(node.id, Arc::clone(&link_up));
         let (secret, batch, stop, inboxes) = (
             cluster.secret.clone(),
@@ -469,8 +427,12 @@ pub fn gateway(config: Config, id: u8) -> Result<(), String> {
             Arc::clone(&link_stop),
             inboxes.clone(),
         );
+        let (source, interface, node_tls) = (
+            me.source,
+            me.interface.clone(),
+            link_tls_to(&cluster, &node)?,
+        );
         let attach = Arc::clone(&mine);
-        let (source, interface) = (me.source, me.interface.clone());
         std::thread::Builder::new()
             .name(format!("link-router-{}", node.id))
             .spawn(move || {
@@ -479,24 +441,23 @@ pub fn gateway(config: Config, id: u8) -> Result<(), String> {
                     source,
                     interface,
                     secret,
+                    node_tls,
                     PeerKind::Gateway,
                     id as u16,
                     qrx,
                     batch,
                     stop,
                     link_up,
-                    move |s| {
+                    move |link| {
                         // Sessions re-register before anything new goes out.
-                        let mut buf = vec![];
                         for (conn, user) in attach.lock().unwrap_or_else(|p| p.into_inner()).iter()
                         {
-                            LinkMsg::Attach {
+                            link.queue(&LinkMsg::Attach {
                                 conn: *conn,
                                 user: *user,
-                            }
-                            .encode(&mut buf);
+                            })?;
                         }
-                        s.write_all(&buf)
+                        Ok(())
                     },
                     move |m| {
                         if let LinkMsg::Resp { conn, msg } = m {

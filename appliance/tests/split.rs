@@ -403,3 +403,125 @@ fn a_full_link_stops_reading_the_client_instead_of_buffering_or_refusing() {
     gw.kill();
     r0.kill();
 }
+
+#[test]
+fn links_run_over_tls_when_configured() {
+    let dir = tempfile::tempdir().unwrap();
+    let (p0, p1) = (free_port(), free_port());
+    let (d0, d1, dg) = (
+        dir.path().join("r0"),
+        dir.path().join("r1"),
+        dir.path().join("gw"),
+    );
+    // Each router's certificate made up front, so the map can pin it.
+    let fp = |d: &std::path::Path| {
+        std::fs::create_dir_all(d.join("tls")).unwrap();
+        gateway::tls::Identity::self_signed_in(&d.join("tls"), &[])
+            .unwrap()
+            .0
+            .fingerprint()
+    };
+    let (f0, f1) = (fp(&d0), fp(&d1));
+    let routers = [
+        (0, format!("127.0.0.1:{p0}"), "0-7"),
+        (1, format!("127.0.0.1:{p1}"), "8-15"),
+    ];
+    let cfg = config(dir.path(), &routers, "127.0.0.1", None);
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace(
+            &format!("secret = \"{SECRET}\"\n"),
+            &format!("secret = \"{SECRET}\"\nlink_tls = true\n"),
+        )
+        .replace(
+            "partitions = \"0-7\"\n",
+            &format!("partitions = \"0-7\"\nfingerprint = \"{f0}\"\n"),
+        )
+        .replace(
+            "partitions = \"8-15\"\n",
+            &format!("partitions = \"8-15\"\nfingerprint = \"{f1}\"\n"),
+        );
+    std::fs::write(&cfg, text).unwrap();
+    let cfg = cfg.to_str().unwrap();
+    let r0 = spawn(
+        None,
+        &[
+            "router",
+            "--id",
+            "0",
+            "--config",
+            cfg,
+            "--data",
+            d0.to_str().unwrap(),
+        ],
+        "switchboard: router 0 listening",
+    );
+    assert!(
+        r0.lines.last().unwrap().contains("with TLS"),
+        "{:?}",
+        r0.lines
+    );
+    let r1 = spawn(
+        None,
+        &[
+            "router",
+            "--id",
+            "1",
+            "--config",
+            cfg,
+            "--data",
+            d1.to_str().unwrap(),
+        ],
+        "switchboard: router 1 listening",
+    );
+    let gw = spawn(
+        None,
+        &[
+            "gateway",
+            "--id",
+            "1",
+            "--config",
+            cfg,
+            "--listen",
+            "127.0.0.1:0",
+            "--data",
+            dg.to_str().unwrap(),
+        ],
+        "switchboard: gateway 1 listening",
+    );
+    let (addr, gfp) = (
+        gw.listen_addr("switchboard: gateway 1 listening on "),
+        gw.fingerprint(),
+    );
+    let (a, b) = (phone_on(0, 3), phone_on(1, 3));
+    let (mut ca, _) = register(&addr, &gfp, &d0.join("sms.log"), a);
+    let (mut cb, _) = register(&addr, &gfp, &d1.join("sms.log"), b);
+    ca.send(b, 1, b"over TLS links").unwrap();
+    let (seq, from, id, _) = deliver(&mut cb);
+    assert_eq!((from, id), (a, 1));
+    cb.ack(seq).unwrap();
+    // The delivered receipt crossed the router-to-router TLS link.
+    assert!(matches!(
+        ca.wait_for(T, |m| matches!(m, Incoming::Receipt { .. }))
+            .unwrap(),
+        Incoming::Receipt {
+            kind: ReceiptKind::Delivered,
+            ..
+        }
+    ));
+    // Plain link bytes to a TLS router link port get nothing back.
+    let mut s = TcpStream::connect(("127.0.0.1", p0)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut buf = vec![];
+    wire::linkcodec::LinkMsg::Challenge { nonce: [0; 32] }.encode(&mut buf);
+    let _ = s.write_all(&buf);
+    let mut back = vec![];
+    let _ = s.read_to_end(&mut back);
+    assert!(
+        !back.windows(4).any(|w| w == [0x01, 0, 0, 0]),
+        "a plain Challenge came back from a TLS link port"
+    );
+    for p in [gw, r0, r1] {
+        p.kill();
+    }
+}

@@ -4,10 +4,10 @@
 //!
 //! # Layout
 //! - `lib.rs`: [`Client`], [`Trust`], [`Incoming`], [`ClientError`].
-//! - `pin.rs`: the fingerprint-pinning certificate verifier.
+//! - [`pin`]: the fingerprint-pinning certificate verifier (also used by router links).
 //! - `main.rs`: the `switchboard-client` CLI.
 
-mod pin;
+pub mod pin;
 
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};

@@ -705,3 +705,39 @@ impl State {
 
 // `RawFd` appears in signatures of the platform calls above.
 const _: Option<RawFd> = None;
+
+/// Waits until `fd` is ready for `events` (POLLIN/POLLOUT) or `wake` is readable, at most
+/// `timeout_ms`. Returns (revents of `fd`, whether `wake` fired). For link threads,
+/// which wait on a socket and on an eventfd rung by whoever queues a frame for them.
+pub fn poll_two(fd: RawFd, events: i16, wake: RawFd, timeout_ms: i32) -> io::Result<(i16, bool)> {
+    let mut fds = [
+        libc::pollfd {
+            fd,
+            events,
+            revents: 0,
+        },
+        libc::pollfd {
+            fd: wake,
+            events: libc::POLLIN,
+            revents: 0,
+        },
+    ];
+    // SAFETY: `fds` is a live array of two pollfd for the duration of the call.
+    let rc = unsafe { libc::poll(fds.as_mut_ptr(), 2, timeout_ms) };
+    if rc < 0 {
+        let e = io::Error::last_os_error();
+        return if e.kind() == io::ErrorKind::Interrupted {
+            Ok((0, false))
+        } else {
+            Err(e)
+        };
+    }
+    Ok((fds[0].revents, fds[1].revents & libc::POLLIN != 0))
+}
+
+/// Resets an eventfd rung by [`wake`].
+pub fn drain_eventfd(fd: &OwnedFd) {
+    let mut b = [0u8; 8];
+    // SAFETY: reads 8 bytes into a live buffer from our (non-blocking) eventfd.
+    unsafe { libc::read(fd.as_raw_fd(), b.as_mut_ptr().cast(), 8) };
+}
