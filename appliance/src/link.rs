@@ -23,20 +23,39 @@ type HmacSha256 = hmac::Hmac<sha2::Sha256>;
 
 const AUTH_TIMEOUT: Duration = Duration::from_secs(5);
 
-fn mac(secret: &[u8], parts: &[&[u8]]) -> [u8; 32] {
+/// The client's proof: MAC over the server's challenge, who the client is, and its own
+/// nonce. One definition, used to compute (client) and to check (server).
+fn client_proof(
+    secret: &[u8],
+    ns: &[u8; 32],
+    peer: PeerKind,
+    id: u16,
+    nc: &[u8; 32],
+) -> HmacSha256 {
     let mut m = <HmacSha256 as KeyInit>::new_from_slice(secret).expect("any key length");
-    for p in parts {
-        m.update(p);
+    for part in [
+        &b"switchboard-link-v1 client"[..],
+        ns,
+        &[peer as u8],
+        &id.to_le_bytes(),
+        nc,
+    ] {
+        m.update(part);
     }
-    m.finalize().into_bytes().into()
+    m
 }
 
-fn verify(secret: &[u8], parts: &[&[u8]], tag: &[u8; 32]) -> bool {
+/// The server's proof: MAC over the client's nonce and its own challenge.
+fn server_proof(secret: &[u8], nc: &[u8; 32], ns: &[u8; 32]) -> HmacSha256 {
     let mut m = <HmacSha256 as KeyInit>::new_from_slice(secret).expect("any key length");
-    for p in parts {
-        m.update(p);
+    for part in [&b"switchboard-link-v1 server"[..], nc, ns] {
+        m.update(part);
     }
-    m.verify_slice(tag).is_ok()
+    m
+}
+
+fn finish(m: HmacSha256) -> [u8; 32] {
+    m.finalize().into_bytes().into()
 }
 
 fn nonce() -> io::Result<[u8; 32]> {
@@ -235,21 +254,14 @@ impl Link {
         else {
             return Err(refused("the first frame was not Auth"));
         };
-        if !verify(
-            secret,
-            &[
-                b"switchboard-link-v1 client",
-                &ns,
-                &[peer as u8],
-                &id.to_le_bytes(),
-                &nc,
-            ],
-            &tag,
-        ) {
+        if client_proof(secret, &ns, peer, id, &nc)
+            .verify_slice(&tag)
+            .is_err()
+        {
             return Err(refused("bad link authentication"));
         }
         link.send_now(&LinkMsg::AuthOk {
-            mac: mac(secret, &[b"switchboard-link-v1 server", &nc, &ns]),
+            mac: finish(server_proof(secret, &nc, &ns)),
         })?;
         Ok((link, peer, id))
     }
@@ -268,26 +280,20 @@ impl Link {
             return Err(refused("the first frame was not Challenge"));
         };
         let nc = nonce()?;
-        let tag = mac(
-            secret,
-            &[
-                b"switchboard-link-v1 client",
-                &ns,
-                &[peer as u8],
-                &id.to_le_bytes(),
-                &nc,
-            ],
-        );
+        let proof = finish(client_proof(secret, &ns, peer, id, &nc));
         link.send_now(&LinkMsg::Auth {
             peer,
             id,
             nonce: nc,
-            mac: tag,
+            mac: proof,
         })?;
-        let LinkMsg::AuthOk { mac: tag } = link.recv_now()? else {
+        let LinkMsg::AuthOk { mac: answer } = link.recv_now()? else {
             return Err(refused("the server did not accept our authentication"));
         };
-        if !verify(secret, &[b"switchboard-link-v1 server", &nc, &ns], &tag) {
+        if server_proof(secret, &nc, &ns)
+            .verify_slice(&answer)
+            .is_err()
+        {
             return Err(refused("the server does not know the cluster secret"));
         }
         Ok(link)
