@@ -58,9 +58,22 @@ pub enum Command {
     /// The host against a tuning profile: check, diff, apply, rollback, render.
     #[command(subcommand)]
     Tune(crate::tune::TuneCommand),
+    /// The appliance's TLS certificate.
+    #[command(subcommand)]
+    Tls(TlsCommand),
     /// Operator commands on a router shard's storage log.
     #[command(subcommand)]
     Log(LogCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TlsCommand {
+    /// Prints the SHA-256 fingerprint clients pin; generates the self-signed certificate
+    /// in DATA/tls first if there is none (as `serve` would on first start).
+    Fingerprint {
+        #[arg(long, default_value = "./data")]
+        data: PathBuf,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -82,6 +95,24 @@ pub enum LogCommand {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Tls(TlsCommand::Fingerprint { data }) => {
+            let dir = data.join("tls");
+            let made = std::fs::create_dir_all(&dir)
+                .map_err(|e| format!("{}: {e}", dir.display()))
+                .and_then(|()| {
+                    gateway::tls::Identity::self_signed_in(&dir, &[]).map_err(|e| e.to_string())
+                });
+            match made {
+                Ok((id, _)) => {
+                    println!("{}", id.fingerprint());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("switchboard tls fingerprint: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
         Command::Gateway {
             id,
             config,
