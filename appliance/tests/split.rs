@@ -44,47 +44,9 @@ fn users_on_different_routers_exchange_messages_and_survive_a_router_kill() {
         dir.path().join("r1"),
         dir.path().join("gw"),
     );
-    let r0 = spawn(
-        None,
-        &[
-            "router",
-            "--id",
-            "0",
-            "--config",
-            cfg,
-            "--data",
-            d0.to_str().unwrap(),
-        ],
-        "switchboard: router 0 listening",
-    );
-    let r1 = spawn(
-        None,
-        &[
-            "router",
-            "--id",
-            "1",
-            "--config",
-            cfg,
-            "--data",
-            d1.to_str().unwrap(),
-        ],
-        "switchboard: router 1 listening",
-    );
-    let gw = spawn(
-        None,
-        &[
-            "gateway",
-            "--id",
-            "1",
-            "--config",
-            cfg,
-            "--listen",
-            "127.0.0.1:0",
-            "--data",
-            dg.to_str().unwrap(),
-        ],
-        "switchboard: gateway 1 listening",
-    );
+    let r0 = router(None, cfg, 0, &d0);
+    let r1 = router(None, cfg, 1, &d1);
+    let gw = gateway(None, cfg, "127.0.0.1:0", &dg);
     let (addr, fp) = (
         gw.listen_addr("switchboard: gateway 1 listening on "),
         gw.fingerprint(),
@@ -135,19 +97,7 @@ fn users_on_different_routers_exchange_messages_and_survive_a_router_kill() {
         }
     }
     r1.kill();
-    let r1 = spawn(
-        None,
-        &[
-            "router",
-            "--id",
-            "1",
-            "--config",
-            cfg,
-            "--data",
-            d1.to_str().unwrap(),
-        ],
-        "switchboard: router 1 listening",
-    );
+    let r1 = router(None, cfg, 1, &d1);
     // The gateway reconnects by itself (backoff ≤ 2 s); B logs in again and gets all ten.
     let deadline = Instant::now() + Duration::from_secs(15);
     let mut cb = loop {
@@ -182,19 +132,7 @@ fn a_peer_without_the_secret_gets_nothing_accepted_and_the_public_port_refuses_l
     let cfg = config(dir.path(), &routers, "127.0.0.1", None);
     let cfg = cfg.to_str().unwrap();
     let d0 = dir.path().join("r0");
-    let r0 = spawn(
-        None,
-        &[
-            "router",
-            "--id",
-            "0",
-            "--config",
-            cfg,
-            "--data",
-            d0.to_str().unwrap(),
-        ],
-        "switchboard: router 0 listening",
-    );
+    let r0 = router(None, cfg, 0, &d0);
 
     // A fake gateway: reads the challenge, answers with a made-up MAC, then tries a request.
     let mut s = TcpStream::connect(("127.0.0.1", p0)).unwrap();
@@ -231,21 +169,7 @@ fn a_peer_without_the_secret_gets_nothing_accepted_and_the_public_port_refuses_l
     );
 
     // Link bytes sent to a gateway's public (TLS) port go nowhere.
-    let gw = spawn(
-        None,
-        &[
-            "gateway",
-            "--id",
-            "1",
-            "--config",
-            cfg,
-            "--listen",
-            "127.0.0.1:0",
-            "--data",
-            dir.path().join("gw").to_str().unwrap(),
-        ],
-        "switchboard: gateway 1 listening",
-    );
+    let gw = gateway(None, cfg, "127.0.0.1:0", &dir.path().join("gw"));
     let addr = gw.listen_addr("switchboard: gateway 1 listening on ");
     let mut s = TcpStream::connect(&addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
@@ -281,34 +205,8 @@ fn a_full_link_stops_reading_the_client_instead_of_buffering_or_refusing() {
     std::fs::write(&cfg, text).unwrap();
     let cfg = cfg.to_str().unwrap();
     let d0 = dir.path().join("r0");
-    let r0 = spawn(
-        None,
-        &[
-            "router",
-            "--id",
-            "0",
-            "--config",
-            cfg,
-            "--data",
-            d0.to_str().unwrap(),
-        ],
-        "switchboard: router 0 listening",
-    );
-    let gw = spawn(
-        None,
-        &[
-            "gateway",
-            "--id",
-            "1",
-            "--config",
-            cfg,
-            "--listen",
-            "127.0.0.1:0",
-            "--data",
-            dir.path().join("gw").to_str().unwrap(),
-        ],
-        "switchboard: gateway 1 listening",
-    );
+    let r0 = router(None, cfg, 0, &d0);
+    let gw = gateway(None, cfg, "127.0.0.1:0", &dir.path().join("gw"));
     let (addr, fp) = (
         gw.listen_addr("switchboard: gateway 1 listening on "),
         gw.fingerprint(),
@@ -443,52 +341,14 @@ fn links_run_over_tls_when_configured() {
         );
     std::fs::write(&cfg, text).unwrap();
     let cfg = cfg.to_str().unwrap();
-    let r0 = spawn(
-        None,
-        &[
-            "router",
-            "--id",
-            "0",
-            "--config",
-            cfg,
-            "--data",
-            d0.to_str().unwrap(),
-        ],
-        "switchboard: router 0 listening",
-    );
+    let r0 = router(None, cfg, 0, &d0);
     assert!(
         r0.lines.last().unwrap().contains("with TLS"),
         "{:?}",
         r0.lines
     );
-    let r1 = spawn(
-        None,
-        &[
-            "router",
-            "--id",
-            "1",
-            "--config",
-            cfg,
-            "--data",
-            d1.to_str().unwrap(),
-        ],
-        "switchboard: router 1 listening",
-    );
-    let gw = spawn(
-        None,
-        &[
-            "gateway",
-            "--id",
-            "1",
-            "--config",
-            cfg,
-            "--listen",
-            "127.0.0.1:0",
-            "--data",
-            dg.to_str().unwrap(),
-        ],
-        "switchboard: gateway 1 listening",
-    );
+    let r1 = router(None, cfg, 1, &d1);
+    let gw = gateway(None, cfg, "127.0.0.1:0", &dg);
     let (addr, gfp) = (
         gw.listen_addr("switchboard: gateway 1 listening on "),
         gw.fingerprint(),

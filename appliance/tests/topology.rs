@@ -75,39 +75,12 @@ fn gateway_and_routers_over_a_private_network() {
         dir.path().join("r1"),
         dir.path().join("gw"),
     );
-    let router = |id: u16, d: &std::path::Path| {
-        spawn(
-            Some(&format!("{p}-r{id}")),
-            &[
-                "router",
-                "--id",
-                &id.to_string(),
-                "--config",
-                &cfg,
-                "--data",
-                d.to_str().unwrap(),
-            ],
-            &format!("switchboard: router {id} listening"),
-        )
-    };
-    let r0 = router(0, &d0);
-    let mut r1 = Some(router(1, &d1));
+    let start_router =
+        |id: u16, d: &std::path::Path| router(Some(&format!("{p}-r{id}")), &cfg, id, d);
+    let r0 = start_router(0, &d0);
+    let mut r1 = Some(start_router(1, &d1));
     let public = format!("10.201.{n}.1:7443");
-    let gw = spawn(
-        Some(&format!("{p}-gw")),
-        &[
-            "gateway",
-            "--id",
-            "1",
-            "--config",
-            &cfg,
-            "--listen",
-            &public,
-            "--data",
-            dg.to_str().unwrap(),
-        ],
-        "switchboard: gateway 1 listening",
-    );
+    let gw = gateway(Some(&format!("{p}-gw")), &cfg, &public, &dg);
     let fp = gw.fingerprint();
 
     // The client runs in the client namespace; the main thread restarts router 1 when asked.
@@ -214,7 +187,7 @@ fn gateway_and_routers_over_a_private_network() {
     });
     ask_rx.recv().unwrap();
     r1.take().unwrap().kill();
-    let r1 = router(1, &d1);
+    let r1 = start_router(1, &d1);
     done_tx.send(()).unwrap();
     let (acked, delivered) = client.join().unwrap();
     assert!(
@@ -246,39 +219,12 @@ fn offline_messages_survive_a_router_kill_and_intruders_get_nothing_over_the_top
         dir.path().join("r1"),
         dir.path().join("gw"),
     );
-    let router = |id: u16, d: &std::path::Path| {
-        spawn(
-            Some(&format!("{p}-r{id}")),
-            &[
-                "router",
-                "--id",
-                &id.to_string(),
-                "--config",
-                &cfg,
-                "--data",
-                d.to_str().unwrap(),
-            ],
-            &format!("switchboard: router {id} listening"),
-        )
-    };
-    let r0 = router(0, &d0);
-    let r1 = router(1, &d1);
+    let start_router =
+        |id: u16, d: &std::path::Path| router(Some(&format!("{p}-r{id}")), &cfg, id, d);
+    let r0 = start_router(0, &d0);
+    let r1 = start_router(1, &d1);
     let public = format!("10.201.{n}.1:7443");
-    let gw = spawn(
-        Some(&format!("{p}-gw")),
-        &[
-            "gateway",
-            "--id",
-            "1",
-            "--config",
-            &cfg,
-            "--listen",
-            &public,
-            "--data",
-            dg.to_str().unwrap(),
-        ],
-        "switchboard: gateway 1 listening",
-    );
+    let gw = gateway(Some(&format!("{p}-gw")), &cfg, &public, &dg);
     let fp = gw.fingerprint();
     let (a, b) = (phone_on(0, 1), phone_on(1, 1));
 
@@ -400,7 +346,7 @@ fn offline_messages_survive_a_router_kill_and_intruders_get_nothing_over_the_top
     });
     ask_rx.recv().unwrap();
     r1.kill();
-    let r1 = router(1, &d1);
+    let r1 = start_router(1, &d1);
     done_tx.send(()).unwrap();
     client.join().unwrap();
     let sms = std::fs::read_to_string(d0.join("sms.log")).unwrap_or_default();

@@ -64,6 +64,43 @@ pub fn spawn(netns: Option<&str>, args: &[&str], ready: &str) -> Proc {
     Proc { child, lines }
 }
 
+/// `switchboard router --id ID --config CFG --data DATA`, ready once it listens.
+pub fn router(netns: Option<&str>, cfg: &str, id: u16, data: &Path) -> Proc {
+    spawn(
+        netns,
+        &[
+            "router",
+            "--id",
+            &id.to_string(),
+            "--config",
+            cfg,
+            "--data",
+            data.to_str().unwrap(),
+        ],
+        &format!("switchboard: router {id} listening"),
+    )
+}
+
+/// `switchboard gateway --id 1 --config CFG --listen LISTEN --data DATA`, ready once it
+/// listens.
+pub fn gateway(netns: Option<&str>, cfg: &str, listen: &str, data: &Path) -> Proc {
+    spawn(
+        netns,
+        &[
+            "gateway",
+            "--id",
+            "1",
+            "--config",
+            cfg,
+            "--listen",
+            listen,
+            "--data",
+            data.to_str().unwrap(),
+        ],
+        "switchboard: gateway 1 listening",
+    )
+}
+
 impl Proc {
     pub fn kill(mut self) {
         self.child.kill().unwrap();
