@@ -3,6 +3,8 @@
 //! offline delivery, SIGKILL and restart, re-registration, wrong PINs, and bad input
 //! that closes one connection while others carry on.
 
+mod common;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -13,7 +15,7 @@ use client::{Client, ClientError, Incoming, Trust};
 use wire::frame::ReceiptKind;
 use wire::{ErrorCode, Key, Phone, Pin};
 
-const T: Duration = Duration::from_secs(10);
+use common::{deliver, T};
 
 struct Server {
     child: Child,
@@ -110,22 +112,6 @@ impl Server {
 
 fn phone(n: u64) -> Phone {
     Phone::new(n).unwrap()
-}
-
-fn deliver(c: &mut Client) -> (u64, Phone, u64, Vec<u8>) {
-    match c
-        .wait_for(T, |m| matches!(m, Incoming::Deliver { .. }))
-        .unwrap()
-    {
-        Incoming::Deliver {
-            seq,
-            from,
-            msg_id,
-            body,
-            ..
-        } => (seq, from, msg_id, body),
-        _ => unreachable!(),
-    }
 }
 
 fn receipt(c: &mut Client, kind: ReceiptKind) -> (u64, u64) {

@@ -13,22 +13,6 @@ use common::*;
 use wire::frame::ReceiptKind;
 use wire::Phone;
 
-fn deliver(c: &mut Client) -> (u64, Phone, u64, Vec<u8>) {
-    match c
-        .wait_for(T, |m| matches!(m, Incoming::Deliver { .. }))
-        .unwrap()
-    {
-        Incoming::Deliver {
-            seq,
-            from,
-            msg_id,
-            body,
-            ..
-        } => (seq, from, msg_id, body),
-        _ => unreachable!(),
-    }
-}
-
 #[test]
 fn users_on_different_routers_exchange_messages_and_survive_a_router_kill() {
     let dir = tempfile::tempdir().unwrap();
@@ -135,32 +119,8 @@ fn a_peer_without_the_secret_gets_nothing_accepted_and_the_public_port_refuses_l
     let r0 = router(None, cfg, 0, &d0);
 
     // A fake gateway: reads the challenge, answers with a made-up MAC, then tries a request.
-    let mut s = TcpStream::connect(("127.0.0.1", p0)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let mut challenge = [0u8; 40];
-    s.read_exact(&mut challenge).unwrap();
-    let mut buf = vec![];
-    wire::linkcodec::LinkMsg::Auth {
-        peer: wire::linkcodec::PeerKind::Gateway,
-        id: 9,
-        nonce: [1; 32],
-        mac: [2; 32],
-    }
-    .encode(&mut buf);
     let victim = Phone::new(15551234567).unwrap();
-    let req = wire::link::ToRouter::Register {
-        conn: wire::link::ConnId(9 << 56),
-        phone: victim,
-        source: "127.0.0.1".parse().unwrap(),
-    };
-    wire::linkcodec::LinkMsg::Req(req).encode(&mut buf);
-    let _ = s.write_all(&buf);
-    let mut rest = vec![];
-    let _ = s.read_to_end(&mut rest);
-    assert!(
-        rest.is_empty(),
-        "the router answered an unauthenticated peer: {rest:?}"
-    );
+    let buf = forged_gateway(&format!("127.0.0.1:{p0}"), victim, "127.0.0.1");
     std::thread::sleep(Duration::from_millis(300));
     let sms = std::fs::read_to_string(d0.join("sms.log")).unwrap_or_default();
     assert!(

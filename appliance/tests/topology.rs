@@ -236,32 +236,7 @@ fn offline_messages_survive_a_router_kill_and_intruders_get_nothing_over_the_top
     );
     std::thread::spawn(move || {
         enter(&gw_ns);
-        use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect(&r0_addr).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        let mut challenge = [0u8; 40];
-        s.read_exact(&mut challenge).unwrap();
-        let mut buf = vec![];
-        wire::linkcodec::LinkMsg::Auth {
-            peer: wire::linkcodec::PeerKind::Gateway,
-            id: 9,
-            nonce: [1; 32],
-            mac: [2; 32],
-        }
-        .encode(&mut buf);
-        let req = wire::link::ToRouter::Register {
-            conn: wire::link::ConnId(9 << 56),
-            phone: victim,
-            source: "10.0.0.9".parse().unwrap(),
-        };
-        wire::linkcodec::LinkMsg::Req(req).encode(&mut buf);
-        let _ = s.write_all(&buf);
-        let mut rest = vec![];
-        let _ = s.read_to_end(&mut rest);
-        assert!(
-            rest.is_empty(),
-            "the router answered an unauthenticated peer"
-        );
+        forged_gateway(&r0_addr, victim, "10.0.0.9");
     })
     .join()
     .unwrap();

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use client::{Client, Trust};
+use client::{Client, Incoming, Trust};
 use wire::{Key, Phone, Pin};
 
 pub const T: Duration = Duration::from_secs(10);
@@ -182,4 +182,54 @@ pub fn register(addr: &str, fp: &str, sms_log: &Path, p: Phone) -> (Client, Key)
     let key = c.verify(p, pin_from(sms_log, p), T).unwrap();
     c.login(p, key, T).unwrap();
     (c, key)
+}
+
+/// Waits for the next delivery: (seq, from, msg_id, body).
+pub fn deliver(c: &mut Client) -> (u64, Phone, u64, Vec<u8>) {
+    match c
+        .wait_for(T, |m| matches!(m, Incoming::Deliver { .. }))
+        .unwrap()
+    {
+        Incoming::Deliver {
+            seq,
+            from,
+            msg_id,
+            body,
+            ..
+        } => (seq, from, msg_id, body),
+        _ => unreachable!(),
+    }
+}
+
+/// Plays a gateway without the secret against the router at `addr`: reads the
+/// challenge, answers with a made-up MAC, then asks to register `victim` from `source`.
+/// Asserts the router sends nothing back; returns the bytes it wrote.
+pub fn forged_gateway(addr: &str, victim: Phone, source: &str) -> Vec<u8> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut challenge = [0u8; 40];
+    s.read_exact(&mut challenge).unwrap();
+    let mut buf = vec![];
+    wire::linkcodec::LinkMsg::Auth {
+        peer: wire::linkcodec::PeerKind::Gateway,
+        id: 9,
+        nonce: [1; 32],
+        mac: [2; 32],
+    }
+    .encode(&mut buf);
+    let req = wire::link::ToRouter::Register {
+        conn: wire::link::ConnId(9 << 56),
+        phone: victim,
+        source: source.parse().unwrap(),
+    };
+    wire::linkcodec::LinkMsg::Req(req).encode(&mut buf);
+    let _ = s.write_all(&buf);
+    let mut rest = vec![];
+    let _ = s.read_to_end(&mut rest);
+    assert!(
+        rest.is_empty(),
+        "the router answered an unauthenticated peer: {rest:?}"
+    );
+    buf
 }
