@@ -6,6 +6,7 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::fd::AsRawFd;
+use std::path::PathBuf;
 use std::process::Command;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -38,6 +39,68 @@ impl Drop for Topology {
     }
 }
 
+/// Two routers and a gateway on a topology: its namespaces (prefix `p`, subnet number
+/// `n`), the cluster config and the data directories.
+struct Site {
+    p: String,
+    n: u32,
+    cfg: String,
+    d0: PathBuf,
+    d1: PathBuf,
+    dg: PathBuf,
+    _dir: tempfile::TempDir,
+    _topo: Topology,
+}
+
+impl Site {
+    /// Builds the topology, or `None` (with a message) where namespaces cannot be made.
+    /// With `bind_interface`, the gateway's links must leave by its private interface
+    /// (SO_BINDTODEVICE).
+    fn up(p: &str, n: u32, bind_interface: bool) -> Option<Site> {
+        let Some(topo) = Topology::up(p, n) else {
+            eprintln!("SKIPPED: cannot build network namespaces here (needs root and iproute2)");
+            return None;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let routers = [
+            (0, format!("10.202.{n}.1:7500"), "0-7"),
+            (1, format!("10.202.{n}.2:7500"), "8-15"),
+        ];
+        let interface = bind_interface.then(|| format!("{p}-gw-i"));
+        let cfg = config(
+            dir.path(),
+            &routers,
+            &format!("10.202.{n}.10"),
+            interface.as_deref(),
+        );
+        Some(Site {
+            p: p.into(),
+            n,
+            cfg: cfg.to_str().unwrap().into(),
+            d0: dir.path().join("r0"),
+            d1: dir.path().join("r1"),
+            dg: dir.path().join("gw"),
+            _dir: dir,
+            _topo: topo,
+        })
+    }
+
+    fn router(&self, id: u16) -> Proc {
+        let data = if id == 0 { &self.d0 } else { &self.d1 };
+        router(Some(&format!("{}-r{id}", self.p)), &self.cfg, id, data)
+    }
+
+    /// The gateway's public (TLS) address.
+    fn public(&self) -> String {
+        format!("10.201.{}.1:7443", self.n)
+    }
+
+    fn gateway(&self) -> Proc {
+        let ns = format!("{}-gw", self.p);
+        gateway(Some(&ns), &self.cfg, &self.public(), &self.dg)
+    }
+}
+
 /// Moves the calling thread into a network namespace (sockets it opens live there).
 fn enter(ns: &str) {
     let f = std::fs::File::open(format!("/var/run/netns/{ns}")).unwrap();
@@ -53,34 +116,14 @@ fn enter(ns: &str) {
 fn gateway_and_routers_over_a_private_network() {
     let n = 20 + std::process::id() % 200;
     let p = format!("sb{}", std::process::id() % 100_000);
-    let Some(_topo) = Topology::up(&p, n) else {
-        eprintln!("SKIPPED: cannot build network namespaces here (needs root and iproute2)");
+    let Some(site) = Site::up(&p, n, true) else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let routers = [
-        (0, format!("10.202.{n}.1:7500"), "0-7"),
-        (1, format!("10.202.{n}.2:7500"), "8-15"),
-    ];
-    // The gateway's links must leave by its private interface (SO_BINDTODEVICE).
-    let cfg = config(
-        dir.path(),
-        &routers,
-        &format!("10.202.{n}.10"),
-        Some(&format!("{p}-gw-i")),
-    );
-    let cfg = cfg.to_str().unwrap().to_string();
-    let (d0, d1, dg) = (
-        dir.path().join("r0"),
-        dir.path().join("r1"),
-        dir.path().join("gw"),
-    );
-    let start_router =
-        |id: u16, d: &std::path::Path| router(Some(&format!("{p}-r{id}")), &cfg, id, d);
-    let r0 = start_router(0, &d0);
-    let mut r1 = Some(start_router(1, &d1));
-    let public = format!("10.201.{n}.1:7443");
-    let gw = gateway(Some(&format!("{p}-gw")), &cfg, &public, &dg);
+    let (d0, d1) = (site.d0.clone(), site.d1.clone());
+    let r0 = site.router(0);
+    let mut r1 = Some(site.router(1));
+    let public = site.public();
+    let gw = site.gateway();
     let fp = gw.fingerprint();
 
     // The client runs in the client namespace; the main thread restarts router 1 when asked.
@@ -187,7 +230,7 @@ fn gateway_and_routers_over_a_private_network() {
     });
     ask_rx.recv().unwrap();
     r1.take().unwrap().kill();
-    let r1 = start_router(1, &d1);
+    let r1 = site.router(1);
     done_tx.send(()).unwrap();
     let (acked, delivered) = client.join().unwrap();
     assert!(
@@ -203,28 +246,14 @@ fn gateway_and_routers_over_a_private_network() {
 fn offline_messages_survive_a_router_kill_and_intruders_get_nothing_over_the_topology() {
     let n = 20 + (std::process::id() + 101) % 200;
     let p = format!("sc{}", std::process::id() % 100_000);
-    let Some(_topo) = Topology::up(&p, n) else {
-        eprintln!("SKIPPED: cannot build network namespaces here (needs root and iproute2)");
+    let Some(site) = Site::up(&p, n, false) else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let routers = [
-        (0, format!("10.202.{n}.1:7500"), "0-7"),
-        (1, format!("10.202.{n}.2:7500"), "8-15"),
-    ];
-    let cfg = config(dir.path(), &routers, &format!("10.202.{n}.10"), None);
-    let cfg = cfg.to_str().unwrap().to_string();
-    let (d0, d1, dg) = (
-        dir.path().join("r0"),
-        dir.path().join("r1"),
-        dir.path().join("gw"),
-    );
-    let start_router =
-        |id: u16, d: &std::path::Path| router(Some(&format!("{p}-r{id}")), &cfg, id, d);
-    let r0 = start_router(0, &d0);
-    let r1 = start_router(1, &d1);
-    let public = format!("10.201.{n}.1:7443");
-    let gw = gateway(Some(&format!("{p}-gw")), &cfg, &public, &dg);
+    let (d0, d1) = (site.d0.clone(), site.d1.clone());
+    let r0 = site.router(0);
+    let r1 = site.router(1);
+    let public = site.public();
+    let gw = site.gateway();
     let fp = gw.fingerprint();
     let (a, b) = (phone_on(0, 1), phone_on(1, 1));
 
@@ -307,21 +336,14 @@ fn offline_messages_survive_a_router_kill_and_intruders_get_nothing_over_the_top
             }
         };
         for i in 0..10u64 {
-            match cb
-                .wait_for(T, |m| matches!(m, Incoming::Deliver { .. }))
-                .unwrap()
-            {
-                Incoming::Deliver { seq, msg_id, .. } => {
-                    assert_eq!(msg_id, i);
-                    cb.ack(seq).unwrap();
-                }
-                _ => unreachable!(),
-            }
+            let (seq, _, msg_id, _) = deliver(&mut cb);
+            assert_eq!(msg_id, i);
+            cb.ack(seq).unwrap();
         }
     });
     ask_rx.recv().unwrap();
     r1.kill();
-    let r1 = start_router(1, &d1);
+    let r1 = site.router(1);
     done_tx.send(()).unwrap();
     client.join().unwrap();
     let sms = std::fs::read_to_string(d0.join("sms.log")).unwrap_or_default();
