@@ -105,7 +105,8 @@ pub struct Client {
     closed: Option<(ErrorCode, String)>,
 }
 
-fn tls_config(trust: &Trust) -> Result<Arc<ClientConfig>, ClientError> {
+/// The rustls client configuration for `trust` (aws-lc-rs; TLS 1.3 and 1.2).
+pub fn tls_config(trust: &Trust) -> Result<Arc<ClientConfig>, ClientError> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let builder = ClientConfig::builder_with_provider(Arc::clone(&provider))
         .with_safe_default_protocol_versions()?;

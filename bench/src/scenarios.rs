@@ -1,0 +1,1188 @@
+//! The scenarios. Each starts (or finds) the server, brings its clients up, samples the
+//! server before and after the measured part, and reports.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use hdrhistogram::serialization::{Deserializer, Serializer, V2Serializer};
+use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use wire::frame::Frame;
+use wire::{Key, Phone};
+
+use crate::engine::{Ev, Fleet, PinBook};
+use crate::login::{self, hist, login_all, Keys, Outcome, Plan};
+use crate::pairs::{Pairs, BUCKET};
+use crate::report::{chart, median, Report};
+use crate::server::{sample, Sample, Server, SpawnSpec};
+use crate::Common;
+
+type R<T> = Result<T, String>;
+
+/// The server and how to talk to it.
+struct Target {
+    server: Server,
+    tls: Arc<rustls::ClientConfig>,
+}
+
+impl Target {
+    fn new(c: &Common) -> R<Target> {
+        let s = &c.server;
+        let server = match s.addr {
+            Some(addr) => Server::existing(
+                addr,
+                s.fingerprint.clone().expect("clap requires it"),
+                s.sms_logs.clone(),
+                s.server_pids.clone(),
+            ),
+            None => Server::spawn(&SpawnSpec {
+                exe: s.switchboard.clone().unwrap_or_else(|| {
+                    std::env::current_exe()
+                        .ok()
+                        .and_then(|p| p.parent().map(|d| d.join("switchboard")))
+                        .unwrap_or_else(|| PathBuf::from("switchboard"))
+                }),
+                gateways: s.gateways,
+                workers: s.workers,
+                cpus: s.server_cpus.clone(),
+                extra_toml: s.server_toml.clone(),
+            })?,
+        };
+        let tls = tls(&server.fingerprint, c.full_handshakes)?;
+        Ok(Target { server, tls })
+    }
+
+    fn fleet(&self) -> R<Fleet> {
+        Fleet::new(
+            self.server.addr,
+            self.tls.clone(),
+            PinBook::new(self.server.sms_logs.clone()),
+        )
+        .map_err(|e| format!("poll: {e}"))
+    }
+
+    fn sample(&self) -> R<Sample> {
+        sample(&self.server.pids)
+    }
+}
+
+fn tls(fingerprint: &str, full: bool) -> R<Arc<rustls::ClientConfig>> {
+    let base = client::tls_config(&client::Trust::Fingerprint(fingerprint.into()))
+        .map_err(|e| e.to_string())?;
+    let mut c = (*base).clone();
+    if full {
+        c.resumption = rustls::client::Resumption::disabled();
+    }
+    Ok(Arc::new(c))
+}
+
+fn phones(first: u64, n: u64) -> R<Vec<Phone>> {
+    (first..first + n)
+        .map(|p| Phone::new(p).ok_or_else(|| format!("{p} is not a valid phone number")))
+        .collect()
+}
+
+fn keys(c: &Common) -> R<Keys> {
+    match &c.keys {
+        Some(p) => Keys::load(p),
+        None => Ok(Keys::default()),
+    }
+}
+
+fn save_keys(c: &Common, new: &[(Phone, Key)]) -> R<()> {
+    match &c.keys {
+        Some(p) if !new.is_empty() => Keys::append(p, new),
+        _ => Ok(()),
+    }
+}
+
+fn bar(n: u64, what: &str) -> ProgressBar {
+    let b = ProgressBar::new(n);
+    b.set_style(
+        ProgressStyle::with_template("{msg:>12} [{bar:40}] {pos}/{len} {per_sec} eta {eta}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    b.set_message(what.to_string());
+    b
+}
+
+fn spinner(what: String) -> ProgressBar {
+    let b = ProgressBar::new_spinner();
+    b.set_message(what);
+    b.enable_steady_tick(Duration::from_millis(200));
+    b
+}
+
+/// Waits (up to 30 s) until the server's RSS stops falling.
+fn settle(t: &Target) -> R<()> {
+    let sp = spinner("server memory settling".into());
+    let started = Instant::now();
+    let mut last = t.sample()?.rss();
+    let mut quiet = 0;
+    while quiet < 3 && started.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_secs(1));
+        let now = t.sample()?.rss();
+        if now + 64 * 1024 >= last {
+            quiet += 1;
+        } else {
+            quiet = 0;
+        }
+        last = last.min(now);
+    }
+    sp.finish_and_clear();
+    Ok(())
+}
+
+fn self_cpu() -> f64 {
+    crate::server::sample_proc(std::process::id()).map_or(0.0, |s| s.cpu_s)
+}
+
+fn check_logins(what: &str, o: &Outcome) -> R<()> {
+    if o.failed > 0 {
+        return Err(format!(
+            "{what}: {} of {} clients did not log in: {}",
+            o.failed,
+            o.ids.len(),
+            o.errors.join("; ")
+        ));
+    }
+    Ok(())
+}
+
+/// Brings phones up in this process (registering those without keys), saving new keys.
+fn bring_up(
+    fleet: &mut Fleet,
+    c: &Common,
+    keys: &Keys,
+    phones: &[Phone],
+    what: &str,
+    close_when_ready: bool,
+    other: &mut dyn FnMut(&mut Fleet, Ev),
+) -> R<Outcome> {
+    let b = bar(phones.len() as u64, what);
+    let o = login_all(
+        fleet,
+        &Plan {
+            phones,
+            keys,
+            sources: &[],
+            rate: 0.0,
+            inflight: c.inflight,
+            attempts: 3,
+            deadline: Duration::from_secs(60 + phones.len() as u64 / 500),
+            close_when_ready,
+        },
+        other,
+        &mut |ready, failed| b.set_position(ready + failed),
+    );
+    b.finish_and_clear();
+    save_keys(c, &o.new_keys)?;
+    check_logins(what, &o)?;
+    Ok(o)
+}
+
+fn finish(report: &Report, c: &Common) -> R<()> {
+    report.print();
+    if let Some(p) = &c.json {
+        report.write_json(p)?;
+        println!("  report: {}", p.display());
+    }
+    if report.errors.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("{} error(s), see above", report.errors.len()))
+    }
+}
+
+fn timeline(p: &Pairs) -> Vec<(f64, f64)> {
+    let per_s = 1.0 / BUCKET.as_secs_f64();
+    p.timeline
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (i as f64 * BUCKET.as_secs_f64(), *n as f64 * per_s))
+        .collect()
+}
+
+// ---------------------------------------------------------------------------- pairs
+
+#[derive(Args, Clone, Debug)]
+pub struct PairsArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Sender→receiver pairs.
+    #[arg(long, default_value_t = 100)]
+    pub pairs: u64,
+    /// Unacknowledged messages per pair.
+    #[arg(long, default_value_t = 10)]
+    pub window: u32,
+    /// Body bytes (at least 8: the send time travels in it).
+    #[arg(long, default_value_t = 100)]
+    pub body: usize,
+    /// Measured seconds per run.
+    #[arg(long, default_value_t = 20.0)]
+    pub duration: f64,
+    /// Seconds of warm-up before the first run.
+    #[arg(long, default_value_t = 2.0)]
+    pub warmup: f64,
+    /// Measured runs (the report gives each and the median).
+    #[arg(long, default_value_t = 1)]
+    pub runs: u32,
+}
+
+/// Turns the fleet for `d`, feeding the pairs. `stop` ends early when it returns true.
+fn run_pairs_for(fleet: &mut Fleet, p: &mut Pairs, d: Duration, errors: &mut Vec<String>) -> R<()> {
+    let until = Instant::now() + d;
+    let mut evs = Vec::new();
+    while Instant::now() < until {
+        fleet
+            .turn(Duration::from_millis(10), &mut evs)
+            .map_err(|e| format!("poll: {e}"))?;
+        for ev in evs.drain(..) {
+            match p.on(fleet, &ev) {
+                Ok(_) => {}
+                Err(e) => {
+                    errors.push(e.clone());
+                    return Err(e);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+pub fn pairs(a: PairsArgs) -> R<()> {
+    if a.pairs == 0 || a.window == 0 || a.body < 8 || a.runs == 0 {
+        return Err("--pairs, --window and --runs must be at least 1, --body at least 8".into());
+    }
+    let c = &a.common;
+    let t = Target::new(c)?;
+    let keys = keys(c)?;
+    let phones = phones(c.first_phone.unwrap_or(16_000_000_000), 2 * a.pairs)?;
+    let mut fleet = t.fleet()?;
+    let o = bring_up(
+        &mut fleet,
+        c,
+        &keys,
+        &phones,
+        "logging in",
+        false,
+        &mut |_, _| {},
+    )?;
+    let ids: Vec<usize> = o.ids.iter().map(|i| i.expect("all up")).collect();
+    let mut p = Pairs::new(&ids, &phones, a.window, a.body);
+    let mut report = Report::new(
+        "pairs",
+        json!({"pairs": a.pairs, "window": a.window, "body": a.body, "duration_s": a.duration,
+               "warmup_s": a.warmup, "runs": a.runs, "server": t.server.addr.to_string(),
+               "server_processes": t.server.pids.len()}),
+    );
+    p.start(&mut fleet);
+    let sp = spinner("warming up".into());
+    run_pairs_for(
+        &mut fleet,
+        &mut p,
+        Duration::from_secs_f64(a.warmup),
+        &mut report.errors,
+    )?;
+    let (mut rates, mut p50s, mut p99s, mut p999s, mut cpus, mut own) =
+        (vec![], vec![], vec![], vec![], vec![], vec![]);
+    let mut all = hist();
+    for run in 1..=a.runs {
+        sp.set_message(format!("run {run}/{}", a.runs));
+        let s0 = t.sample()?;
+        let me0 = self_cpu();
+        if run == 1 {
+            report.server_before = s0.clone();
+        }
+        p.measure();
+        let started = Instant::now();
+        run_pairs_for(
+            &mut fleet,
+            &mut p,
+            Duration::from_secs_f64(a.duration),
+            &mut report.errors,
+        )?;
+        p.measuring = false;
+        let el = started.elapsed().as_secs_f64();
+        let s1 = t.sample()?;
+        let rate = p.delivered as f64 / el;
+        let n = p.delivered.max(1) as f64;
+        let cpu = (s1.cpu() - s0.cpu()) * 1e6 / n;
+        let me = (self_cpu() - me0) * 1e6 / n;
+        report.add(format!("run {run}: delivered"), rate, "msgs/s");
+        report.add(
+            format!("run {run}: latency p50"),
+            p.hist.value_at_quantile(0.5) as f64,
+            "µs",
+        );
+        report.add(
+            format!("run {run}: latency p99"),
+            p.hist.value_at_quantile(0.99) as f64,
+            "µs",
+        );
+        report.add(format!("run {run}: server CPU"), cpu, "µs/msg");
+        rates.push(rate);
+        p50s.push(p.hist.value_at_quantile(0.5) as f64);
+        p99s.push(p.hist.value_at_quantile(0.99) as f64);
+        p999s.push(p.hist.value_at_quantile(0.999) as f64);
+        cpus.push(cpu);
+        own.push(me);
+        let _ = all.add(&p.hist);
+        report.server_after = s1;
+    }
+    sp.finish_and_clear();
+    report.add("delivered (median)", median(rates), "msgs/s");
+    report.add("latency p50 (median)", median(p50s), "µs");
+    report.add("latency p99 (median)", median(p99s), "µs");
+    report.add("latency p999 (median)", median(p999s), "µs");
+    report.add("server CPU per message (median)", median(cpus), "µs");
+    report.add("load generator CPU per message (median)", median(own), "µs");
+    report.add(
+        "server RSS",
+        report.server_after.rss() as f64 / 1048576.0,
+        "MiB",
+    );
+    report.add("server threads", report.server_after.threads() as f64, "");
+    report.add("refused sends", p.refused as f64, "");
+    if let Some(svg) = &c.svg {
+        chart(
+            svg,
+            &format!(
+                "pairs: {} pairs, window {}, {} B",
+                a.pairs, a.window, a.body
+            ),
+            &all,
+            &timeline(&p),
+        )?;
+    }
+    finish(&report, c)
+}
+
+// -------------------------------------------------------------------------- offline
+
+#[derive(Args, Clone, Debug)]
+pub struct OfflineArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Messages queued in all.
+    #[arg(long, default_value_t = 100_000)]
+    pub messages: u64,
+    /// Offline recipients (messages spread evenly over them).
+    #[arg(long, default_value_t = 100)]
+    pub users: u64,
+    /// Connected senders.
+    #[arg(long, default_value_t = 10)]
+    pub senders: u64,
+    /// Unacknowledged (not yet stored) messages per sender while queueing.
+    #[arg(long, default_value_t = 200)]
+    pub window: u64,
+    /// Body bytes.
+    #[arg(long, default_value_t = 100)]
+    pub body: usize,
+    /// Seconds allowed for the drain before it counts as failed.
+    #[arg(long, default_value_t = 120.0)]
+    pub timeout: f64,
+}
+
+pub fn offline(a: OfflineArgs) -> R<()> {
+    if a.messages == 0 || a.users == 0 || a.senders == 0 || a.window == 0 {
+        return Err("--messages, --users, --senders and --window must be at least 1".into());
+    }
+    let c = &a.common;
+    let t = Target::new(c)?;
+    let keys = keys(c)?;
+    let first = c.first_phone.unwrap_or(17_000_000_000);
+    let users = phones(first, a.users)?;
+    let senders = phones(first + a.users, a.senders)?;
+    let mut fleet = t.fleet()?;
+    let mut report = Report::new(
+        "offline",
+        json!({"messages": a.messages, "users": a.users, "senders": a.senders,
+               "window": a.window, "body": a.body, "server": t.server.addr.to_string()}),
+    );
+    // Recipients register (if needed) and leave; senders stay.
+    let up = bring_up(
+        &mut fleet,
+        c,
+        &keys,
+        &users,
+        "recipients",
+        true,
+        &mut |_, _| {},
+    )?;
+    let mut keys = keys;
+    for (p, k) in &up.new_keys {
+        keys.0.insert(p.get(), *k);
+    }
+    let o = bring_up(
+        &mut fleet,
+        c,
+        &keys,
+        &senders,
+        "senders",
+        false,
+        &mut |_, _| {},
+    )?;
+    let sids: Vec<usize> = o.ids.iter().map(|i| i.expect("all up")).collect();
+
+    // Queue: each sender keeps `window` sends not yet acknowledged by the server.
+    let body = vec![0x42u8; a.body];
+    let (mut sent, mut stored) = (0u64, 0u64);
+    let mut inflight = vec![0u64; sids.len()];
+    let b = bar(a.messages, "queueing");
+    let q0 = Instant::now();
+    let mut evs = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs_f64(a.timeout);
+    while stored < a.messages {
+        for (k, id) in sids.iter().enumerate() {
+            while inflight[k] < a.window && sent < a.messages {
+                let to = users[(sent % a.users) as usize];
+                fleet.send(
+                    *id,
+                    Frame::Send {
+                        to,
+                        msg_id: sent,
+                        body: &body,
+                    },
+                );
+                sent += 1;
+                inflight[k] += 1;
+            }
+        }
+        fleet
+            .turn(Duration::from_millis(10), &mut evs)
+            .map_err(|e| format!("poll: {e}"))?;
+        for ev in evs.drain(..) {
+            match ev {
+                Ev::ServerAck { id, .. } => {
+                    if let Some(k) = sids.iter().position(|s| *s == id) {
+                        inflight[k] -= 1;
+                        stored += 1;
+                    }
+                }
+                Ev::Refused { code, .. } => {
+                    return Err(format!("a send was refused while queueing: {code:?}"))
+                }
+                Ev::Closed { why, .. } => return Err(format!("a sender was closed: {why}")),
+                _ => {}
+            }
+        }
+        b.set_position(stored);
+        if Instant::now() > deadline {
+            return Err(format!(
+                "queueing: {stored} of {} stored in time",
+                a.messages
+            ));
+        }
+    }
+    b.finish_and_clear();
+    let queue_s = q0.elapsed().as_secs_f64();
+    std::thread::sleep(Duration::from_millis(300));
+
+    // Drain: the recipients connect at once; every delivery is acknowledged.
+    report.server_before = t.sample()?;
+    let me0 = self_cpu();
+    let b = bar(a.messages, "draining");
+    let d0 = Instant::now();
+    let delivered = std::cell::Cell::new(0u64);
+    let last = std::cell::Cell::new(d0);
+    let handle = |fleet: &mut Fleet, ev: Ev| match ev {
+        Ev::Deliver { id, seq, .. } => {
+            fleet.send(id, Frame::Ack { seq });
+            delivered.set(delivered.get() + 1);
+            last.set(Instant::now());
+        }
+        Ev::Receipt { id, seq } => {
+            fleet.send(id, Frame::Ack { seq });
+        }
+        _ => {}
+    };
+    let logins = login_all(
+        &mut fleet,
+        &Plan {
+            phones: &users,
+            keys: &keys,
+            sources: &[],
+            rate: 0.0,
+            inflight: users.len().max(1),
+            attempts: 1,
+            deadline: Duration::from_secs_f64(a.timeout),
+            close_when_ready: false,
+        },
+        &mut |f, ev| handle(f, ev),
+        &mut |_, _| {},
+    );
+    check_logins("recipients", &logins)?;
+    let deadline = d0 + Duration::from_secs_f64(a.timeout);
+    loop {
+        let d = delivered.get();
+        b.set_position(d);
+        if d >= a.messages || Instant::now() > deadline {
+            break;
+        }
+        fleet
+            .turn(Duration::from_millis(10), &mut evs)
+            .map_err(|e| format!("poll: {e}"))?;
+        for ev in evs.drain(..) {
+            handle(&mut fleet, ev);
+        }
+    }
+    b.finish_and_clear();
+    let drain_s = (last.get() - d0).as_secs_f64();
+    // Let the last acks reach the server before its cost is read.
+    let until = Instant::now() + Duration::from_millis(300);
+    while Instant::now() < until {
+        fleet
+            .turn(Duration::from_millis(10), &mut evs)
+            .map_err(|e| format!("poll: {e}"))?;
+        for ev in evs.drain(..) {
+            handle(&mut fleet, ev);
+        }
+    }
+    report.server_after = t.sample()?;
+    let delivered = delivered.get();
+    let n = delivered.max(1) as f64;
+    report.add("queued", a.messages as f64, "msgs");
+    report.add("queue rate", a.messages as f64 / queue_s, "msgs/s");
+    report.add("pending reported at login", logins.pending as f64, "msgs");
+    report.add("delivered", delivered as f64, "msgs");
+    report.add("drain time", drain_s, "s");
+    report.add("drain rate", delivered as f64 / drain_s.max(1e-9), "msgs/s");
+    report.add(
+        "server CPU per drained message",
+        (report.server_after.cpu() - report.server_before.cpu()) * 1e6 / n,
+        "µs",
+    );
+    report.add(
+        "load generator CPU per drained message",
+        (self_cpu() - me0) * 1e6 / n,
+        "µs",
+    );
+    if delivered < a.messages {
+        report.errors.push(format!(
+            "only {delivered} of {} messages delivered within {} s",
+            a.messages, a.timeout
+        ));
+    }
+    finish(&report, c)
+}
+
+// ---------------------------------------------------------------------------- storm
+
+#[derive(Args, Clone, Debug)]
+pub struct StormArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Clients that drop and reconnect at once.
+    #[arg(long, default_value_t = 10_000)]
+    pub clients: u64,
+    /// Pairs running through the storm.
+    #[arg(long, default_value_t = 10)]
+    pub pairs: u64,
+    #[arg(long, default_value_t = 1)]
+    pub window: u32,
+    /// Seconds of pairs before the storm (the baseline).
+    #[arg(long, default_value_t = 3.0)]
+    pub before: f64,
+    /// Rate at which the clients first come up (per second; 0: unlimited).
+    #[arg(long, default_value_t = 5000.0)]
+    pub ramp: f64,
+}
+
+pub fn storm(a: StormArgs) -> R<()> {
+    if a.clients == 0 || a.pairs == 0 || a.window == 0 {
+        return Err("--clients, --pairs and --window must be at least 1".into());
+    }
+    let c = &a.common;
+    let t = Target::new(c)?;
+    let mut keys = keys(c)?;
+    let first = c.first_phone.unwrap_or(18_000_000_000);
+    let pair_phones = phones(first, 2 * a.pairs)?;
+    let clients = phones(first + 2 * a.pairs, a.clients)?;
+    let mut fleet = t.fleet()?;
+    let mut report = Report::new(
+        "storm",
+        json!({"clients": a.clients, "pairs": a.pairs, "window": a.window,
+               "before_s": a.before, "server": t.server.addr.to_string()}),
+    );
+    let o = bring_up(
+        &mut fleet,
+        c,
+        &keys,
+        &pair_phones,
+        "pairs",
+        false,
+        &mut |_, _| {},
+    )?;
+    let ids: Vec<usize> = o.ids.iter().map(|i| i.expect("all up")).collect();
+    // Clients register once (if needed), then come up at the ramp rate.
+    let reg: Vec<Phone> = clients
+        .iter()
+        .copied()
+        .filter(|p| keys.get(*p).is_none())
+        .collect();
+    if !reg.is_empty() {
+        let r = bring_up(
+            &mut fleet,
+            c,
+            &keys,
+            &reg,
+            "registering",
+            true,
+            &mut |_, _| {},
+        )?;
+        for (p, k) in r.new_keys {
+            keys.0.insert(p.get(), k);
+        }
+    }
+    let mut p = Pairs::new(&ids, &pair_phones, a.window, 100);
+    p.start(&mut fleet);
+    let mut err: Option<String> = None;
+    let b = bar(a.clients, "clients up");
+    let up = login_all(
+        &mut fleet,
+        &Plan {
+            phones: &clients,
+            keys: &keys,
+            sources: &[],
+            rate: a.ramp,
+            inflight: c.inflight,
+            attempts: 3,
+            deadline: Duration::from_secs(120 + a.clients / 100),
+            close_when_ready: false,
+        },
+        &mut |f, ev| {
+            if let Err(e) = p.on(f, &ev) {
+                err.get_or_insert(e);
+            }
+        },
+        &mut |r, f| b.set_position(r + f),
+    );
+    b.finish_and_clear();
+    check_logins("clients", &up)?;
+    if let Some(e) = err.take() {
+        return Err(e);
+    }
+    // Baseline.
+    let sp = spinner("baseline".into());
+    p.measure();
+    run_pairs_for(
+        &mut fleet,
+        &mut p,
+        Duration::from_secs_f64(a.before),
+        &mut report.errors,
+    )?;
+    let before = p.hist.clone();
+    sp.finish_and_clear();
+
+    // The storm: every client drops at once, then all reconnect.
+    report.server_before = t.sample()?;
+    let storm_at = Instant::now();
+    for id in up.ids.iter().flatten() {
+        fleet.close(*id, false);
+    }
+    p.measure();
+    let b = bar(a.clients, "reconnecting");
+    let back = login_all(
+        &mut fleet,
+        &Plan {
+            phones: &clients,
+            keys: &keys,
+            sources: &[],
+            rate: 0.0,
+            inflight: c.inflight.max(a.clients as usize),
+            attempts: 3,
+            deadline: Duration::from_secs(120 + a.clients / 100),
+            close_when_ready: false,
+        },
+        &mut |f, ev| {
+            if let Err(e) = p.on(f, &ev) {
+                err.get_or_insert(e);
+            }
+        },
+        &mut |r, f| b.set_position(r + f),
+    );
+    b.finish_and_clear();
+    let all_back = storm_at.elapsed();
+    p.measuring = false;
+    report.server_after = t.sample()?;
+    let during = p.hist.clone();
+    if let Some(e) = err.take() {
+        report.errors.push(e);
+    }
+    if back.failed > 0 {
+        report.errors.push(format!(
+            "{} clients did not come back: {}",
+            back.failed,
+            back.errors.join("; ")
+        ));
+    }
+    report.add("clients", a.clients as f64, "");
+    report.add("all back after", all_back.as_secs_f64(), "s");
+    report.add(
+        "reconnect handshake p50",
+        back.handshake.value_at_quantile(0.5) as f64,
+        "µs",
+    );
+    report.add(
+        "reconnect login p99",
+        back.login.value_at_quantile(0.99) as f64,
+        "µs",
+    );
+    report.add(
+        "pairs p50 before",
+        before.value_at_quantile(0.5) as f64,
+        "µs",
+    );
+    report.add(
+        "pairs p99 before",
+        before.value_at_quantile(0.99) as f64,
+        "µs",
+    );
+    report.add(
+        "pairs p50 during",
+        during.value_at_quantile(0.5) as f64,
+        "µs",
+    );
+    report.add(
+        "pairs p99 during",
+        during.value_at_quantile(0.99) as f64,
+        "µs",
+    );
+    report.add("pairs messages during", during.len() as f64, "msgs");
+    report.add(
+        "server CPU per reconnect",
+        (report.server_after.cpu() - report.server_before.cpu()) * 1e6 / a.clients as f64,
+        "µs",
+    );
+    if let Some(svg) = &c.svg {
+        chart(
+            svg,
+            &format!(
+                "storm: {} clients reconnect; pairs' latency during it",
+                a.clients
+            ),
+            &during,
+            &timeline(&p),
+        )?;
+    }
+    finish(&report, c)
+}
+
+// -------------------------------------------------------------------------- connect
+
+#[derive(Args, Clone, Debug)]
+pub struct ConnectArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Clients.
+    #[arg(long, default_value_t = 10_000)]
+    pub clients: u64,
+    /// Seconds to hold them idle once all are up (the memory is read at the end).
+    #[arg(long, default_value_t = 5.0)]
+    pub hold: f64,
+    /// New connections per second, over all child processes (0: unlimited).
+    #[arg(long, default_value_t = 5000.0)]
+    pub rate: f64,
+    /// Clients per child process (each process can hold about 19,900 descriptors here).
+    #[arg(long, default_value_t = 15_000)]
+    pub per_child: u64,
+    /// Source addresses: child k connects from 127.0.0.(2+k) (loopback only).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub spread_sources: bool,
+}
+
+/// What a child of `connect` is asked to do.
+#[derive(Serialize, Deserialize)]
+struct ChildSpec {
+    addr: SocketAddr,
+    fingerprint: String,
+    sms_logs: Vec<PathBuf>,
+    full_handshakes: bool,
+    keys: Option<PathBuf>,
+    first_phone: u64,
+    count: u64,
+    source: Option<IpAddr>,
+    rate: f64,
+    inflight: usize,
+    /// Register the phones without keys and leave, instead of holding.
+    register_only: bool,
+}
+
+/// A child's lines on stdout.
+#[derive(Serialize, Deserialize)]
+enum ChildMsg {
+    Progress {
+        ready: u64,
+        failed: u64,
+    },
+    Keys(Vec<(u64, String)>),
+    Done {
+        ready: u64,
+        failed: u64,
+        errors: Vec<String>,
+        handshake: String,
+        login: String,
+        elapsed_s: f64,
+    },
+}
+
+fn hist_hex(h: &Histogram<u64>) -> String {
+    let mut buf = Vec::new();
+    let _ = V2Serializer::new().serialize(h, &mut buf);
+    buf.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn hist_from_hex(s: &str) -> Option<Histogram<u64>> {
+    let bytes: Option<Vec<u8>> = (0..s.len() / 2)
+        .map(|i| u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok())
+        .collect();
+    Deserializer::new().deserialize(&mut &bytes?[..]).ok()
+}
+
+fn say(m: &ChildMsg) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{}", serde_json::to_string(m).expect("serializable"));
+    let _ = out.flush();
+}
+
+/// One child of `connect`: brings its phones up, reports, holds them until its stdin
+/// closes (the parent is done or gone).
+pub fn child(spec: &str) -> R<()> {
+    let s: ChildSpec = serde_json::from_str(spec).map_err(|e| format!("child spec: {e}"))?;
+    let keys = match &s.keys {
+        Some(p) => Keys::load(p)?,
+        None => Keys::default(),
+    };
+    let all = phones(s.first_phone, s.count)?;
+    let phones: Vec<Phone> = if s.register_only {
+        all.into_iter().filter(|p| keys.get(*p).is_none()).collect()
+    } else {
+        all
+    };
+    let mut fleet = Fleet::new(
+        s.addr,
+        tls(&s.fingerprint, s.full_handshakes)?,
+        PinBook::new(s.sms_logs.clone()),
+    )
+    .map_err(|e| format!("poll: {e}"))?;
+    let sources: Vec<IpAddr> = s.source.into_iter().collect();
+    let mut last = Instant::now();
+    let o = login_all(
+        &mut fleet,
+        &Plan {
+            phones: &phones,
+            keys: &keys,
+            sources: &sources,
+            rate: s.rate,
+            inflight: s.inflight,
+            attempts: 3,
+            deadline: Duration::from_secs(300 + s.count / 100),
+            close_when_ready: s.register_only,
+        },
+        &mut |_, _| {},
+        &mut |ready, failed| {
+            if last.elapsed() > Duration::from_millis(200) {
+                last = Instant::now();
+                say(&ChildMsg::Progress { ready, failed });
+            }
+        },
+    );
+    if !o.new_keys.is_empty() {
+        for chunk in o.new_keys.chunks(1000) {
+            say(&ChildMsg::Keys(
+                chunk
+                    .iter()
+                    .map(|(p, k)| (p.get(), login::key_hex(k)))
+                    .collect(),
+            ));
+        }
+    }
+    say(&ChildMsg::Done {
+        ready: o.ids.len() as u64 - o.failed,
+        failed: o.failed,
+        errors: o.errors.clone(),
+        handshake: hist_hex(&o.handshake),
+        login: hist_hex(&o.login),
+        elapsed_s: o.elapsed.as_secs_f64(),
+    });
+    if s.register_only {
+        return Ok(());
+    }
+    // Hold: answer pings until the parent closes our stdin.
+    let stop = Arc::new(AtomicBool::new(false));
+    let stop2 = stop.clone();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = std::io::stdin().read_line(&mut line);
+        stop2.store(true, Ordering::Release);
+    });
+    let mut evs = Vec::new();
+    while !stop.load(Ordering::Acquire) {
+        fleet
+            .turn(Duration::from_millis(100), &mut evs)
+            .map_err(|e| format!("poll: {e}"))?;
+        evs.clear();
+    }
+    Ok(())
+}
+
+struct Children {
+    procs: Vec<std::process::Child>,
+    rx: std::sync::mpsc::Receiver<(usize, ChildMsg)>,
+}
+
+fn spawn_children(specs: Vec<ChildSpec>) -> R<Children> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut procs = Vec::new();
+    for (k, s) in specs.into_iter().enumerate() {
+        let mut p = Command::new(&exe)
+            .arg("child")
+            .arg(serde_json::to_string(&s).expect("serializable"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(|e| format!("{}: {e}", exe.display()))?;
+        let out = p.stdout.take().expect("piped");
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            for l in BufReader::new(out).lines().map_while(Result::ok) {
+                if let Ok(m) = serde_json::from_str::<ChildMsg>(&l) {
+                    if tx.send((k, m)).is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        procs.push(p);
+    }
+    Ok(Children { procs, rx })
+}
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        for p in &mut self.procs {
+            drop(p.stdin.take());
+        }
+        for p in &mut self.procs {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline && !matches!(p.try_wait(), Ok(Some(_))) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = p.kill();
+            let _ = p.wait();
+        }
+    }
+}
+
+struct Gathered {
+    ready: u64,
+    failed: u64,
+    errors: Vec<String>,
+    handshake: Histogram<u64>,
+    login: Histogram<u64>,
+    slowest_child_s: f64,
+}
+
+/// Reads the children's lines until every one is done; saves keys as they come.
+fn gather(ch: &Children, c: &Common, total: u64, what: &str) -> R<Gathered> {
+    let b = bar(total, what);
+    let mut progress = vec![0u64; ch.procs.len()];
+    let mut done = 0;
+    let mut g = Gathered {
+        ready: 0,
+        failed: 0,
+        errors: vec![],
+        handshake: hist(),
+        login: hist(),
+        slowest_child_s: 0.0,
+    };
+    while done < ch.procs.len() {
+        let (k, m) = ch
+            .rx
+            .recv_timeout(Duration::from_secs(600))
+            .map_err(|_| format!("{what}: a child process stopped answering"))?;
+        match m {
+            ChildMsg::Progress { ready, failed } => {
+                progress[k] = ready + failed;
+            }
+            ChildMsg::Keys(keys) => {
+                let new: Vec<(Phone, Key)> = keys
+                    .iter()
+                    .filter_map(|(p, k)| Some((Phone::new(*p)?, login::parse_key(k)?)))
+                    .collect();
+                save_keys(c, &new)?;
+            }
+            ChildMsg::Done {
+                ready,
+                failed,
+                errors,
+                handshake,
+                login,
+                elapsed_s,
+            } => {
+                done += 1;
+                progress[k] = ready + failed;
+                g.ready += ready;
+                g.failed += failed;
+                g.errors.extend(errors.into_iter().take(3));
+                if let Some(h) = hist_from_hex(&handshake) {
+                    let _ = g.handshake.add(&h);
+                }
+                if let Some(h) = hist_from_hex(&login) {
+                    let _ = g.login.add(&h);
+                }
+                g.slowest_child_s = g.slowest_child_s.max(elapsed_s);
+            }
+        }
+        b.set_position(progress.iter().sum());
+    }
+    b.finish_and_clear();
+    Ok(g)
+}
+
+pub fn connect(a: ConnectArgs) -> R<()> {
+    if a.clients == 0 || a.per_child == 0 {
+        return Err("--clients and --per-child must be at least 1".into());
+    }
+    if a.per_child > 19_000 {
+        return Err(format!(
+            "--per-child {}: a process here holds at most ~19,900 descriptors; use more children",
+            a.per_child
+        ));
+    }
+    let c = &a.common;
+    if c.keys.is_none() {
+        return Err(
+            "connect needs --keys FILE: phones register once and later runs log in with the saved keys"
+                .into(),
+        );
+    }
+    let t = Target::new(c)?;
+    let first = c.first_phone.unwrap_or(19_000_000_000);
+    let nchild = a.clients.div_ceil(a.per_child);
+    let specs = |register_only: bool| -> Vec<ChildSpec> {
+        (0..nchild)
+            .map(|k| {
+                let start = k * a.per_child;
+                ChildSpec {
+                    addr: t.server.addr,
+                    fingerprint: t.server.fingerprint.clone(),
+                    sms_logs: t.server.sms_logs.clone(),
+                    full_handshakes: c.full_handshakes,
+                    keys: c.keys.clone(),
+                    first_phone: first + start,
+                    count: a.per_child.min(a.clients - start),
+                    source: (a.spread_sources && t.server.addr.ip().is_loopback())
+                        .then(|| IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2 + (k % 250) as u8))),
+                    rate: if a.rate > 0.0 {
+                        a.rate / nchild as f64
+                    } else {
+                        0.0
+                    },
+                    inflight: c.inflight,
+                    register_only,
+                }
+            })
+            .collect()
+    };
+    // Registration (only phones without a saved key), not measured.
+    let keys = keys(c)?;
+    let missing = phones(first, a.clients)?
+        .iter()
+        .filter(|p| keys.get(**p).is_none())
+        .count() as u64;
+    drop(keys);
+    if missing > 0 {
+        let ch = spawn_children(specs(true))?;
+        let g = gather(&ch, c, missing, "registering")?;
+        if g.failed > 0 {
+            return Err(format!(
+                "registration: {} failed: {}",
+                g.failed,
+                g.errors.join("; ")
+            ));
+        }
+        drop(ch);
+        // The registration connections' memory goes back to the server's allocator and
+        // then, over its decay time, to the kernel: wait for the RSS to settle so the
+        // baseline does not hide the memory the measured connections take.
+        settle(&t)?;
+    }
+    let mut report = Report::new(
+        "connect",
+        json!({"clients": a.clients, "hold_s": a.hold, "rate": a.rate, "children": nchild,
+               "full_handshakes": c.full_handshakes, "server": t.server.addr.to_string(),
+               "server_processes": t.server.pids.len()}),
+    );
+    report.server_before = t.sample()?;
+    let started = Instant::now();
+    let ch = spawn_children(specs(false))?;
+    let g = gather(&ch, c, a.clients, "connecting")?;
+    let up_s = started.elapsed().as_secs_f64();
+    let at_up = t.sample()?;
+    let sp = spinner(format!("holding {} clients", g.ready));
+    std::thread::sleep(Duration::from_secs_f64(a.hold.max(1.0)));
+    sp.finish_and_clear();
+    report.server_after = t.sample()?;
+    drop(ch);
+    let n = g.ready.max(1) as f64;
+    let (b, e) = (report.server_before.clone(), report.server_after.clone());
+    let rss_per = (e.rss() as f64 - b.rss() as f64) / n;
+    let cpu_per = (at_up.cpu() - b.cpu()) * 1e6 / n;
+    let kern = (e.tcp_buffer_bytes as f64 - b.tcp_buffer_bytes as f64) / n;
+    let slab = match (b.tcp_slab_bytes, e.tcp_slab_bytes) {
+        (Some(x), Some(y)) => Some((y as f64 - x as f64) / n),
+        _ => None,
+    };
+    report.add("clients logged in and held", g.ready as f64, "");
+    report.add("failed", g.failed as f64, "");
+    report.add("connections per second", g.ready as f64 / up_s, "conn/s");
+    report.add(
+        "handshake p50",
+        g.handshake.value_at_quantile(0.5) as f64,
+        "µs",
+    );
+    report.add(
+        "handshake p99",
+        g.handshake.value_at_quantile(0.99) as f64,
+        "µs",
+    );
+    report.add("login p50", g.login.value_at_quantile(0.5) as f64, "µs");
+    report.add("login p99", g.login.value_at_quantile(0.99) as f64, "µs");
+    report.add("server CPU per connection set-up", cpu_per, "µs");
+    report.add("server RSS per connection", rss_per, "B");
+    report.add("server RSS", e.rss() as f64 / 1048576.0, "MiB");
+    report.add("server threads", e.threads() as f64, "");
+    report.add("kernel TCP buffers per connection", kern, "B");
+    if let Some(s) = slab {
+        report.add("kernel TCP slab per connection", s, "B");
+    }
+    if g.failed > 0 {
+        report.errors.push(format!(
+            "{} clients did not log in: {}",
+            g.failed,
+            g.errors.join("; ")
+        ));
+    }
+    if let Some(svg) = &c.svg {
+        chart(
+            svg,
+            &format!("connect: {} clients, handshake latency", a.clients),
+            &g.handshake,
+            &[],
+        )?;
+    }
+    finish(&report, c)
+}
