@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::io::{self, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{self, Sender, TrySendError};
+use std::sync::mpsc::{self, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -24,7 +24,7 @@ use wire::{ErrorCode, Phone};
 use crate::cluster::{Cluster, RouterNode};
 use crate::config::Config;
 use crate::link::{link_channel, Link, LinkReceiver, LinkSender, LinkTls};
-use crate::serve::{self, Dispatch, ShardMsg, WorkerInbox};
+use crate::serve::{self, Dispatch, ShardMsg, ShardTx, WorkerInbox};
 use crate::sms::Sms;
 
 // ---------------------------------------------------------------------------------
@@ -86,7 +86,7 @@ fn serve_link(
     sock: TcpStream,
     cluster: Arc<Cluster>,
     tls: LinkTls,
-    shard: Sender<ShardMsg>,
+    shard: ShardTx,
     routes: Arc<RouterRoutes>,
 ) {
     static TOKENS: AtomicU64 = AtomicU64::new(1);
@@ -121,7 +121,7 @@ fn serve_link(
                 return false;
             }
         };
-        shard.send(msg).is_ok()
+        shard.send(msg)
     });
     if let Err(e) = ended {
         eprintln!("switchboard: link from {kind:?} {id}: {e}");
@@ -242,7 +242,7 @@ pub fn router(config: Config, id: u16) -> Result<(), String> {
         cluster.map.clone(),
         &config.data_dir.join(format!("router-{id}")),
     )?;
-    let (tx, rx) = mpsc::channel::<ShardMsg>();
+    let (tx, rx) = serve::shard_channel();
     let stop = Arc::new(AtomicBool::new(false));
     let mut peers = HashMap::new();
     for node in cluster.routers.iter().filter(|r| r.id != id).cloned() {
@@ -494,6 +494,7 @@ pub fn gateway(config: Config, id: u8) -> Result<(), String> {
         id,
         ends,
         Arc::new(move |req| r.send(req)),
+        Arc::new(|| {}),
         &stop,
         &tuned_tx,
     )?;

@@ -215,6 +215,9 @@ pub struct WorkerLink {
     /// reading that connection and offers the request again shortly (backpressure: the
     /// client's bytes stay in the kernel and TCP slows it down).
     pub to_router: Box<dyn FnMut(ToRouter) -> Result<(), ToRouter> + Send>,
+    /// Called once after each loop turn's requests went to `to_router`: a link that
+    /// queues without waking its consumer wakes it here, once per batch.
+    pub flush: Box<dyn FnMut() + Send>,
     /// Router replies for this worker's connections.
     pub replies: Receiver<(ConnId, ToClient)>,
     /// Written (8 bytes) by whoever queues a reply, to wake the worker.
@@ -269,9 +272,20 @@ impl Worker {
 
     /// Runs until `stop` is set (then closes every connection with `ServerShutdown`).
     pub fn run(mut self) -> io::Result<WorkerStats> {
-        let mut ring: IoUring = IoUring::builder()
-            .setup_coop_taskrun()
-            .build(self.cfg.ring_entries)?;
+        // Only this thread submits, and it reaps completions only in `submit_and_wait`:
+        // deferred task work runs there, in one batch, instead of interrupting the
+        // thread (signal-style task work) whenever a socket has data. Kernels before 6.1
+        // lack it: fall back to cooperative task running.
+        let mut ring: IoUring = match IoUring::builder()
+            .setup_single_issuer()
+            .setup_defer_taskrun()
+            .build(self.cfg.ring_entries)
+        {
+            Ok(r) => r,
+            Err(_) => IoUring::builder()
+                .setup_coop_taskrun()
+                .build(self.cfg.ring_entries)?,
+        };
         let mut bufs = BufRing::new(&ring, self.cfg.buffers, self.cfg.buffer_bytes)?;
         let mut st = State {
             slots: Vec::new(),
@@ -411,6 +425,7 @@ impl Worker {
                 }
             }
             st.forward(&mut self.link.to_router);
+            (self.link.flush)();
             if !st.blocked.is_empty() && !st.retry_armed {
                 st.retry_armed = true;
                 st.sq.push(
@@ -434,6 +449,7 @@ impl Worker {
                     }
                 }
                 st.forward(&mut self.link.to_router);
+                (self.link.flush)();
             }
             if stopping && st.stats.open == 0 {
                 break;
