@@ -161,6 +161,11 @@ impl Conn {
         &self.outgoing
     }
 
+    /// Takes every byte of [`Conn::outgoing`] to be written (the buffer moves; no copy).
+    pub fn take_outgoing(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.outgoing)
+    }
+
     /// `n` bytes of [`Conn::outgoing`] were written.
     pub fn sent(&mut self, n: usize) {
         self.outgoing.drain(..n.min(self.outgoing.len()));
@@ -201,17 +206,36 @@ impl Conn {
 
     /// A reply from the router for this connection.
     pub fn deliver(&mut self, msg: &ToClient, now_ms: u64, to_router: &mut Vec<ToRouter>) {
+        if self.queue(msg, now_ms, to_router) {
+            self.flush(now_ms, to_router);
+        }
+    }
+
+    /// Like [`Conn::deliver`], but only encodes the frame: [`Conn::flush`] encrypts
+    /// everything queued as one TLS record. A worker queues every reply of a loop turn,
+    /// then flushes each connection once. `false` when nothing was queued (the
+    /// connection ended, or the message closed it and is already written).
+    pub fn queue(&mut self, msg: &ToClient, now_ms: u64, to_router: &mut Vec<ToRouter>) -> bool {
         if self.ended.is_some() {
-            return;
+            return false;
         }
         match msg {
             ToClient::Close { code, reason } => {
-                return self.close(*code, reason, now_ms, to_router)
+                self.close(*code, reason, now_ms, to_router);
+                return false;
             }
             ToClient::LoggedIn { user, .. } => self.phase = Phase::LoggedIn(*user),
             _ => {}
         }
         msg.frame().encode(&mut self.pending);
+        true
+    }
+
+    /// Encrypts what [`Conn::queue`] left into [`Conn::outgoing`].
+    pub fn flush(&mut self, now_ms: u64, to_router: &mut Vec<ToRouter>) {
+        if self.pending.is_empty() || self.ended.is_some() {
+            return;
+        }
         self.pump(now_ms, to_router);
         self.after_write();
     }
@@ -388,7 +412,9 @@ impl Conn {
                 Ok(ConnectionState::WriteTraffic(mut w)) => {
                     if !self.pending.is_empty() {
                         let start = self.outgoing.len();
-                        let need = self.pending.len() + self.pending.len() / 64 + 1024;
+                        // TLS 1.3 adds 22 bytes per record of at most 16 KiB; a short guess is
+                        // corrected below (`InsufficientSize`).
+                        let need = self.pending.len() + (self.pending.len() / 16384 + 1) * 64;
                         self.outgoing.resize(start + need, 0);
                         match w.encrypt(&self.pending, &mut self.outgoing[start..]) {
                             Ok(n) => self.outgoing.truncate(start + n),

@@ -117,6 +117,8 @@ struct Slot {
     shut: bool,
     /// Not read while a request of it waits for room on a link.
     paused: bool,
+    /// Has replies queued this loop turn (flushed at its end).
+    touched: bool,
 }
 
 /// The provided-buffer ring: `count` buffers of `size` bytes, and the ring of entries
@@ -320,6 +322,7 @@ impl Worker {
                 .user_data(ud(OP_TIMER, 0, 0)),
         );
         let mut accept_window = (Instant::now(), 0u32);
+        let mut touched: Vec<u32> = Vec::new();
         let mut stopping = false;
         loop {
             // Submit what is queued; wait for at least one completion.
@@ -411,6 +414,8 @@ impl Worker {
                     _ => {}
                 }
             }
+            // Replies: queue each, then encrypt and send once per connection.
+            let now = now_ms();
             while let Ok((id, msg)) = self.link.replies.try_recv() {
                 let slot = id.0 as u32;
                 let gen = (id.0 >> 32) as u16;
@@ -420,7 +425,20 @@ impl Worker {
                     .and_then(|s| s.as_mut())
                     .filter(|s| s.gen == gen)
                 {
-                    s.conn.deliver(&msg, now_ms(), &mut st.to_router);
+                    if s.conn.queue(&msg, now, &mut st.to_router) {
+                        if !s.touched {
+                            s.touched = true;
+                            touched.push(slot);
+                        }
+                    } else {
+                        st.after(slot);
+                    }
+                }
+            }
+            for slot in touched.drain(..) {
+                if let Some(s) = st.slots.get_mut(slot as usize).and_then(|s| s.as_mut()) {
+                    s.touched = false;
+                    s.conn.flush(now, &mut st.to_router);
                     st.after(slot);
                 }
             }
@@ -591,6 +609,7 @@ impl State {
             recv_armed: true,
             shut: false,
             paused: false,
+            touched: false,
         });
         self.sq.push(
             opcode::RecvMulti::new(types::Fd(raw), BGID)
@@ -689,10 +708,9 @@ impl State {
                 );
             }
         } else if !s.conn.outgoing().is_empty() && !s.shut {
-            s.sending = s.conn.outgoing().to_vec();
+            s.sending = s.conn.take_outgoing();
             s.send_at = 0;
             let n = s.sending.len();
-            s.conn.sent(n);
             self.sq.push(
                 opcode::Send::new(types::Fd(raw), s.sending.as_ptr(), n as u32)
                     .build()

@@ -481,6 +481,8 @@ impl Frame<'_> {
     /// character boundary; everything else is written as given (callers keep bodies
     /// within the negotiated maximum).
     pub fn encode(&self, out: &mut Vec<u8>) {
+        // One allocation of the right size, not a growth per field.
+        out.reserve(self.encoded_len());
         let start = out.len();
         out.extend_from_slice(&(self.payload_len() as u32).to_le_bytes());
         out.extend_from_slice(&[self.kind() as u8, 0, 0, 0]);
