@@ -181,10 +181,11 @@ pub(crate) fn run_shard<D: Dispatch>(mut shard: Shard, inbox: ShardRx, d: Arc<D>
     let rx = inbox.rx;
     let mut out = Vec::new();
     let mut last_tick = Instant::now();
-    let on = |shard: &mut Shard, m: ShardMsg, out: &mut Vec<FromRouter>| -> bool {
+    // The clock is read once per batch: a batch takes well under a millisecond.
+    let on = |shard: &mut Shard, m: ShardMsg, now: u64, out: &mut Vec<FromRouter>| -> bool {
         match m {
-            ShardMsg::Req(r) => shard.handle(unix_ms(), r, out),
-            ShardMsg::Attach(conn, user) => shard.attach(conn, user, unix_ms(), out),
+            ShardMsg::Req(r) => shard.handle(now, r, out),
+            ShardMsg::Attach(conn, user) => shard.attach(conn, user, now, out),
             ShardMsg::GatewayGone(g) => shard.gateway_gone(g),
             ShardMsg::Stop => return false,
         }
@@ -192,11 +193,12 @@ pub(crate) fn run_shard<D: Dispatch>(mut shard: Shard, inbox: ShardRx, d: Arc<D>
     };
     'run: loop {
         let mut got = 0;
+        let now = unix_ms();
         while got < 4096 {
             match rx.try_recv() {
                 Ok(m) => {
                     got += 1;
-                    if !on(&mut shard, m, &mut out) {
+                    if !on(&mut shard, m, now, &mut out) {
                         d.dispatch(&mut out);
                         break 'run;
                     }

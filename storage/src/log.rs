@@ -13,7 +13,7 @@ use crate::error::{Limit, StorageError};
 use crate::flusher::{Activation, Flusher, Preparer, Shared};
 use crate::index::{Entry, Index};
 use crate::record::{
-    decode, MessageRecord, Record, SegmentHeader, FORMAT_VERSION, SEAL_RECORD_BYTES,
+    decode_verified, MessageRecord, Record, SegmentHeader, FORMAT_VERSION, SEAL_RECORD_BYTES,
     SEGMENT_HEADER_BYTES,
 };
 use crate::segment::{DirLock, Segment};
@@ -216,7 +216,8 @@ impl Log {
     /// The record that starts at `at`.
     pub(crate) fn record_at(&self, at: Lsn) -> Option<(Record<'_>, usize)> {
         let s = &self.segments[self.seg_index(at.segment())?];
-        decode(&s.seg.bytes()[at.offset() as usize..]).ok()
+        // Index entries point at records appended here or verified by recovery.
+        decode_verified(&s.seg.bytes()[at.offset() as usize..]).ok()
     }
 
     pub fn dir(&self) -> &Path {
@@ -494,7 +495,7 @@ impl Log {
             else {
                 return 0;
             };
-            match decode(&segments[i].seg.bytes()[at.offset() as usize..]) {
+            match decode_verified(&segments[i].seg.bytes()[at.offset() as usize..]) {
                 Ok((Record::Message(m), len)) => {
                     rec_bytes = len as u64;
                     m.body.len() as u64

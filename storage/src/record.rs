@@ -263,6 +263,18 @@ fn segment_of(v: u64, kind: Kind) -> Result<SegmentId, DecodeError> {
 
 /// Decodes the record at the start of `buf`; returns it and the bytes it takes.
 pub fn decode(buf: &[u8]) -> Result<(Record<'_>, usize), DecodeError> {
+    decode_checked(buf, true)
+}
+
+/// Decodes a record whose checksum this process already checked: it appended the
+/// record, or recovery verified it. The structure is still checked (sync marker,
+/// length, kind, fields); the CRC is not computed again. Reads of pending messages use
+/// this: each is read up to three times (delivery, receipt, erase) in its life.
+pub(crate) fn decode_verified(buf: &[u8]) -> Result<(Record<'_>, usize), DecodeError> {
+    decode_checked(buf, false)
+}
+
+fn decode_checked(buf: &[u8], check_crc: bool) -> Result<(Record<'_>, usize), DecodeError> {
     if buf.len() < RECORD_HEADER_BYTES {
         return Err(DecodeError::Incomplete {
             needed: RECORD_HEADER_BYTES,
@@ -280,7 +292,7 @@ pub fn decode(buf: &[u8]) -> Result<(Record<'_>, usize), DecodeError> {
     if buf.len() < total {
         return Err(DecodeError::Incomplete { needed: total });
     }
-    if get_u32(buf, 8) != record_crc(buf, body_len) {
+    if check_crc && get_u32(buf, 8) != record_crc(buf, body_len) {
         return Err(DecodeError::Checksum);
     }
     if buf[13] > RECORD_VERSION {
