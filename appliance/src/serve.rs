@@ -36,6 +36,8 @@ pub(crate) struct ShardTx {
     tx: Sender<ShardMsg>,
     thread: Arc<std::sync::OnceLock<std::thread::Thread>>,
     pending: Arc<AtomicBool>,
+    /// Requests gathered by [`ShardTx::queue_req`], sent as one message at the kick.
+    batch: Arc<std::sync::Mutex<Vec<ToRouter>>>,
 }
 
 /// A shard's inbox, receiving side (see [`ShardTx`]).
@@ -52,6 +54,7 @@ pub(crate) fn shard_channel() -> (ShardTx, ShardRx) {
             tx,
             thread: Arc::clone(&thread),
             pending: Arc::new(AtomicBool::new(false)),
+            batch: Arc::default(),
         },
         ShardRx { rx, thread },
     )
@@ -61,14 +64,29 @@ impl ShardTx {
     /// Queues without waking the shard (it runs it after the next [`ShardTx::kick`], or
     /// within 1 ms). `false`: the shard is gone.
     pub(crate) fn queue(&self, m: ShardMsg) -> bool {
+        self.send_batch(); // keeps requests in the order they were given
         let sent = self.tx.send(m).is_ok();
         self.pending.store(true, Ordering::Release);
         sent
     }
 
-    /// Wakes the shard if anything was queued since the last kick.
+    /// Adds a request to the batch the next [`ShardTx::kick`] sends as one message.
+    pub(crate) fn queue_req(&self, r: ToRouter) {
+        self.batch.lock().expect("not poisoned").push(r);
+        self.pending.store(true, Ordering::Release);
+    }
+
+    fn send_batch(&self) {
+        let batch = std::mem::take(&mut *self.batch.lock().expect("not poisoned"));
+        if !batch.is_empty() {
+            let _ = self.tx.send(ShardMsg::Batch(batch));
+        }
+    }
+
+    /// Sends the batch and wakes the shard if anything was queued since the last kick.
     pub(crate) fn kick(&self) {
         if self.pending.swap(false, Ordering::AcqRel) {
+            self.send_batch();
             if let Some(t) = self.thread.get() {
                 t.unpark();
             }
@@ -85,6 +103,8 @@ impl ShardTx {
 
 pub(crate) enum ShardMsg {
     Req(ToRouter),
+    /// Requests in the order given (see [`ShardTx::queue_req`]).
+    Batch(Vec<ToRouter>),
     /// A gateway re-attaches a logged-in connection after its link came back.
     Attach(ConnId, Phone),
     /// A gateway's link is gone: drop its sessions.
@@ -98,23 +118,27 @@ pub(crate) trait Dispatch: Send + Sync + 'static {
 }
 
 /// A gateway worker's reply queue and the eventfd that wakes it.
-pub(crate) type WorkerInbox = (Sender<(ConnId, ToClient)>, Arc<OwnedFd>);
+pub(crate) type WorkerInbox = (Sender<Vec<(ConnId, ToClient)>>, Arc<OwnedFd>);
 
-/// Sends replies to their workers and wakes each worker once.
+/// Sends replies to their workers, one batch per worker, and wakes each worker once.
 pub(crate) fn to_workers(
     workers: &[WorkerInbox],
     replies: impl IntoIterator<Item = (ConnId, ToClient)>,
 ) {
-    let mut woken = 0u64;
+    let mut batches: Vec<Vec<(ConnId, ToClient)>> = Vec::new();
     for (conn, msg) in replies {
         let w = uring::worker_of(conn) as usize;
-        if let Some((tx, _)) = workers.get(w) {
-            let _ = tx.send((conn, msg));
-            woken |= 1 << w;
+        if w < workers.len() {
+            if batches.len() <= w {
+                batches.resize_with(w + 1, Vec::new);
+            }
+            batches[w].push((conn, msg));
         }
     }
-    for (w, (_, fd)) in workers.iter().enumerate() {
-        if woken & (1 << w) != 0 {
+    for (w, batch) in batches.into_iter().enumerate() {
+        if !batch.is_empty() {
+            let (tx, fd) = &workers[w];
+            let _ = tx.send(batch);
             uring::wake(fd);
         }
     }
@@ -130,7 +154,7 @@ struct Routes {
 
 impl Routes {
     fn to_shard(&self, req: ToRouter) {
-        let _ = self.shards[self.map.shard_of(req.route_key()) as usize].queue(ShardMsg::Req(req));
+        self.shards[self.map.shard_of(req.route_key()) as usize].queue_req(req);
     }
 
     fn kick(&self) {
@@ -185,6 +209,11 @@ pub(crate) fn run_shard<D: Dispatch>(mut shard: Shard, inbox: ShardRx, d: Arc<D>
     let on = |shard: &mut Shard, m: ShardMsg, now: u64, out: &mut Vec<FromRouter>| -> bool {
         match m {
             ShardMsg::Req(r) => shard.handle(now, r, out),
+            ShardMsg::Batch(rs) => {
+                for r in rs {
+                    shard.handle(now, r, out);
+                }
+            }
             ShardMsg::Attach(conn, user) => shard.attach(conn, user, now, out),
             ShardMsg::GatewayGone(g) => shard.gateway_gone(g),
             ShardMsg::Stop => return false,
@@ -372,7 +401,7 @@ pub(crate) fn spawn_shard<D: Dispatch>(
 }
 
 /// Worker reply channels: the senders (for routes) and what each worker receives.
-pub(crate) type WorkerEnd = (Receiver<(ConnId, ToClient)>, Arc<OwnedFd>);
+pub(crate) type WorkerEnd = (Receiver<Vec<(ConnId, ToClient)>>, Arc<OwnedFd>);
 
 pub(crate) fn worker_channels(n: usize) -> Result<(Vec<WorkerInbox>, Vec<WorkerEnd>), String> {
     let (mut inboxes, mut ends) = (vec![], vec![]);

@@ -220,8 +220,8 @@ pub struct WorkerLink {
     /// Called once after each loop turn's requests went to `to_router`: a link that
     /// queues without waking its consumer wakes it here, once per batch.
     pub flush: Box<dyn FnMut() + Send>,
-    /// Router replies for this worker's connections.
-    pub replies: Receiver<(ConnId, ToClient)>,
+    /// Router replies for this worker's connections, in batches.
+    pub replies: Receiver<Vec<(ConnId, ToClient)>>,
     /// Written (8 bytes) by whoever queues a reply, to wake the worker.
     pub wake: Arc<OwnedFd>,
 }
@@ -416,22 +416,24 @@ impl Worker {
             }
             // Replies: queue each, then encrypt and send once per connection.
             let now = now_ms();
-            while let Ok((id, msg)) = self.link.replies.try_recv() {
-                let slot = id.0 as u32;
-                let gen = (id.0 >> 32) as u16;
-                if let Some(s) = st
-                    .slots
-                    .get_mut(slot as usize)
-                    .and_then(|s| s.as_mut())
-                    .filter(|s| s.gen == gen)
-                {
-                    if s.conn.queue(&msg, now, &mut st.to_router) {
-                        if !s.touched {
-                            s.touched = true;
-                            touched.push(slot);
+            while let Ok(batch) = self.link.replies.try_recv() {
+                for (id, msg) in batch {
+                    let slot = id.0 as u32;
+                    let gen = (id.0 >> 32) as u16;
+                    if let Some(s) = st
+                        .slots
+                        .get_mut(slot as usize)
+                        .and_then(|s| s.as_mut())
+                        .filter(|s| s.gen == gen)
+                    {
+                        if s.conn.queue(&msg, now, &mut st.to_router) {
+                            if !s.touched {
+                                s.touched = true;
+                                touched.push(slot);
+                            }
+                        } else {
+                            st.after(slot);
                         }
-                    } else {
-                        st.after(slot);
                     }
                 }
             }
