@@ -16,6 +16,7 @@ use std::sync::mpsc::{self, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use gateway::uring::RouterLink;
 use router::PartitionMap;
 use wire::link::{ConnId, FromRouter, ToClient, ToRouter};
 use wire::linkcodec::{LinkMsg, PeerKind};
@@ -334,6 +335,16 @@ struct GatewayRoutes {
     workers: Vec<WorkerInbox>,
 }
 
+/// A gateway worker's side of the TCP links: each request goes to its router's queue
+/// (the link thread batches what it finds there per write).
+struct LinkQueues(Arc<GatewayRoutes>);
+
+impl RouterLink for LinkQueues {
+    fn send(&mut self, req: ToRouter) -> Result<(), ToRouter> {
+        self.0.send(req)
+    }
+}
+
 impl GatewayRoutes {
     /// Queues a request for its router's link. A full queue with the link up hands the
     /// request back (the worker stops reading that client: backpressure); with the link
@@ -493,8 +504,7 @@ pub fn gateway(config: Config, id: u8) -> Result<(), String> {
         &tls,
         id,
         ends,
-        Arc::new(move |req| r.send(req)),
-        Arc::new(|| {}),
+        &|| Box::new(LinkQueues(Arc::clone(&r))),
         &stop,
         &tuned_tx,
     )?;

@@ -17,7 +17,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use gateway::tls::{server_config, Identity};
-use gateway::uring::{self, Worker, WorkerConfig, WorkerLink, WorkerStats};
+use gateway::uring::{self, RouterLink, Worker, WorkerConfig, WorkerLink, WorkerStats};
 use router::{PartitionMap, Shard};
 use rustls::ServerConfig;
 use wire::link::{ConnId, FromRouter, ToClient, ToRouter};
@@ -160,6 +160,35 @@ impl Routes {
     fn kick(&self) {
         for s in &self.shards {
             s.kick();
+        }
+    }
+}
+
+/// A gateway worker's in-process link: requests gathered per shard during a loop
+/// turn, sent as one message per shard at its end, then one wake-up.
+struct InProcLink {
+    routes: Arc<Routes>,
+    batches: Vec<Vec<ToRouter>>,
+}
+
+impl RouterLink for InProcLink {
+    fn send(&mut self, req: ToRouter) -> Result<(), ToRouter> {
+        let s = self.routes.map.shard_of(req.route_key()) as usize;
+        if self.batches.len() <= s {
+            self.batches.resize_with(s + 1, Vec::new);
+        }
+        self.batches[s].push(req);
+        Ok(())
+    }
+
+    fn flush(&mut self) {
+        for (s, batch) in self.batches.iter_mut().enumerate() {
+            if !batch.is_empty() {
+                let next = Vec::with_capacity(batch.len());
+                let tx = &self.routes.shards[s];
+                tx.queue(ShardMsg::Batch(std::mem::replace(batch, next)));
+                tx.kick();
+            }
         }
     }
 }
@@ -423,8 +452,7 @@ pub(crate) fn spawn_workers(
     tls: &Arc<ServerConfig>,
     gateway_id: u8,
     ends: Vec<WorkerEnd>,
-    to_router: Arc<dyn Fn(ToRouter) -> Result<(), ToRouter> + Send + Sync>,
-    flush: Arc<dyn Fn() + Send + Sync>,
+    link: &dyn Fn() -> Box<dyn RouterLink>,
     stop: &Arc<AtomicBool>,
     tuned: &Sender<()>,
 ) -> Result<(Workers, SocketAddr), String> {
@@ -449,10 +477,8 @@ pub(crate) fn spawn_workers(
             buffer_bytes: config.gateway.buffer_bytes,
             ..WorkerConfig::default()
         };
-        let (r, f) = (Arc::clone(&to_router), Arc::clone(&flush));
         let link = WorkerLink {
-            to_router: Box::new(move |req| r(req)),
-            flush: Box::new(move || f()),
+            to_router: link(),
             replies: rx,
             wake: fd,
         };
@@ -581,13 +607,11 @@ pub fn serve(config: Config) -> Result<(), String> {
         &tls,
         0,
         ends,
-        Arc::new(move |req| {
-            r.to_shard(req);
-            Ok(())
-        }),
-        {
-            let r = Arc::clone(&routes);
-            Arc::new(move || r.kick())
+        &|| {
+            Box::new(InProcLink {
+                routes: Arc::clone(&r),
+                batches: Vec::new(),
+            })
         },
         &stop,
         &tuned_tx,

@@ -210,16 +210,22 @@ impl Drop for BufRing {
     }
 }
 
+/// Where one worker's requests for routers go. Each worker owns its own (no locks
+/// between workers).
+pub trait RouterLink: Send {
+    /// Offers a request. `Err(req)` hands it back: the link cannot take it now (its
+    /// queue is full). The worker then stops reading that connection and offers the
+    /// request again shortly (backpressure: the client's bytes stay in the kernel and
+    /// TCP slows it down).
+    fn send(&mut self, req: ToRouter) -> Result<(), ToRouter>;
+    /// Called once after each loop turn's requests were offered: a link that gathers
+    /// requests sends them, and wakes its consumer, here (once per turn).
+    fn flush(&mut self) {}
+}
+
 /// Where a worker sends requests for routers, and how it is woken for replies.
 pub struct WorkerLink {
-    /// Called with every request the worker's connections produce. `Err(req)` hands it
-    /// back: the link cannot take it now (its queue is full). The worker then stops
-    /// reading that connection and offers the request again shortly (backpressure: the
-    /// client's bytes stay in the kernel and TCP slows it down).
-    pub to_router: Box<dyn FnMut(ToRouter) -> Result<(), ToRouter> + Send>,
-    /// Called once after each loop turn's requests went to `to_router`: a link that
-    /// queues without waking its consumer wakes it here, once per batch.
-    pub flush: Box<dyn FnMut() + Send>,
+    pub to_router: Box<dyn RouterLink>,
     /// Router replies for this worker's connections, in batches.
     pub replies: Receiver<Vec<(ConnId, ToClient)>>,
     /// Written (8 bytes) by whoever queues a reply, to wake the worker.
@@ -444,8 +450,8 @@ impl Worker {
                     st.after(slot);
                 }
             }
-            st.forward(&mut self.link.to_router);
-            (self.link.flush)();
+            st.forward(&mut *self.link.to_router);
+            self.link.to_router.flush();
             if !st.blocked.is_empty() && !st.retry_armed {
                 st.retry_armed = true;
                 st.sq.push(
@@ -468,8 +474,8 @@ impl Worker {
                         st.after(i as u32);
                     }
                 }
-                st.forward(&mut self.link.to_router);
-                (self.link.flush)();
+                st.forward(&mut *self.link.to_router);
+                self.link.to_router.flush();
             }
             if stopping && st.stats.open == 0 {
                 break;
@@ -520,7 +526,7 @@ impl State {
     /// with a request handed back is paused (its receive cancelled) and its later
     /// requests wait behind it, in order; a connection with nothing parked any more is
     /// read again.
-    fn forward(&mut self, link: &mut dyn FnMut(ToRouter) -> Result<(), ToRouter>) {
+    fn forward(&mut self, link: &mut dyn RouterLink) {
         if self.blocked.is_empty() && self.to_router.is_empty() {
             return;
         }
@@ -537,7 +543,7 @@ impl State {
                 still.push_back(req);
                 continue;
             }
-            if let Err(req) = link(req) {
+            if let Err(req) = link.send(req) {
                 if let Some(s) = slot {
                     stuck.insert(s);
                 }
