@@ -15,7 +15,7 @@
 //! [gateway]                    # per worker
 //! [router]                     # router::RouterConfig
 //! [storage]                    # storage::LogConfig
-//! [process]                    # realtime_priority, pin_threads, huge_pages, tune_profile
+//! [process]                    # realtime_priority, pin_threads, huge_pages, inline_shard, tune_profile
 //! ```
 
 use std::net::SocketAddr;
@@ -56,6 +56,9 @@ pub struct ProcessConfig {
     pub pin_threads: bool,
     /// jemalloc with transparent huge pages. Default: true.
     pub huge_pages: bool,
+    /// With one gateway worker and one router shard, run the shard in the worker's
+    /// thread (no hand-off between threads; the right choice on one core). Default: true.
+    pub inline_shard: bool,
     /// Tuning profile the host is checked against at start (each shortfall logged once);
     /// a built-in name or a file; empty: no check. Default: "linux-dev".
     pub tune_profile: String,
@@ -67,6 +70,7 @@ impl Default for ProcessConfig {
             realtime_priority: 0,
             pin_threads: false,
             huge_pages: true,
+            inline_shard: true,
             tune_profile: "linux-dev".into(),
         }
     }

@@ -127,10 +127,29 @@ fn receipt(c: &mut Client, kind: ReceiptKind) -> (u64, u64) {
     }
 }
 
+/// `--config` for the other way the all-in-one runs: one gateway worker with the
+/// router shard in its thread (the default elsewhere here is a thread per shard).
+fn inline(dir: &Path) -> Vec<String> {
+    let cfg = dir.join("inline.toml");
+    std::fs::write(&cfg, "workers = 1\nshards = 1\n").unwrap();
+    vec!["--config".into(), cfg.to_str().unwrap().into()]
+}
+
 #[test]
 fn two_users_online_exchange_messages_with_ticks_and_receipts() {
+    exchange(&[]);
+}
+
+#[test]
+fn two_users_exchange_messages_with_the_shard_in_the_worker_thread() {
+    let cfg = tempfile::tempdir().unwrap();
+    let args = inline(cfg.path());
+    exchange(&args.iter().map(String::as_str).collect::<Vec<_>>());
+}
+
+fn exchange(extra: &[&str]) {
     let dir = tempfile::tempdir().unwrap();
-    let s = Server::start(dir.path());
+    let s = Server::start_with(dir.path(), extra);
     let (a, b) = (phone(15550000001), phone(15550000002));
     let (mut ca, _) = s.register(a);
     let (mut cb, _) = s.register(b);
@@ -162,8 +181,24 @@ fn two_users_online_exchange_messages_with_ticks_and_receipts() {
 
 #[test]
 fn an_offline_recipient_gets_everything_in_order_and_nothing_acked_is_lost_to_sigkill() {
+    offline(&[], true);
+}
+
+#[test]
+fn with_the_shard_in_the_worker_thread_nothing_acked_is_lost_to_sigkill_or_a_stop() {
+    let cfg = tempfile::tempdir().unwrap();
+    let args = inline(cfg.path());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    offline(&args, true);
+    offline(&args, false);
+}
+
+/// `a` sends 50 messages to the offline `b`; once all are acknowledged the server is
+/// killed (`kill`) or stopped with SIGTERM, and `b` gets all 50, in order, after the
+/// restart.
+fn offline(extra: &[&str], kill: bool) {
     let dir = tempfile::tempdir().unwrap();
-    let s = Server::start(dir.path());
+    let s = Server::start_with(dir.path(), extra);
     let (a, b) = (phone(15550000011), phone(15550000012));
     let (mut ca, _) = s.register(a);
     let (cb, kb) = s.register(b);
@@ -181,8 +216,13 @@ fn an_offline_recipient_gets_everything_in_order_and_nothing_acked_is_lost_to_si
             acked += 1;
         }
     }
-    s.kill(); // everything acknowledged must survive
-    let s = Server::start(dir.path());
+    // Everything acknowledged must survive.
+    if kill {
+        s.kill();
+    } else {
+        s.stop();
+    }
+    let s = Server::start_with(dir.path(), extra);
     let mut cb = s.client();
     assert_eq!(cb.login(b, kb, T).unwrap(), 50);
     for i in 0..50u64 {

@@ -403,7 +403,16 @@ pub fn host() -> Host {
             .find_map(|l| l.strip_prefix("model name"))
             .map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
             .unwrap_or_else(|| "unknown".into()),
-        cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        // The machine's, not this process's share (the bench usually runs under taskset).
+        cores: {
+            // SAFETY: sysconf has no preconditions.
+            let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+            if n > 0 {
+                n as usize
+            } else {
+                1
+            }
+        },
         kernel: run("uname", &["-r"]),
         commit: std::env::var("SWITCHBOARD_COMMIT")
             .unwrap_or_else(|_| run("git", &["rev-parse", "--short", "HEAD"])),

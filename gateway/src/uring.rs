@@ -97,6 +97,7 @@ const OP_WAKE: u64 = 4;
 const OP_TIMER: u64 = 5;
 const OP_RETRY: u64 = 6;
 const OP_CANCEL: u64 = 7;
+const OP_TICK: u64 = 8;
 /// How soon requests handed back by a full link are offered again.
 const RETRY: Duration = Duration::from_millis(2);
 const BGID: u16 = 1;
@@ -219,8 +220,21 @@ pub trait RouterLink: Send {
     /// TCP slows it down).
     fn send(&mut self, req: ToRouter) -> Result<(), ToRouter>;
     /// Called once after each loop turn's requests were offered: a link that gathers
-    /// requests sends them, and wakes its consumer, here (once per turn).
-    fn flush(&mut self) {}
+    /// requests sends them, and wakes its consumer, here (once per turn). `true`: the
+    /// link may have put replies in [`WorkerLink::replies`] already (a router running
+    /// in this thread): the worker reads them in the same turn, without a wake-up.
+    fn flush(&mut self) -> bool {
+        false
+    }
+    /// How often [`RouterLink::tick`] wants to run (a router in this thread keeps its
+    /// timers there). `None`: never.
+    fn tick_every(&self) -> Option<Duration> {
+        None
+    }
+    /// Periodic work; `true` as for [`RouterLink::flush`].
+    fn tick(&mut self) -> bool {
+        false
+    }
 }
 
 /// Where a worker sends requests for routers, and how it is woken for replies.
@@ -322,6 +336,18 @@ impl Worker {
         );
         let ts = types::Timespec::new().nsec(SWEEP.as_nanos() as u32);
         let retry_ts = types::Timespec::new().nsec(RETRY.as_nanos() as u32);
+        let tick = self.link.to_router.tick_every();
+        let tick_ts = types::Timespec::from(tick.unwrap_or(SWEEP));
+        if tick.is_some() {
+            st.sq.push(
+                opcode::Timeout::new(&tick_ts)
+                    .build()
+                    .user_data(ud(OP_TICK, 0, 0)),
+            );
+        }
+        // Replies already waiting in the channel (a router in this thread answered more
+        // than one round allows): look again without sleeping.
+        let mut replies_waiting = false;
         st.sq.push(
             opcode::Timeout::new(&ts)
                 .build()
@@ -344,7 +370,8 @@ impl Worker {
                     }
                 }
             }
-            match ring.submit_and_wait(1) {
+            let want = if replies_waiting { 0 } else { 1 };
+            match ring.submit_and_wait(want) {
                 Ok(_) => {}
                 Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
                 Err(e) => return Err(e),
@@ -399,6 +426,16 @@ impl Worker {
                     }
                     OP_RETRY => st.retry_armed = false, // the loop offers parked requests again
                     OP_CANCEL => {}
+                    OP_TICK => {
+                        self.link.to_router.tick();
+                        if !stopping {
+                            st.sq.push(
+                                opcode::Timeout::new(&tick_ts)
+                                    .build()
+                                    .user_data(ud(OP_TICK, 0, 0)),
+                            );
+                        }
+                    }
                     OP_TIMER => {
                         let now = now_ms();
                         for i in 0..st.slots.len() {
@@ -420,38 +457,47 @@ impl Worker {
                     _ => {}
                 }
             }
-            // Replies: queue each, then encrypt and send once per connection.
-            let now = now_ms();
-            while let Ok(batch) = self.link.replies.try_recv() {
-                for (id, msg) in batch {
-                    let slot = id.0 as u32;
-                    let gen = (id.0 >> 32) as u16;
-                    if let Some(s) = st
-                        .slots
-                        .get_mut(slot as usize)
-                        .and_then(|s| s.as_mut())
-                        .filter(|s| s.gen == gen)
-                    {
-                        if s.conn.queue(&msg, now, &mut st.to_router) {
-                            if !s.touched {
-                                s.touched = true;
-                                touched.push(slot);
+            // Replies, then this turn's requests; a router in this thread answers at
+            // once, so go round again (bounded) while it does.
+            replies_waiting = false;
+            for _ in 0..8 {
+                // Replies: queue each, then encrypt and send once per connection.
+                let now = now_ms();
+                while let Ok(batch) = self.link.replies.try_recv() {
+                    for (id, msg) in batch {
+                        let slot = id.0 as u32;
+                        let gen = (id.0 >> 32) as u16;
+                        if let Some(s) = st
+                            .slots
+                            .get_mut(slot as usize)
+                            .and_then(|s| s.as_mut())
+                            .filter(|s| s.gen == gen)
+                        {
+                            if s.conn.queue(&msg, now, &mut st.to_router) {
+                                if !s.touched {
+                                    s.touched = true;
+                                    touched.push(slot);
+                                }
+                            } else {
+                                st.after(slot);
                             }
-                        } else {
-                            st.after(slot);
                         }
                     }
                 }
-            }
-            for slot in touched.drain(..) {
-                if let Some(s) = st.slots.get_mut(slot as usize).and_then(|s| s.as_mut()) {
-                    s.touched = false;
-                    s.conn.flush(now, &mut st.to_router);
-                    st.after(slot);
+                for slot in touched.drain(..) {
+                    if let Some(s) = st.slots.get_mut(slot as usize).and_then(|s| s.as_mut()) {
+                        s.touched = false;
+                        s.conn.flush(now, &mut st.to_router);
+                        st.after(slot);
+                    }
+                }
+
+                st.forward(&mut *self.link.to_router);
+                replies_waiting = self.link.to_router.flush();
+                if !replies_waiting {
+                    break;
                 }
             }
-            st.forward(&mut *self.link.to_router);
-            self.link.to_router.flush();
             if !st.blocked.is_empty() && !st.retry_armed {
                 st.retry_armed = true;
                 st.sq.push(
@@ -475,7 +521,7 @@ impl Worker {
                     }
                 }
                 st.forward(&mut *self.link.to_router);
-                self.link.to_router.flush();
+                replies_waiting |= self.link.to_router.flush();
             }
             if stopping && st.stats.open == 0 {
                 break;
