@@ -183,6 +183,10 @@ impl Fleet {
         sock.set_nonblocking(true)?;
         sock.set_tcp_nodelay(true)?;
         if let Some(ip) = source {
+            // Let connect() pick the port for the whole 4-tuple: bind() alone would
+            // reserve a port per source address and run out after ~28,000, counting the
+            // TIME_WAIT ports of earlier runs.
+            set_bind_address_no_port(&sock)?;
             sock.bind(&SocketAddr::new(ip, 0).into())?;
         }
         match sock.connect(&self.addr.into()) {
@@ -260,6 +264,10 @@ impl Fleet {
             );
             c.tls.send_close_notify();
             let _ = flush(&mut c);
+        } else {
+            // A reset, as when a phone's network drops: no TIME_WAIT left on this side
+            // (a storm of 10,000 would otherwise hold 10,000 ports for a minute).
+            let _ = socket2::SockRef::from(&c.sock).set_linger(Some(Duration::ZERO));
         }
         let _ = self.poll.registry().deregister(&mut c.sock);
         self.free.push(id);
@@ -450,6 +458,32 @@ impl Fleet {
         }
         Ok(())
     }
+}
+
+#[cfg(target_os = "linux")]
+fn set_bind_address_no_port(sock: &Socket) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let one: libc::c_int = 1;
+    // SAFETY: setsockopt with a valid descriptor and a c_int option value.
+    let r = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_BIND_ADDRESS_NO_PORT,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn set_bind_address_no_port(_: &Socket) -> io::Result<()> {
+    Ok(())
 }
 
 fn write_frame(c: &mut Conn, out: &mut Vec<u8>, f: Frame<'_>) {

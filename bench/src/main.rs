@@ -69,6 +69,10 @@ pub struct ServerArgs {
     /// Started server: TOML appended to its configuration.
     #[arg(long, default_value = "")]
     pub server_toml: String,
+    /// Started server: keep its data in this directory (created if missing), so that
+    /// accounts, and the keys saved with `--keys`, stay valid from one run to the next.
+    #[arg(long)]
+    pub server_data: Option<PathBuf>,
 }
 
 /// Options every scenario has.

@@ -54,6 +54,7 @@ impl Target {
                 workers: s.workers,
                 cpus: s.server_cpus.clone(),
                 extra_toml: s.server_toml.clone(),
+                data: s.server_data.clone(),
             })?,
         };
         let tls = tls(&server.fingerprint, c.full_handshakes)?;
@@ -933,6 +934,10 @@ pub fn child(spec: &str) -> R<()> {
             .map_err(|e| format!("poll: {e}"))?;
         evs.clear();
     }
+    // Resets, not FINs: no TIME_WAIT ports left behind for the next run.
+    for id in o.ids.iter().flatten() {
+        fleet.close(*id, false);
+    }
     Ok(())
 }
 
@@ -992,7 +997,16 @@ struct Gathered {
     errors: Vec<String>,
     handshake: Histogram<u64>,
     login: Histogram<u64>,
-    slowest_child_s: f64,
+}
+
+impl Gathered {
+    fn absorb(&mut self, o: Gathered) {
+        self.ready += o.ready;
+        self.failed += o.failed;
+        self.errors.extend(o.errors);
+        let _ = self.handshake.add(&o.handshake);
+        let _ = self.login.add(&o.login);
+    }
 }
 
 /// Reads the children's lines until every one is done; saves keys as they come.
@@ -1006,7 +1020,6 @@ fn gather(ch: &Children, c: &Common, total: u64, what: &str) -> R<Gathered> {
         errors: vec![],
         handshake: hist(),
         login: hist(),
-        slowest_child_s: 0.0,
     };
     while done < ch.procs.len() {
         let (k, m) = ch
@@ -1030,7 +1043,7 @@ fn gather(ch: &Children, c: &Common, total: u64, what: &str) -> R<Gathered> {
                 errors,
                 handshake,
                 login,
-                elapsed_s,
+                ..
             } => {
                 done += 1;
                 progress[k] = ready + failed;
@@ -1043,7 +1056,6 @@ fn gather(ch: &Children, c: &Common, total: u64, what: &str) -> R<Gathered> {
                 if let Some(h) = hist_from_hex(&login) {
                     let _ = g.login.add(&h);
                 }
-                g.slowest_child_s = g.slowest_child_s.max(elapsed_s);
             }
         }
         b.set_position(progress.iter().sum());
@@ -1071,11 +1083,15 @@ pub fn connect(a: ConnectArgs) -> R<()> {
     }
     let t = Target::new(c)?;
     let first = c.first_phone.unwrap_or(19_000_000_000);
-    let nchild = a.clients.div_ceil(a.per_child);
+    // At least two children: they come up in two waves, so the memory of the second
+    // half is measured apart from one-time growth (tables, allocator arenas).
+    let nchild = a.clients.div_ceil(a.per_child).max(a.clients.min(2));
+    let per_child = a.clients.div_ceil(nchild);
     let specs = |register_only: bool| -> Vec<ChildSpec> {
         (0..nchild)
+            .filter(|k| k * per_child < a.clients)
             .map(|k| {
-                let start = k * a.per_child;
+                let start = k * per_child;
                 ChildSpec {
                     addr: t.server.addr,
                     fingerprint: t.server.fingerprint.clone(),
@@ -1083,7 +1099,7 @@ pub fn connect(a: ConnectArgs) -> R<()> {
                     full_handshakes: c.full_handshakes,
                     keys: c.keys.clone(),
                     first_phone: first + start,
-                    count: a.per_child.min(a.clients - start),
+                    count: per_child.min(a.clients - start),
                     source: (a.spread_sources && t.server.addr.ip().is_loopback())
                         .then(|| IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2 + (k % 250) as u8))),
                     rate: if a.rate > 0.0 {
@@ -1127,20 +1143,34 @@ pub fn connect(a: ConnectArgs) -> R<()> {
                "server_processes": t.server.pids.len()}),
     );
     report.server_before = t.sample()?;
+    let mut wave2 = specs(false);
+    let wave1: Vec<ChildSpec> = wave2.drain(..wave2.len().div_ceil(2)).collect();
+    let n1: u64 = wave1.iter().map(|s| s.count).sum();
     let started = Instant::now();
-    let ch = spawn_children(specs(false))?;
-    let g = gather(&ch, c, a.clients, "connecting")?;
-    let up_s = started.elapsed().as_secs_f64();
+    let ch1 = spawn_children(wave1)?;
+    let mut g = gather(&ch1, c, n1, "connecting (1/2)")?;
+    let up1 = started.elapsed().as_secs_f64();
+    let at_up1 = t.sample()?;
+    std::thread::sleep(Duration::from_secs(1));
+    let half = t.sample()?;
+    let started2 = Instant::now();
+    let ch2 = spawn_children(wave2)?;
+    let g2 = gather(&ch2, c, a.clients - n1, "connecting (2/2)")?;
+    let up_s = up1 + started2.elapsed().as_secs_f64();
     let at_up = t.sample()?;
+    let ready1 = g.ready;
+    g.absorb(g2);
     let sp = spinner(format!("holding {} clients", g.ready));
     std::thread::sleep(Duration::from_secs_f64(a.hold.max(1.0)));
     sp.finish_and_clear();
     report.server_after = t.sample()?;
-    drop(ch);
+    drop((ch1, ch2));
     let n = g.ready.max(1) as f64;
     let (b, e) = (report.server_before.clone(), report.server_after.clone());
     let rss_per = (e.rss() as f64 - b.rss() as f64) / n;
-    let cpu_per = (at_up.cpu() - b.cpu()) * 1e6 / n;
+    let rss_marginal = (e.rss() as f64 - half.rss() as f64) / (g.ready - ready1).max(1) as f64;
+    // CPU while the connections came up (not the pause between the waves).
+    let cpu_per = ((at_up1.cpu() - b.cpu()) + (at_up.cpu() - half.cpu())) * 1e6 / n;
     let kern = (e.tcp_buffer_bytes as f64 - b.tcp_buffer_bytes as f64) / n;
     let slab = match (b.tcp_slab_bytes, e.tcp_slab_bytes) {
         (Some(x), Some(y)) => Some((y as f64 - x as f64) / n),
@@ -1163,6 +1193,7 @@ pub fn connect(a: ConnectArgs) -> R<()> {
     report.add("login p99", g.login.value_at_quantile(0.99) as f64, "µs");
     report.add("server CPU per connection set-up", cpu_per, "µs");
     report.add("server RSS per connection", rss_per, "B");
+    report.add("server RSS per connection, second half", rss_marginal, "B");
     report.add("server RSS", e.rss() as f64 / 1048576.0, "MiB");
     report.add("server threads", e.threads() as f64, "");
     report.add("kernel TCP buffers per connection", kern, "B");

@@ -24,6 +24,9 @@ pub struct SpawnSpec {
     pub cpus: Option<String>,
     /// Extra TOML appended to the generated configuration.
     pub extra_toml: String,
+    /// Keep the server's data here (accounts survive, so saved keys log in again);
+    /// default: a temporary directory.
+    pub data: Option<PathBuf>,
 }
 
 /// A server the bench talks to.
@@ -114,7 +117,7 @@ impl Server {
         if spec.gateways == 0 {
             text += &spec.extra_toml;
             std::fs::write(&cfg, &text).map_err(|e| e.to_string())?;
-            let data = dir.path().join("data");
+            let data = spec.data.clone().unwrap_or_else(|| dir.path().join("data"));
             let lines = s.start(
                 spec,
                 &["serve", "--listen", &s.addr.to_string()],
@@ -137,7 +140,11 @@ impl Server {
             }
             text += &spec.extra_toml;
             std::fs::write(&cfg, &text).map_err(|e| e.to_string())?;
-            let rdata = dir.path().join("router");
+            let root = spec
+                .data
+                .clone()
+                .unwrap_or_else(|| dir.path().to_path_buf());
+            let rdata = root.join("router");
             s.start(
                 spec,
                 &["router", "--id", "1"],
@@ -146,7 +153,7 @@ impl Server {
                 "switchboard: router 1 listening",
             )?;
             s.sms_logs.push(rdata.join("sms.log"));
-            let gdata = dir.path().join("gateway");
+            let gdata = root.join("gateway");
             for g in 1..=spec.gateways {
                 let lines = s.start(
                     spec,

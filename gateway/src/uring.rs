@@ -317,6 +317,7 @@ impl Worker {
             sq: Vec::new(),
             gen: 0,
             blocked: std::collections::VecDeque::new(),
+            paused_slots: Vec::new(),
             retry_armed: false,
         };
         let started = Instant::now();
@@ -548,6 +549,8 @@ struct State {
     to_router: Vec<ToRouter>,
     sq: Vec<squeue::Entry>,
     gen: u16,
+    /// Slots paused because a request of theirs waits in `blocked`.
+    paused_slots: Vec<u32>,
     /// Requests a full link handed back, oldest first; their connections are paused.
     blocked: std::collections::VecDeque<ToRouter>,
     retry_armed: bool,
@@ -597,11 +600,21 @@ impl State {
             }
         }
         self.blocked = still;
-        for i in 0..self.slots.len() {
-            let Some(s) = self.slots[i].as_mut() else {
+        // Only the connections stuck now or paused before can change (not every slot:
+        // this runs every loop turn, with up to a hundred thousand connections).
+        let mut changed: Vec<u32> = stuck.iter().copied().collect();
+        changed.append(&mut self.paused_slots);
+        changed.sort_unstable();
+        changed.dedup();
+        for i in changed {
+            let i = i as usize;
+            let Some(s) = self.slots.get_mut(i).and_then(|s| s.as_mut()) else {
                 continue;
             };
             let want = stuck.contains(&(i as u32));
+            if want {
+                self.paused_slots.push(i as u32);
+            }
             if want && !s.paused {
                 s.paused = true;
                 if s.recv_armed {
