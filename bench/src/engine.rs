@@ -25,7 +25,8 @@ use wire::{ErrorCode, Key, Phone, Pin, PROTOCOL_VERSION};
 /// Where a connection is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Phase {
-    /// TCP connect and TLS handshake; `Hello` is queued behind it.
+    /// TCP connect and TLS handshake, with `Hello` and `Login` (or
+    /// `RegisterRequest`) queued behind it.
     Opening,
     Registering,
     WaitingPin,
@@ -218,7 +219,9 @@ impl Fleet {
             handshake_at: None,
             dirty: false,
         };
-        // Queued in rustls until the handshake is done.
+        // Queued in rustls until the handshake is done. Login (or RegisterRequest) goes
+        // with Hello, without waiting for Welcome: the server takes frames in order
+        // (docs/PROTOCOL.md), and a phone saves a round trip.
         write_frame(
             &mut c,
             &mut self.out,
@@ -227,6 +230,16 @@ impl Fleet {
                 max_version: PROTOCOL_VERSION,
             },
         );
+        match key {
+            Some(key) => {
+                c.phase = Phase::LoggingIn;
+                write_frame(&mut c, &mut self.out, Frame::Login { phone, key });
+            }
+            None => {
+                c.phase = Phase::Registering;
+                write_frame(&mut c, &mut self.out, Frame::RegisterRequest { phone });
+            }
+        }
         self.conns[id] = Some(c);
         Ok(id)
     }
@@ -407,16 +420,7 @@ impl Fleet {
         let c = self.conns[id].as_mut().expect("open");
         let phone = c.phone;
         match f {
-            Frame::Welcome { .. } => match c.key {
-                Some(key) => {
-                    c.phase = Phase::LoggingIn;
-                    self.send(id, Frame::Login { phone, key });
-                }
-                None => {
-                    c.phase = Phase::Registering;
-                    self.send(id, Frame::RegisterRequest { phone });
-                }
-            },
+            Frame::Welcome { .. } => {} // Login or RegisterRequest went with Hello
             Frame::RegisterPending { .. } => {
                 c.phase = Phase::WaitingPin;
                 self.waiting_pin.push(id);

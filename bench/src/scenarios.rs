@@ -5,7 +5,6 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -597,23 +596,26 @@ pub struct StormArgs {
     /// Rate at which the clients first come up (per second; 0: unlimited).
     #[arg(long, default_value_t = 5000.0)]
     pub ramp: f64,
+    /// Storm clients per child process.
+    #[arg(long, default_value_t = 15_000)]
+    pub per_child: u64,
 }
 
 pub fn storm(a: StormArgs) -> R<()> {
-    if a.clients == 0 || a.pairs == 0 || a.window == 0 {
-        return Err("--clients, --pairs and --window must be at least 1".into());
+    if a.clients == 0 || a.pairs == 0 || a.window == 0 || a.per_child == 0 {
+        return Err("--clients, --pairs, --window and --per-child must be at least 1".into());
     }
     let c = &a.common;
     let t = Target::new(c)?;
     let mut keys = keys(c)?;
     let first = c.first_phone.unwrap_or(18_000_000_000);
     let pair_phones = phones(first, 2 * a.pairs)?;
-    let clients = phones(first + 2 * a.pairs, a.clients)?;
     let mut fleet = t.fleet()?;
     let mut report = Report::new(
         "storm",
         json!({"clients": a.clients, "pairs": a.pairs, "window": a.window,
-               "before_s": a.before, "server": t.server.addr.to_string()}),
+               "before_s": a.before, "server": t.server.addr.to_string(),
+               "server_processes": t.server.pids.len()}),
     );
     let o = bring_up(
         &mut fleet,
@@ -625,56 +627,76 @@ pub fn storm(a: StormArgs) -> R<()> {
         &mut |_, _| {},
     )?;
     let ids: Vec<usize> = o.ids.iter().map(|i| i.expect("all up")).collect();
-    // Clients register once (if needed), then come up at the ramp rate.
-    let reg: Vec<Phone> = clients
+    // The storm's clients live in child processes: their handshakes must not delay
+    // the pairs' own processing in this one (the pairs measure the server).
+    let nchild = a.clients.div_ceil(a.per_child);
+    let per_child = a.clients.div_ceil(nchild);
+    let clients_first = first + 2 * a.pairs;
+    let specs = |register_only: bool| -> Vec<ChildSpec> {
+        (0..nchild)
+            .filter(|k| k * per_child < a.clients)
+            .map(|k| ChildSpec {
+                addr: t.server.addr,
+                fingerprint: t.server.fingerprint.clone(),
+                sms_logs: t.server.sms_logs.clone(),
+                full_handshakes: c.full_handshakes,
+                keys: c.keys.clone(),
+                first_phone: clients_first + k * per_child,
+                count: per_child.min(a.clients - k * per_child),
+                source: t
+                    .server
+                    .addr
+                    .ip()
+                    .is_loopback()
+                    .then(|| IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2 + (k % 250) as u8))),
+                rate: if a.ramp > 0.0 {
+                    a.ramp / nchild as f64
+                } else {
+                    0.0
+                },
+                inflight: c.inflight,
+                register_only,
+            })
+            .collect()
+    };
+    if c.keys.is_none() {
+        return Err("storm needs --keys FILE (its child processes share the saved keys)".into());
+    }
+    let missing = phones(clients_first, a.clients)?
         .iter()
-        .copied()
-        .filter(|p| keys.get(*p).is_none())
-        .collect();
-    if !reg.is_empty() {
-        let r = bring_up(
-            &mut fleet,
-            c,
-            &keys,
-            &reg,
-            "registering",
-            true,
-            &mut |_, _| {},
-        )?;
-        for (p, k) in r.new_keys {
-            keys.0.insert(p.get(), k);
+        .filter(|p| keys.get(**p).is_none())
+        .count() as u64;
+    if missing > 0 {
+        let ch = spawn_children(specs(true))?;
+        let g = gather_while(&ch, c, missing, "registering", &mut || Ok(()))?;
+        if g.failed > 0 {
+            return Err(format!(
+                "registration: {} failed: {}",
+                g.failed,
+                g.errors.join("; ")
+            ));
         }
+        keys = self::keys(c)?;
+    }
+    let _ = &keys;
+    let ch = spawn_children(specs(false))?;
+    let g = gather_while(&ch, c, a.clients, "clients up", &mut || Ok(()))?;
+    if g.failed > 0 {
+        return Err(format!(
+            "{} clients did not log in: {}",
+            g.failed,
+            g.errors.join("; ")
+        ));
     }
     let mut p = Pairs::new(&ids, &pair_phones, a.window, 100);
     p.start(&mut fleet);
-    let mut err: Option<String> = None;
-    let b = bar(a.clients, "clients up");
-    let up = login_all(
-        &mut fleet,
-        &Plan {
-            phones: &clients,
-            keys: &keys,
-            sources: &[],
-            rate: a.ramp,
-            inflight: c.inflight,
-            attempts: 3,
-            deadline: Duration::from_secs(120 + a.clients / 100),
-            close_when_ready: false,
-        },
-        &mut |f, ev| {
-            if let Err(e) = p.on(f, &ev) {
-                err.get_or_insert(e);
-            }
-        },
-        &mut |r, f| b.set_position(r + f),
-    );
-    b.finish_and_clear();
-    check_logins("clients", &up)?;
-    if let Some(e) = err.take() {
-        return Err(e);
-    }
-    // Baseline.
     let sp = spinner("baseline".into());
+    run_pairs_for(
+        &mut fleet,
+        &mut p,
+        Duration::from_millis(500),
+        &mut report.errors,
+    )?;
     p.measure();
     run_pairs_for(
         &mut fleet,
@@ -685,41 +707,21 @@ pub fn storm(a: StormArgs) -> R<()> {
     let before = p.hist.clone();
     sp.finish_and_clear();
 
-    // The storm: every client drops at once, then all reconnect.
+    // The storm: every client drops at once (a reset, as when a network goes), then all
+    // reconnect with full handshakes; the pairs keep running here meanwhile.
     report.server_before = t.sample()?;
     let storm_at = Instant::now();
-    for id in up.ids.iter().flatten() {
-        fleet.close(*id, false);
-    }
+    ch.tell("storm")?;
     p.measure();
-    let b = bar(a.clients, "reconnecting");
-    let back = login_all(
-        &mut fleet,
-        &Plan {
-            phones: &clients,
-            keys: &keys,
-            sources: &[],
-            rate: 0.0,
-            inflight: c.inflight.max(a.clients as usize),
-            attempts: 3,
-            deadline: Duration::from_secs(120 + a.clients / 100),
-            close_when_ready: false,
-        },
-        &mut |f, ev| {
-            if let Err(e) = p.on(f, &ev) {
-                err.get_or_insert(e);
-            }
-        },
-        &mut |r, f| b.set_position(r + f),
-    );
-    b.finish_and_clear();
+    let mut errors = Vec::new();
+    let back = gather_while(&ch, c, a.clients, "reconnecting", &mut || {
+        run_pairs_for(&mut fleet, &mut p, Duration::from_millis(20), &mut errors)
+    })?;
     let all_back = storm_at.elapsed();
     p.measuring = false;
     report.server_after = t.sample()?;
     let during = p.hist.clone();
-    if let Some(e) = err.take() {
-        report.errors.push(e);
-    }
+    report.errors.extend(errors);
     if back.failed > 0 {
         report.errors.push(format!(
             "{} clients did not come back: {}",
@@ -759,6 +761,11 @@ pub fn storm(a: StormArgs) -> R<()> {
         during.value_at_quantile(0.99) as f64,
         "µs",
     );
+    report.add(
+        "pairs p999 during",
+        during.value_at_quantile(0.999) as f64,
+        "µs",
+    );
     report.add("pairs messages during", during.len() as f64, "msgs");
     report.add(
         "server CPU per reconnect",
@@ -776,6 +783,7 @@ pub fn storm(a: StormArgs) -> R<()> {
             &timeline(&p),
         )?;
     }
+    drop(ch);
     finish(&report, c)
 }
 
@@ -919,24 +927,60 @@ pub fn child(spec: &str) -> R<()> {
     if s.register_only {
         return Ok(());
     }
-    // Hold: answer pings until the parent closes our stdin.
-    let stop = Arc::new(AtomicBool::new(false));
-    let stop2 = stop.clone();
+    // Hold: answer pings until the parent closes our stdin; on `storm`, drop every
+    // connection at once (resets) and bring them all back, reporting again.
+    let (cmd_tx, cmd_rx) = std::sync::mpsc::channel::<String>();
     std::thread::spawn(move || {
-        let mut line = String::new();
-        let _ = std::io::stdin().read_line(&mut line);
-        stop2.store(true, Ordering::Release);
+        for line in std::io::stdin().lock().lines().map_while(Result::ok) {
+            if cmd_tx.send(line).is_err() {
+                return;
+            }
+        }
     });
+    let mut ids: Vec<usize> = o.ids.iter().flatten().copied().collect();
     let mut evs = Vec::new();
-    while !stop.load(Ordering::Acquire) {
+    loop {
         fleet
-            .turn(Duration::from_millis(100), &mut evs)
+            .turn(Duration::from_millis(50), &mut evs)
             .map_err(|e| format!("poll: {e}"))?;
         evs.clear();
+        match cmd_rx.try_recv() {
+            Ok(cmd) if cmd == "storm" => {
+                for id in ids.drain(..) {
+                    fleet.close(id, false);
+                }
+                let o = login_all(
+                    &mut fleet,
+                    &Plan {
+                        phones: &phones,
+                        keys: &keys,
+                        sources: &sources,
+                        rate: 0.0,
+                        inflight: phones.len().max(1),
+                        attempts: 3,
+                        deadline: Duration::from_secs(300 + s.count / 100),
+                        close_when_ready: false,
+                    },
+                    &mut |_, _| {},
+                    &mut |_, _| {},
+                );
+                ids = o.ids.iter().flatten().copied().collect();
+                say(&ChildMsg::Done {
+                    ready: o.ids.len() as u64 - o.failed,
+                    failed: o.failed,
+                    errors: o.errors.clone(),
+                    handshake: hist_hex(&o.handshake),
+                    login: hist_hex(&o.login),
+                    elapsed_s: o.elapsed.as_secs_f64(),
+                });
+            }
+            Ok(_) | Err(std::sync::mpsc::TryRecvError::Empty) => {}
+            Err(std::sync::mpsc::TryRecvError::Disconnected) => break,
+        }
     }
     // Resets, not FINs: no TIME_WAIT ports left behind for the next run.
-    for id in o.ids.iter().flatten() {
-        fleet.close(*id, false);
+    for id in ids {
+        fleet.close(id, false);
     }
     Ok(())
 }
@@ -975,6 +1019,17 @@ fn spawn_children(specs: Vec<ChildSpec>) -> R<Children> {
     Ok(Children { procs, rx })
 }
 
+impl Children {
+    /// Sends a command line to every child.
+    fn tell(&self, cmd: &str) -> R<()> {
+        for p in &self.procs {
+            let mut stdin = p.stdin.as_ref().ok_or("a child has no stdin")?;
+            writeln!(stdin, "{cmd}").map_err(|e| format!("child: {e}"))?;
+        }
+        Ok(())
+    }
+}
+
 impl Drop for Children {
     fn drop(&mut self) {
         for p in &mut self.procs {
@@ -1011,7 +1066,22 @@ impl Gathered {
 
 /// Reads the children's lines until every one is done; saves keys as they come.
 fn gather(ch: &Children, c: &Common, total: u64, what: &str) -> R<Gathered> {
+    gather_while(ch, c, total, what, &mut || {
+        std::thread::sleep(Duration::from_millis(5));
+        Ok(())
+    })
+}
+
+/// [`gather`], running `meanwhile` between looks at the children's lines.
+fn gather_while(
+    ch: &Children,
+    c: &Common,
+    total: u64,
+    what: &str,
+    meanwhile: &mut dyn FnMut() -> R<()>,
+) -> R<Gathered> {
     let b = bar(total, what);
+    let started = Instant::now();
     let mut progress = vec![0u64; ch.procs.len()];
     let mut done = 0;
     let mut g = Gathered {
@@ -1022,10 +1092,21 @@ fn gather(ch: &Children, c: &Common, total: u64, what: &str) -> R<Gathered> {
         login: hist(),
     };
     while done < ch.procs.len() {
-        let (k, m) = ch
-            .rx
-            .recv_timeout(Duration::from_secs(600))
-            .map_err(|_| format!("{what}: a child process stopped answering"))?;
+        let (k, m) = match ch.rx.try_recv() {
+            Ok(x) => x,
+            Err(std::sync::mpsc::TryRecvError::Empty) => {
+                if started.elapsed() > Duration::from_secs(900) {
+                    return Err(format!(
+                        "{what}: the child processes did not finish in time"
+                    ));
+                }
+                meanwhile()?;
+                continue;
+            }
+            Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                return Err(format!("{what}: a child process stopped answering"))
+            }
+        };
         match m {
             ChildMsg::Progress { ready, failed } => {
                 progress[k] = ready + failed;
@@ -1151,7 +1232,7 @@ pub fn connect(a: ConnectArgs) -> R<()> {
     let mut g = gather(&ch1, c, n1, "connecting (1/2)")?;
     let up1 = started.elapsed().as_secs_f64();
     let at_up1 = t.sample()?;
-    std::thread::sleep(Duration::from_secs(1));
+    settle(&t)?;
     let half = t.sample()?;
     let started2 = Instant::now();
     let ch2 = spawn_children(wave2)?;
@@ -1163,12 +1244,17 @@ pub fn connect(a: ConnectArgs) -> R<()> {
     let sp = spinner(format!("holding {} clients", g.ready));
     std::thread::sleep(Duration::from_secs_f64(a.hold.max(1.0)));
     sp.finish_and_clear();
+    // The handshakes' transient memory goes back to the allocator, then over its decay
+    // time to the kernel: read the memory of idle connections once that is done.
+    settle(&t)?;
     report.server_after = t.sample()?;
     drop((ch1, ch2));
     let n = g.ready.max(1) as f64;
     let (b, e) = (report.server_before.clone(), report.server_after.clone());
     let rss_per = (e.rss() as f64 - b.rss() as f64) / n;
-    let rss_marginal = (e.rss() as f64 - half.rss() as f64) / (g.ready - ready1).max(1) as f64;
+    let anon_per = (e.rss_anon() as f64 - b.rss_anon() as f64) / n;
+    let anon_marginal =
+        (e.rss_anon() as f64 - half.rss_anon() as f64) / (g.ready - ready1).max(1) as f64;
     // CPU while the connections came up (not the pause between the waves).
     let cpu_per = ((at_up1.cpu() - b.cpu()) + (at_up.cpu() - half.cpu())) * 1e6 / n;
     let kern = (e.tcp_buffer_bytes as f64 - b.tcp_buffer_bytes as f64) / n;
@@ -1192,8 +1278,17 @@ pub fn connect(a: ConnectArgs) -> R<()> {
     report.add("login p50", g.login.value_at_quantile(0.5) as f64, "µs");
     report.add("login p99", g.login.value_at_quantile(0.99) as f64, "µs");
     report.add("server CPU per connection set-up", cpu_per, "µs");
-    report.add("server RSS per connection", rss_per, "B");
-    report.add("server RSS per connection, second half", rss_marginal, "B");
+    report.add(
+        "server memory per connection (anonymous RSS)",
+        anon_per,
+        "B",
+    );
+    report.add(
+        "server memory per connection, second half",
+        anon_marginal,
+        "B",
+    );
+    report.add("server RSS per connection (incl. mapped log)", rss_per, "B");
     report.add("server RSS", e.rss() as f64 / 1048576.0, "MiB");
     report.add("server threads", e.threads() as f64, "");
     report.add("kernel TCP buffers per connection", kern, "B");

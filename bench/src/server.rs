@@ -266,6 +266,9 @@ fn fingerprint(lines: &[String]) -> Result<String, String> {
 #[derive(Clone, Copy, Debug, Default, Serialize)]
 pub struct ProcSample {
     pub rss_bytes: u64,
+    /// Anonymous resident memory (heap, stacks): RSS without the mapped log files,
+    /// whose pages are the page cache's, not the connections'.
+    pub rss_anon_bytes: u64,
     /// User + system CPU time.
     pub cpu_s: f64,
     pub threads: u64,
@@ -285,6 +288,9 @@ pub struct Sample {
 impl Sample {
     pub fn rss(&self) -> u64 {
         self.procs.iter().map(|p| p.rss_bytes).sum()
+    }
+    pub fn rss_anon(&self) -> u64 {
+        self.procs.iter().map(|p| p.rss_anon_bytes).sum()
     }
     pub fn cpu(&self) -> f64 {
         self.procs.iter().map(|p| p.cpu_s).sum()
@@ -335,6 +341,7 @@ pub fn sample_proc(pid: u32) -> Result<ProcSample, String> {
     let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
     Ok(ProcSample {
         rss_bytes: field("VmRSS:") * 1024,
+        rss_anon_bytes: field("RssAnon:") * 1024,
         cpu_s: (ticks(11) + ticks(12)) as f64 / ticks_per_s(),
         threads: field("Threads:"),
     })

@@ -110,18 +110,25 @@ fn offline_smoke_delivers_everything_queued() {
 #[test]
 fn storm_smoke_all_clients_come_back() {
     let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys");
     let (v, _) = run(
         &[
             "storm",
             "--clients",
             "200",
+            "--per-child",
+            "100",
             "--pairs",
             "2",
             "--before",
             "0.5",
+            "--keys",
+            keys.to_str().unwrap(),
         ],
         dir.path(),
     );
+    // Pairs and clients registered once; the clients came back after the storm.
+    assert_eq!(std::fs::read_to_string(&keys).unwrap().lines().count(), 204);
     assert_eq!(figure(&v, "clients"), 200.0);
     assert!(figure(&v, "all back after") > 0.0);
     assert!(figure(&v, "pairs p99 before") > 0.0);
@@ -147,7 +154,7 @@ fn connect_smoke_children_sources_and_saved_keys() {
     assert_eq!(figure(&v, "clients logged in and held"), 300.0);
     assert_eq!(figure(&v, "failed"), 0.0);
     // Reported; at 300 connections its value is noise, so only its presence is checked.
-    figure(&v, "server RSS per connection");
+    figure(&v, "server memory per connection (anonymous RSS)");
     // Every phone's key was saved, once.
     let saved = std::fs::read_to_string(&keys).unwrap();
     assert_eq!(saved.lines().count(), 300);
