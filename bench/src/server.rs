@@ -106,6 +106,7 @@ impl Server {
             .map_err(|e| e.to_string())?
             .port();
         let mut text = format!("workers = {}\nshards = 1\n{CONFIG}", spec.workers);
+        let extra = spec.extra_toml.clone();
         let mut s = Server {
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
             fingerprint: String::new(),
@@ -115,7 +116,7 @@ impl Server {
             _dir: None,
         };
         if spec.gateways == 0 {
-            text += &spec.extra_toml;
+            let text = merge_toml(&text, &extra)?;
             std::fs::write(&cfg, &text).map_err(|e| e.to_string())?;
             let data = spec.data.clone().unwrap_or_else(|| dir.path().join("data"));
             let lines = s.start(
@@ -138,7 +139,7 @@ impl Server {
             for g in 1..=spec.gateways {
                 text += &format!("[[cluster.gateway]]\nid = {g}\nsource = \"127.0.0.1\"\n");
             }
-            text += &spec.extra_toml;
+            let text = merge_toml(&text, &extra)?;
             std::fs::write(&cfg, &text).map_err(|e| e.to_string())?;
             let root = spec
                 .data
@@ -252,6 +253,25 @@ impl Server {
             }
         }
     }
+}
+
+/// The bench's configuration with `--server-toml` laid over it, table by table (so
+/// `[process]` there adds to the bench's own `[process]` instead of repeating it).
+fn merge_toml(base: &str, extra: &str) -> Result<String, String> {
+    fn merge(into: &mut toml::Table, from: toml::Table) {
+        for (k, v) in from {
+            match (into.get_mut(&k), v) {
+                (Some(toml::Value::Table(a)), toml::Value::Table(b)) => merge(a, b),
+                (_, v) => {
+                    into.insert(k, v);
+                }
+            }
+        }
+    }
+    let mut t: toml::Table = base.parse().map_err(|e| format!("bench config: {e}"))?;
+    let e: toml::Table = extra.parse().map_err(|e| format!("--server-toml: {e}"))?;
+    merge(&mut t, e);
+    toml::to_string(&t).map_err(|e| e.to_string())
 }
 
 fn fingerprint(lines: &[String]) -> Result<String, String> {

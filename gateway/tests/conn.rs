@@ -457,3 +457,59 @@ fn an_idle_connection_holds_no_buffer() {
         "all buffers are released between messages"
     );
 }
+
+/// Counts the heap bytes this thread holds, so a test can weigh what it keeps.
+struct Counting;
+
+thread_local! {
+    static HELD: std::cell::Cell<isize> = const { std::cell::Cell::new(0) };
+}
+
+// SAFETY: forwards to the system allocator; only adds bookkeeping in a thread-local
+// `Cell` (no allocation, no destructor).
+unsafe impl std::alloc::GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: std::alloc::Layout) -> *mut u8 {
+        let _ = HELD.try_with(|h| h.set(h.get() + l.size() as isize));
+        std::alloc::System.alloc(l)
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: std::alloc::Layout) {
+        let _ = HELD.try_with(|h| h.set(h.get() - l.size() as isize));
+        std::alloc::System.dealloc(p, l)
+    }
+    unsafe fn realloc(&self, p: *mut u8, l: std::alloc::Layout, new: usize) -> *mut u8 {
+        let _ = HELD.try_with(|h| h.set(h.get() + new as isize - l.size() as isize));
+        std::alloc::System.realloc(p, l, new)
+    }
+}
+
+#[global_allocator]
+static ALLOC: Counting = Counting;
+
+/// The memory budget of an idle, logged-in connection (issue 6: at most 4 KB per
+/// connection in all, with the allocator's rounding and the router's session entry on
+/// top): the `Conn`, its rustls session and everything they keep on the heap.
+#[test]
+fn an_idle_logged_in_connection_holds_little_heap() {
+    let (s, c) = configs(&[&rustls::version::TLS13]);
+    let n = 200;
+    let mut conns = Vec::with_capacity(n);
+    let before = HELD.with(|h| h.get());
+    for i in 0..n {
+        let mut p = pair(Limits::default(), &s, &c);
+        p.hello();
+        p.login(Phone::new(15550000000 + i as u64).unwrap());
+        let Pair { server, .. } = p;
+        conns.push(server);
+    }
+    let per = (HELD.with(|h| h.get()) - before) as usize / n;
+    println!(
+        "idle logged-in connection: {per} heap bytes + {} inline",
+        std::mem::size_of::<Conn>()
+    );
+    assert!(
+        per + std::mem::size_of::<Conn>() <= 3_000,
+        "{per} heap bytes + {} inline per idle connection",
+        std::mem::size_of::<Conn>()
+    );
+    drop(conns);
+}
