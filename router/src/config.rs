@@ -20,8 +20,9 @@ pub struct RouterConfig {
     pub pin_requests_per_source_hour: u32,
     /// Wrong PINs before the PIN is void. Default: 5. Range: 1 to 100.
     pub pin_wrong_max: u32,
-    /// Recently delivered (sender, recipient, message id) remembered to drop resends.
-    /// Default: 65,536. Minimum: 0.
+    /// Recently delivered (sender, recipient, message id) remembered to drop resends:
+    /// at least this many of the latest (at most twice as many). Default: 65,536.
+    /// Minimum: 0.
     pub recent_delivered: usize,
     /// Registrations waiting for their PIN, per shard. Default: 100,000. Minimum: 1.
     pub pending_registrations_max: usize,

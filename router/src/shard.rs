@@ -46,12 +46,18 @@ pub struct ShardStats {
 /// Remembers which (recipient, sender, message id) are pending or were delivered
 /// lately, to acknowledge a resend without storing it twice. Keys are 64-bit hashes;
 /// a pending hit is confirmed against the log, a recent hit is taken as it is (a false
-/// match needs a 64-bit collision among the last `recent_max` deliveries).
+/// match needs a 64-bit collision among the remembered deliveries).
+///
+/// Recent deliveries live in two generations of `recent_max` each: new ones go into
+/// `recent`; when it is full it becomes `older` and the previous `older` is dropped
+/// whole. So at least the last `recent_max` deliveries (at most twice that) are
+/// remembered, and no delivery pays for forgetting an old one (a hash probe that
+/// misses the cache, once per message, when kept in exact order).
 struct Dedup {
     hasher: ahash::RandomState,
     pending: AHashMap<u64, u32>,
     recent: AHashSet<u64>,
-    order: VecDeque<u64>,
+    older: AHashSet<u64>,
     recent_max: usize,
 }
 
@@ -61,7 +67,7 @@ impl Dedup {
             hasher: ahash::RandomState::with_seeds(7, 11, 13, 17),
             pending: AHashMap::new(),
             recent: AHashSet::new(),
-            order: VecDeque::new(),
+            older: AHashSet::new(),
             recent_max,
         }
     }
@@ -81,14 +87,20 @@ impl Dedup {
                 self.pending.remove(&h);
             }
         }
-        if self.recent_max > 0 && self.recent.insert(h) {
-            self.order.push_back(h);
-            if self.order.len() > self.recent_max {
-                if let Some(old) = self.order.pop_front() {
-                    self.recent.remove(&old);
-                }
+        if self.recent_max > 0 {
+            if self.recent.len() >= self.recent_max {
+                let capacity = self.recent.capacity();
+                self.older = std::mem::replace(
+                    &mut self.recent,
+                    AHashSet::with_capacity_and_hasher(capacity, Default::default()),
+                );
             }
+            self.recent.insert(h);
         }
+    }
+
+    fn was_delivered(&self, h: u64) -> bool {
+        self.recent.contains(&h) || self.older.contains(&h)
     }
 }
 
@@ -534,7 +546,7 @@ impl Shard {
     }
 
     fn is_duplicate(&self, h: u64, to: Phone, from: Phone, msg_id: u64, now: u64) -> bool {
-        if self.dedup.recent.contains(&h) {
+        if self.dedup.was_delivered(h) {
             return true;
         }
         self.dedup.pending.contains_key(&h)
@@ -654,5 +666,29 @@ impl Shard {
                 break;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Dedup;
+
+    #[test]
+    fn dedup_remembers_at_least_the_last_recent_max_deliveries() {
+        let mut d = Dedup::new(3);
+        for h in 1..=10u64 {
+            d.delivered(h);
+            // The last three are always there.
+            for k in h.saturating_sub(2).max(1)..=h {
+                assert!(d.was_delivered(k), "{k} forgotten after {h}");
+            }
+        }
+        // Older ones are forgotten (at most twice recent_max remembered).
+        assert!(!d.was_delivered(1));
+        assert!((1..=10).filter(|k| d.was_delivered(*k)).count() <= 6);
+        // Zero remembers nothing.
+        let mut z = Dedup::new(0);
+        z.delivered(5);
+        assert!(!z.was_delivered(5));
     }
 }
