@@ -147,6 +147,7 @@ pub struct Fleet {
     addr: SocketAddr,
     pins: PinBook,
     buf: Vec<u8>,
+    rbuf: Vec<u8>,
     out: Vec<u8>,
 }
 
@@ -165,6 +166,7 @@ impl Fleet {
             addr,
             pins,
             buf: vec![0; 64 * 1024],
+            rbuf: vec![0; 64 * 1024],
             out: Vec::with_capacity(64 * 1024),
         })
     }
@@ -348,30 +350,42 @@ impl Fleet {
         let Some(c) = self.conns.get_mut(id).and_then(|c| c.as_mut()) else {
             return;
         };
+        // One read into our buffer, handed to rustls piece by piece; a short read means
+        // the socket is drained (TCP), so no extra read just to see EAGAIN.
         let mut eof = false;
         loop {
-            match c.tls.read_tls(&mut c.sock) {
+            let n = match c.sock.read(&mut self.rbuf) {
                 Ok(0) => {
                     eof = true;
                     break;
                 }
-                Ok(_) => {}
+                Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::NotConnected => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return self.fail(id, format!("read: {e}"), evs),
-            }
-            if let Err(e) = c.tls.process_new_packets() {
-                return self.fail(id, format!("TLS: {e}"), evs);
-            }
-            loop {
-                match c.tls.reader().read(&mut self.buf) {
-                    Ok(0) => {
-                        eof = true;
-                        break;
-                    }
-                    Ok(n) => c.inbox.extend_from_slice(&self.buf[..n]),
-                    Err(_) => break,
+            };
+            let mut rd = &self.rbuf[..n];
+            while !rd.is_empty() {
+                if let Err(e) = c.tls.read_tls(&mut rd) {
+                    return self.fail(id, format!("TLS: {e}"), evs);
                 }
+                if let Err(e) = c.tls.process_new_packets() {
+                    return self.fail(id, format!("TLS: {e}"), evs);
+                }
+                loop {
+                    match c.tls.reader().read(&mut self.buf) {
+                        Ok(0) => {
+                            eof = true;
+                            break;
+                        }
+                        Ok(n) => c.inbox.extend_from_slice(&self.buf[..n]),
+                        Err(_) => break,
+                    }
+                }
+            }
+            if n < self.rbuf.len() {
+                break;
             }
         }
         if c.handshake_at.is_none() && !c.tls.is_handshaking() {

@@ -37,6 +37,23 @@ impl Report {
         self.results.push((figure.into(), value, unit.into()));
     }
 
+    /// Adds `NAME pXX` for each quantile of a microsecond histogram.
+    pub fn quantiles(&mut self, name: &str, h: &Histogram<u64>, qs: &[f64]) {
+        for q in qs {
+            let pct = q * 100.0;
+            let label = if (pct - pct.round()).abs() < 1e-9 {
+                format!("{pct:.0}")
+            } else {
+                format!("{pct}").replace('.', "") // 99.9 → p999
+            };
+            self.add(
+                format!("{name} p{label}"),
+                h.value_at_quantile(*q) as f64,
+                "µs",
+            );
+        }
+    }
+
     pub fn print(&self) {
         println!(
             "switchboard-bench {} — {} ({} cores), kernel {}, commit {}, {}",

@@ -731,41 +731,10 @@ pub fn storm(a: StormArgs) -> R<()> {
     }
     report.add("clients", a.clients as f64, "");
     report.add("all back after", all_back.as_secs_f64(), "s");
-    report.add(
-        "reconnect handshake p50",
-        back.handshake.value_at_quantile(0.5) as f64,
-        "µs",
-    );
-    report.add(
-        "reconnect login p99",
-        back.login.value_at_quantile(0.99) as f64,
-        "µs",
-    );
-    report.add(
-        "pairs p50 before",
-        before.value_at_quantile(0.5) as f64,
-        "µs",
-    );
-    report.add(
-        "pairs p99 before",
-        before.value_at_quantile(0.99) as f64,
-        "µs",
-    );
-    report.add(
-        "pairs p50 during",
-        during.value_at_quantile(0.5) as f64,
-        "µs",
-    );
-    report.add(
-        "pairs p99 during",
-        during.value_at_quantile(0.99) as f64,
-        "µs",
-    );
-    report.add(
-        "pairs p999 during",
-        during.value_at_quantile(0.999) as f64,
-        "µs",
-    );
+    report.quantiles("reconnect handshake", &back.handshake, &[0.5]);
+    report.quantiles("reconnect login", &back.login, &[0.99]);
+    report.quantiles("pairs before", &before, &[0.5, 0.99]);
+    report.quantiles("pairs during", &during, &[0.5, 0.99, 0.999]);
     report.add("pairs messages during", during.len() as f64, "msgs");
     report.add(
         "server CPU per reconnect",
@@ -1265,18 +1234,8 @@ pub fn connect(a: ConnectArgs) -> R<()> {
     report.add("clients logged in and held", g.ready as f64, "");
     report.add("failed", g.failed as f64, "");
     report.add("connections per second", g.ready as f64 / up_s, "conn/s");
-    report.add(
-        "handshake p50",
-        g.handshake.value_at_quantile(0.5) as f64,
-        "µs",
-    );
-    report.add(
-        "handshake p99",
-        g.handshake.value_at_quantile(0.99) as f64,
-        "µs",
-    );
-    report.add("login p50", g.login.value_at_quantile(0.5) as f64, "µs");
-    report.add("login p99", g.login.value_at_quantile(0.99) as f64, "µs");
+    report.quantiles("handshake", &g.handshake, &[0.5, 0.99]);
+    report.quantiles("login", &g.login, &[0.5, 0.99]);
     report.add("server CPU per connection set-up", cpu_per, "µs");
     report.add(
         "server memory per connection (anonymous RSS)",

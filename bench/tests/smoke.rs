@@ -131,7 +131,7 @@ fn storm_smoke_all_clients_come_back() {
     assert_eq!(std::fs::read_to_string(&keys).unwrap().lines().count(), 204);
     assert_eq!(figure(&v, "clients"), 200.0);
     assert!(figure(&v, "all back after") > 0.0);
-    assert!(figure(&v, "pairs p99 before") > 0.0);
+    assert!(figure(&v, "pairs before p99") > 0.0);
 }
 
 #[test]
