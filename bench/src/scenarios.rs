@@ -630,34 +630,18 @@ pub fn storm(a: StormArgs) -> R<()> {
     // The storm's clients live in child processes: their handshakes must not delay
     // the pairs' own processing in this one (the pairs measure the server).
     let nchild = a.clients.div_ceil(a.per_child);
-    let per_child = a.clients.div_ceil(nchild);
     let clients_first = first + 2 * a.pairs;
-    let specs = |register_only: bool| -> Vec<ChildSpec> {
-        (0..nchild)
-            .filter(|k| k * per_child < a.clients)
-            .map(|k| ChildSpec {
-                addr: t.server.addr,
-                fingerprint: t.server.fingerprint.clone(),
-                sms_logs: t.server.sms_logs.clone(),
-                full_handshakes: c.full_handshakes,
-                keys: c.keys.clone(),
-                first_phone: clients_first + k * per_child,
-                count: per_child.min(a.clients - k * per_child),
-                source: t
-                    .server
-                    .addr
-                    .ip()
-                    .is_loopback()
-                    .then(|| IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2 + (k % 250) as u8))),
-                rate: if a.ramp > 0.0 {
-                    a.ramp / nchild as f64
-                } else {
-                    0.0
-                },
-                inflight: c.inflight,
-                register_only,
-            })
-            .collect()
+    let specs = |register_only: bool| {
+        child_specs(
+            &t,
+            c,
+            clients_first,
+            a.clients,
+            nchild,
+            a.ramp,
+            true,
+            register_only,
+        )
     };
     if c.keys.is_none() {
         return Err("storm needs --keys FILE (its child processes share the saved keys)".into());
@@ -794,6 +778,43 @@ struct ChildSpec {
     inflight: usize,
     /// Register the phones without keys and leave, instead of holding.
     register_only: bool,
+}
+
+/// `clients` phones from `first`, split evenly over `nchild` children; child k connects
+/// from 127.0.0.(2+k) when `spread` and the server is on loopback; `rate` is shared.
+#[allow(clippy::too_many_arguments)] // one call each from connect and storm
+fn child_specs(
+    t: &Target,
+    c: &Common,
+    first: u64,
+    clients: u64,
+    nchild: u64,
+    rate: f64,
+    spread: bool,
+    register_only: bool,
+) -> Vec<ChildSpec> {
+    let per_child = clients.div_ceil(nchild);
+    (0..nchild)
+        .filter(|k| k * per_child < clients)
+        .map(|k| ChildSpec {
+            addr: t.server.addr,
+            fingerprint: t.server.fingerprint.clone(),
+            sms_logs: t.server.sms_logs.clone(),
+            full_handshakes: c.full_handshakes,
+            keys: c.keys.clone(),
+            first_phone: first + k * per_child,
+            count: per_child.min(clients - k * per_child),
+            source: (spread && t.server.addr.ip().is_loopback())
+                .then(|| IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2 + (k % 250) as u8))),
+            rate: if rate > 0.0 {
+                rate / nchild as f64
+            } else {
+                0.0
+            },
+            inflight: c.inflight,
+            register_only,
+        })
+        .collect()
 }
 
 /// A child's lines on stdout.
@@ -1136,32 +1157,17 @@ pub fn connect(a: ConnectArgs) -> R<()> {
     // At least two children: they come up in two waves, so the memory of the second
     // half is measured apart from one-time growth (tables, allocator arenas).
     let nchild = a.clients.div_ceil(a.per_child).max(a.clients.min(2));
-    let per_child = a.clients.div_ceil(nchild);
-    let specs = |register_only: bool| -> Vec<ChildSpec> {
-        (0..nchild)
-            .filter(|k| k * per_child < a.clients)
-            .map(|k| {
-                let start = k * per_child;
-                ChildSpec {
-                    addr: t.server.addr,
-                    fingerprint: t.server.fingerprint.clone(),
-                    sms_logs: t.server.sms_logs.clone(),
-                    full_handshakes: c.full_handshakes,
-                    keys: c.keys.clone(),
-                    first_phone: first + start,
-                    count: per_child.min(a.clients - start),
-                    source: (a.spread_sources && t.server.addr.ip().is_loopback())
-                        .then(|| IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2 + (k % 250) as u8))),
-                    rate: if a.rate > 0.0 {
-                        a.rate / nchild as f64
-                    } else {
-                        0.0
-                    },
-                    inflight: c.inflight,
-                    register_only,
-                }
-            })
-            .collect()
+    let specs = |register_only: bool| {
+        child_specs(
+            &t,
+            c,
+            first,
+            a.clients,
+            nchild,
+            a.rate,
+            a.spread_sources,
+            register_only,
+        )
     };
     // Registration (only phones without a saved key), not measured.
     let keys = keys(c)?;
