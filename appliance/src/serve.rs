@@ -27,17 +27,14 @@ use crate::config::Config;
 use crate::sms::Sms;
 
 /// A shard's inbox, sending side. The shard never blocks in `recv` (it drains with
-/// `try_recv` and parks), so queueing costs no wake-up; [`ShardTx::kick`] unparks it
-/// once for a whole batch. A gateway worker queues every request of one loop turn and
-/// kicks once at the end: on a host where worker and shard share a core, that is one
-/// context switch per turn instead of one per request.
+/// `try_recv` and parks), so a send is a queue push and an unpark. Senders batch:
+/// a gateway worker sends each shard one [`ShardMsg::Batch`] per loop turn, so on a host
+/// where worker and shard share a core there is one context switch per turn, not one
+/// per request.
 #[derive(Clone)]
 pub(crate) struct ShardTx {
     tx: Sender<ShardMsg>,
     thread: Arc<std::sync::OnceLock<std::thread::Thread>>,
-    pending: Arc<AtomicBool>,
-    /// Requests gathered by [`ShardTx::queue_req`], sent as one message at the kick.
-    batch: Arc<std::sync::Mutex<Vec<ToRouter>>>,
 }
 
 /// A shard's inbox, receiving side (see [`ShardTx`]).
@@ -53,57 +50,49 @@ pub(crate) fn shard_channel() -> (ShardTx, ShardRx) {
         ShardTx {
             tx,
             thread: Arc::clone(&thread),
-            pending: Arc::new(AtomicBool::new(false)),
-            batch: Arc::default(),
         },
         ShardRx { rx, thread },
     )
 }
 
 impl ShardTx {
-    /// Queues without waking the shard (it runs it after the next [`ShardTx::kick`], or
-    /// within 1 ms). `false`: the shard is gone.
-    pub(crate) fn queue(&self, m: ShardMsg) -> bool {
-        self.send_batch(); // keeps requests in the order they were given
+    /// Queues and wakes the shard (before it has started, it finds the message within
+    /// 1 ms). `false`: the shard is gone.
+    pub(crate) fn send(&self, m: ShardMsg) -> bool {
         let sent = self.tx.send(m).is_ok();
-        self.pending.store(true, Ordering::Release);
+        if let Some(t) = self.thread.get() {
+            t.unpark();
+        }
         sent
     }
+}
 
-    /// Adds a request to the batch the next [`ShardTx::kick`] sends as one message.
-    pub(crate) fn queue_req(&self, r: ToRouter) {
-        self.batch.lock().expect("not poisoned").push(r);
-        self.pending.store(true, Ordering::Release);
-    }
+/// Requests gathered per shard, then sent as one [`ShardMsg::Batch`] per shard.
+#[derive(Default)]
+struct ShardBatches(Vec<Vec<ToRouter>>);
 
-    fn send_batch(&self) {
-        let batch = std::mem::take(&mut *self.batch.lock().expect("not poisoned"));
-        if !batch.is_empty() {
-            let _ = self.tx.send(ShardMsg::Batch(batch));
+impl ShardBatches {
+    fn push(&mut self, map: &PartitionMap, req: ToRouter) {
+        let s = map.shard_of(req.route_key()) as usize;
+        if self.0.len() <= s {
+            self.0.resize_with(s + 1, Vec::new);
         }
+        self.0[s].push(req);
     }
 
-    /// Sends the batch and wakes the shard if anything was queued since the last kick.
-    pub(crate) fn kick(&self) {
-        if self.pending.swap(false, Ordering::AcqRel) {
-            self.send_batch();
-            if let Some(t) = self.thread.get() {
-                t.unpark();
+    fn send(&mut self, shards: &[ShardTx]) {
+        for (s, batch) in self.0.iter_mut().enumerate() {
+            if !batch.is_empty() {
+                let next = Vec::with_capacity(batch.len());
+                shards[s].send(ShardMsg::Batch(std::mem::replace(batch, next)));
             }
         }
-    }
-
-    /// Queues and wakes. `false`: the shard is gone.
-    pub(crate) fn send(&self, m: ShardMsg) -> bool {
-        let sent = self.queue(m);
-        self.kick();
-        sent
     }
 }
 
 pub(crate) enum ShardMsg {
     Req(ToRouter),
-    /// Requests in the order given (see [`ShardTx::queue_req`]).
+    /// Requests in the order given (see [`ShardBatches`]).
     Batch(Vec<ToRouter>),
     /// A gateway re-attaches a logged-in connection after its link came back.
     Attach(ConnId, Phone),
@@ -152,44 +141,21 @@ struct Routes {
     sms: Arc<Sms>,
 }
 
-impl Routes {
-    fn to_shard(&self, req: ToRouter) {
-        self.shards[self.map.shard_of(req.route_key()) as usize].queue_req(req);
-    }
-
-    fn kick(&self) {
-        for s in &self.shards {
-            s.kick();
-        }
-    }
-}
-
 /// A gateway worker's in-process link: requests gathered per shard during a loop
 /// turn, sent as one message per shard at its end, then one wake-up.
 struct InProcLink {
     routes: Arc<Routes>,
-    batches: Vec<Vec<ToRouter>>,
+    batches: ShardBatches,
 }
 
 impl RouterLink for InProcLink {
     fn send(&mut self, req: ToRouter) -> Result<(), ToRouter> {
-        let s = self.routes.map.shard_of(req.route_key()) as usize;
-        if self.batches.len() <= s {
-            self.batches.resize_with(s + 1, Vec::new);
-        }
-        self.batches[s].push(req);
+        self.batches.push(&self.routes.map, req);
         Ok(())
     }
 
     fn flush(&mut self) -> bool {
-        for (s, batch) in self.batches.iter_mut().enumerate() {
-            if !batch.is_empty() {
-                let next = Vec::with_capacity(batch.len());
-                let tx = &self.routes.shards[s];
-                tx.queue(ShardMsg::Batch(std::mem::replace(batch, next)));
-                tx.kick();
-            }
-        }
+        self.batches.send(&self.routes.shards);
         false // replies come later, with a wake-up
     }
 }
@@ -282,15 +248,15 @@ impl Drop for InlineLink {
 
 impl Dispatch for Routes {
     fn dispatch(&self, out: &mut Vec<FromRouter>) {
-        let mut replies = vec![];
+        let (mut replies, mut requests) = (vec![], ShardBatches::default());
         for o in out.drain(..) {
             match o {
                 FromRouter::ToClient { conn, msg } => replies.push((conn, msg)),
-                FromRouter::ToRouter(req) => self.to_shard(req),
+                FromRouter::ToRouter(req) => requests.push(&self.map, req),
                 FromRouter::Sms { phone, pin } => self.sms.send(phone, pin),
             }
         }
-        self.kick();
+        requests.send(&self.shards);
         to_workers(&self.workers, replies);
     }
 }
@@ -358,8 +324,8 @@ pub(crate) fn run_shard<D: Dispatch>(mut shard: Shard, inbox: ShardRx, d: Arc<D>
         }
         d.dispatch(&mut out);
         if got == 0 {
-            // Woken by `ShardTx::kick`; the timeout keeps the tick (and a missed kick)
-            // at most 1 ms late.
+            // Woken by `ShardTx::send`; the timeout keeps the tick (and a message sent
+            // before this thread was known) at most 1 ms late.
             std::thread::park_timeout(Duration::from_millis(1));
         }
     }
@@ -706,7 +672,7 @@ pub fn serve(config: Config) -> Result<(), String> {
                 }),
                 None => Box::new(InProcLink {
                     routes: Arc::clone(&r),
-                    batches: Vec::new(),
+                    batches: ShardBatches::default(),
                 }),
             }
         },

@@ -73,28 +73,16 @@ impl Server {
 
     /// The last PIN the SMS log has for `phone`.
     fn pin(&self, phone: Phone) -> Pin {
-        let deadline = Instant::now() + T;
-        loop {
-            let text = std::fs::read_to_string(self.data.join("sms.log")).unwrap_or_default();
-            if let Some(pin) = text.lines().rev().find_map(|l| {
-                let mut it = l.split_whitespace().skip(1);
-                (it.next() == Some(&phone.to_string()))
-                    .then(|| it.next())
-                    .flatten()
-            }) {
-                return Pin::new(pin.parse().unwrap()).unwrap();
-            }
-            assert!(Instant::now() < deadline, "no PIN for {phone}");
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        common::pin_from(&self.data.join("sms.log"), phone)
     }
 
     fn register(&self, phone: Phone) -> (Client, Key) {
-        let mut c = self.client();
-        c.request_pin(phone, T).unwrap();
-        let key = c.verify(phone, self.pin(phone), T).unwrap();
-        c.login(phone, key, T).unwrap();
-        (c, key)
+        common::register(
+            &self.addr,
+            &self.fingerprint,
+            &self.data.join("sms.log"),
+            phone,
+        )
     }
 
     fn kill(mut self) {

@@ -238,7 +238,7 @@ pub struct PairsArgs {
     pub runs: u32,
 }
 
-/// Turns the fleet for `d`, feeding the pairs. `stop` ends early when it returns true.
+/// Turns the fleet for `d`, feeding the pairs.
 fn run_pairs_for(fleet: &mut Fleet, p: &mut Pairs, d: Duration, errors: &mut Vec<String>) -> R<()> {
     let until = Instant::now() + d;
     let mut evs = Vec::new();
@@ -607,7 +607,7 @@ pub fn storm(a: StormArgs) -> R<()> {
     }
     let c = &a.common;
     let t = Target::new(c)?;
-    let mut keys = keys(c)?;
+    let keys = keys(c)?;
     let first = c.first_phone.unwrap_or(18_000_000_000);
     let pair_phones = phones(first, 2 * a.pairs)?;
     let mut fleet = t.fleet()?;
@@ -660,9 +660,7 @@ pub fn storm(a: StormArgs) -> R<()> {
                 g.errors.join("; ")
             ));
         }
-        keys = self::keys(c)?;
     }
-    let _ = &keys;
     let ch = spawn_children(specs(false))?;
     let g = gather_while(&ch, c, a.clients, "clients up", &mut || Ok(()))?;
     if g.failed > 0 {
@@ -831,7 +829,6 @@ enum ChildMsg {
         errors: Vec<String>,
         handshake: String,
         login: String,
-        elapsed_s: f64,
     },
 }
 
@@ -846,6 +843,17 @@ fn hist_from_hex(s: &str) -> Option<Histogram<u64>> {
         .map(|i| u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok())
         .collect();
     Deserializer::new().deserialize(&mut &bytes?[..]).ok()
+}
+
+/// Reports a bring-up to the parent.
+fn say_done(o: &Outcome) {
+    say(&ChildMsg::Done {
+        ready: o.ids.len() as u64 - o.failed,
+        failed: o.failed,
+        errors: o.errors.clone(),
+        handshake: hist_hex(&o.handshake),
+        login: hist_hex(&o.login),
+    });
 }
 
 fn say(m: &ChildMsg) {
@@ -906,14 +914,7 @@ pub fn child(spec: &str) -> R<()> {
             ));
         }
     }
-    say(&ChildMsg::Done {
-        ready: o.ids.len() as u64 - o.failed,
-        failed: o.failed,
-        errors: o.errors.clone(),
-        handshake: hist_hex(&o.handshake),
-        login: hist_hex(&o.login),
-        elapsed_s: o.elapsed.as_secs_f64(),
-    });
+    say_done(&o);
     if s.register_only {
         return Ok(());
     }
@@ -955,14 +956,7 @@ pub fn child(spec: &str) -> R<()> {
                     &mut |_, _| {},
                 );
                 ids = o.ids.iter().flatten().copied().collect();
-                say(&ChildMsg::Done {
-                    ready: o.ids.len() as u64 - o.failed,
-                    failed: o.failed,
-                    errors: o.errors.clone(),
-                    handshake: hist_hex(&o.handshake),
-                    login: hist_hex(&o.login),
-                    elapsed_s: o.elapsed.as_secs_f64(),
-                });
+                say_done(&o);
             }
             Ok(_) | Err(std::sync::mpsc::TryRecvError::Empty) => {}
             Err(std::sync::mpsc::TryRecvError::Disconnected) => break,
@@ -1114,7 +1108,6 @@ fn gather_while(
                 errors,
                 handshake,
                 login,
-                ..
             } => {
                 done += 1;
                 progress[k] = ready + failed;

@@ -106,7 +106,6 @@ impl Server {
             .map_err(|e| e.to_string())?
             .port();
         let mut text = format!("workers = {}\nshards = 1\n{CONFIG}", spec.workers);
-        let extra = spec.extra_toml.clone();
         let mut s = Server {
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
             fingerprint: String::new(),
@@ -116,7 +115,7 @@ impl Server {
             _dir: None,
         };
         if spec.gateways == 0 {
-            let text = merge_toml(&text, &extra)?;
+            let text = merge_toml(&text, &spec.extra_toml)?;
             std::fs::write(&cfg, &text).map_err(|e| e.to_string())?;
             let data = spec.data.clone().unwrap_or_else(|| dir.path().join("data"));
             let lines = s.start(
@@ -139,7 +138,7 @@ impl Server {
             for g in 1..=spec.gateways {
                 text += &format!("[[cluster.gateway]]\nid = {g}\nsource = \"127.0.0.1\"\n");
             }
-            let text = merge_toml(&text, &extra)?;
+            let text = merge_toml(&text, &spec.extra_toml)?;
             std::fs::write(&cfg, &text).map_err(|e| e.to_string())?;
             let root = spec
                 .data

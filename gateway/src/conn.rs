@@ -166,12 +166,6 @@ impl Conn {
         std::mem::take(&mut self.outgoing)
     }
 
-    /// `n` bytes of [`Conn::outgoing`] were written.
-    pub fn sent(&mut self, n: usize) {
-        self.outgoing.drain(..n.min(self.outgoing.len()));
-        free_if_empty(&mut self.outgoing);
-    }
-
     /// Bytes held by this connection's buffers (capacity), for memory accounting.
     pub fn buffered_bytes(&self) -> usize {
         self.incoming.capacity()

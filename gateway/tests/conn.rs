@@ -106,8 +106,7 @@ impl Pair {
             if !c2s.is_empty() {
                 self.server.receive(&c2s, self.now, &mut self.to_router);
             }
-            let s2c = self.server.outgoing().to_vec();
-            self.server.sent(s2c.len());
+            let s2c = self.server.take_outgoing();
             if !s2c.is_empty() {
                 let mut rd = &s2c[..];
                 while !rd.is_empty() {
