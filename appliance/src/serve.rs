@@ -163,7 +163,7 @@ impl RouterLink for InProcLink {
 /// One gateway worker and one router shard in the same thread: the worker hands its
 /// requests to the shard at the end of each loop turn and reads the replies in the same
 /// turn. No hand-off between threads, so no wake-ups and no context switches per turn
-/// (on one core those were a third of the server's CPU per message). The shard's timers
+/// (on one core, at small batches, a quarter of the server's CPU per message). The shard's timers
 /// run on the worker's 1 ms tick. Chosen when `workers = 1` and `shards = 1`, unless
 /// `process.inline_shard = false`.
 struct InlineLink {
