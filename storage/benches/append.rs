@@ -1,6 +1,10 @@
 //! Criterion: appends/s of 100-byte records (`none`, `group` at 1 ms) and recovery scan
 //! throughput. `cargo bench -p storage --bench append`. Figures in BENCHMARKS.md.
 
+// The appliance's allocator, so the figures are the product's.
+#[global_allocator]
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};

@@ -3,7 +3,7 @@
 //! bytes per pending message (counting allocator), recovery scan speed.
 //! `cargo bench -p storage --bench log_figures`. Figures in BENCHMARKS.md.
 
-use std::alloc::{GlobalAlloc, Layout, System};
+use std::alloc::{GlobalAlloc, Layout};
 use std::sync::atomic::{AtomicIsize, Ordering};
 use std::time::{Duration, Instant};
 
@@ -13,19 +13,28 @@ use storage::{Durability, Log, LogConfig, NewMessage, UserId};
 struct Counting;
 static LIVE: AtomicIsize = AtomicIsize::new(0);
 
-// SAFETY: forwards to the system allocator and only counts.
+/// The appliance's allocator (jemalloc), so the figures are the product's: among
+/// other things jemalloc offsets large allocations within their page, which keeps the
+/// index's many block headers from all landing in the same cache sets.
+static INNER: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+// SAFETY: forwards to jemalloc and only counts.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, l: Layout) -> *mut u8 {
         LIVE.fetch_add(l.size() as isize, Ordering::Relaxed);
-        unsafe { System.alloc(l) }
+        unsafe { INNER.alloc(l) }
+    }
+    unsafe fn alloc_zeroed(&self, l: Layout) -> *mut u8 {
+        LIVE.fetch_add(l.size() as isize, Ordering::Relaxed);
+        unsafe { INNER.alloc_zeroed(l) }
     }
     unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
         LIVE.fetch_sub(l.size() as isize, Ordering::Relaxed);
-        unsafe { System.dealloc(p, l) }
+        unsafe { INNER.dealloc(p, l) }
     }
     unsafe fn realloc(&self, p: *mut u8, l: Layout, new: usize) -> *mut u8 {
         LIVE.fetch_add(new as isize - l.size() as isize, Ordering::Relaxed);
-        unsafe { System.realloc(p, l, new) }
+        unsafe { INNER.realloc(p, l, new) }
     }
 }
 
@@ -164,11 +173,20 @@ fn main() {
     let quick = std::env::var("QUICK").is_ok();
     let n = if quick { 1_000_000 } else { 10_000_000 };
     let runs = if quick { 1 } else { 5 };
+    // `ONLY=append,index` runs just those parts (append, always, durable, index, recovery).
+    let only = std::env::var("ONLY").ok();
+    let part = |name: &str| {
+        only.as_deref()
+            .is_none_or(|o| o.split(',').any(|p| p == name))
+    };
     println!("storage figures: 100-byte records, 64 MiB segments, {runs} runs (median)");
     for (name, d) in [
         ("none", Durability::None),
         ("group (1 ms)", Durability::Group),
     ] {
+        if !part("append") {
+            break;
+        }
         for users in [1_000, 100_000] {
             let (r, stalls, pre) = rate(d, n, runs, users);
             println!(
@@ -177,17 +195,22 @@ fn main() {
             );
         }
     }
-    let (r, _, _) = rate(
-        Durability::Always,
-        if quick { 2_000 } else { 20_000 },
-        1,
-        1_000,
-    );
-    println!(
-        "append always        {:>6.2} k records/s   (msync per append)",
-        r / 1e3
-    );
+    if part("always") {
+        let (r, _, _) = rate(
+            Durability::Always,
+            if quick { 2_000 } else { 20_000 },
+            1,
+            1_000,
+        );
+        println!(
+            "append always        {:>6.2} k records/s   (msync per append)",
+            r / 1e3
+        );
+    }
     for pace in [Some(100_000), Some(1_000_000), None] {
+        if !part("durable") {
+            break;
+        }
         let (h, appended, flush_max) = durable_latency(if quick { 1 } else { 5 }, pace);
         println!(
             "group: append -> durable at {} ({:.1} M appends): p50 {} us, p99 {} us, p999 {} us, max {} us; slowest msync {} us",
@@ -203,12 +226,20 @@ fn main() {
     for (m, u) in [
         (1_000_000, 1_000),
         (1_000_000, 100_000),
+        (1_000_000, 500_000),
         (1_000_000, 1_000_000),
+        (3_000_000, 3_000_000),
     ] {
+        if !part("index") {
+            break;
+        }
         println!(
             "index: {m} pending over {u} users: {:.1} bytes per pending message",
             index_bytes(m, u)
         );
+    }
+    if !part("recovery") {
+        return;
     }
     let (gbs, ms) = recovery(
         if quick { 500_000 } else { 2_600_000 },

@@ -1,5 +1,9 @@
 //! A fixed workload for profilers (`perf record`, callgrind): appends 100-byte records
 //! then reopens the log. `cargo run --release -p storage --example profile_append -- N`.
+// The appliance's allocator, so the figures are the product's.
+#[global_allocator]
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 use std::time::Instant;
 
 use storage::{Durability, Log, LogConfig, NewMessage, UserId};

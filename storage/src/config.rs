@@ -47,9 +47,9 @@ pub struct LogConfig {
     pub prefault: bool,
     /// Messages expire this long after they are stored. Default: 30 days. Minimum: 1 s.
     pub message_ttl_ms: u64,
-    /// Pending messages per recipient. Default: 100,000. Minimum: 1.
+    /// Pending messages per recipient. Default: 100,000. From 1 to 2^31.
     pub user_messages_max: u64,
-    /// Pending body bytes per recipient. Default: 256 MiB. Minimum: 1 MiB.
+    /// Pending body bytes per recipient. Default: 256 MiB. From 1 MiB to 2^55.
     pub user_bytes_max: u64,
     /// Pending messages in the shard. Default: 50,000,000. Minimum: 1.
     pub shard_messages_max: u64,
@@ -134,6 +134,15 @@ impl LogConfig {
                 return Err(bad(field, v, "below its minimum (see the field's docs)"));
             }
         }
+        // The index keeps a user's count in 32 bits and its bytes in 56.
+        for (field, v, max) in [
+            ("user_messages_max", self.user_messages_max, 1 << 31),
+            ("user_bytes_max", self.user_bytes_max, 1 << 55),
+        ] {
+            if v > max {
+                return Err(bad(field, v, "above its maximum (see the field's docs)"));
+            }
+        }
         if !(0.0..=0.9).contains(&self.compact_live_ratio) {
             return Err(bad(
                 "compact_live_ratio",
@@ -176,5 +185,10 @@ mod tests {
             ..LogConfig::default()
         };
         assert_eq!(c.validate().unwrap_err().field, "compact_live_ratio");
+        let c = LogConfig {
+            user_messages_max: 1 << 32,
+            ..LogConfig::default()
+        };
+        assert_eq!(c.validate().unwrap_err().field, "user_messages_max");
     }
 }

@@ -27,9 +27,9 @@
 //! - [`record`]: segment header and record formats, encode/decode (no I/O).
 //! - [`scan`]: recovery's walk over a segment's bytes: records, damage, torn tail (no I/O).
 //! - [`config`]: `LogConfig` and its validation.
-//! - `segment`: segment files, mappings, the directory lock — the crate's only `unsafe`.
+//! - `segment`: segment files, mappings, the directory lock (`unsafe`: mapping files).
 //! - `flusher`: the group-commit flusher and the segment preparer threads.
-//! - `index`: per-recipient queues of pending messages.
+//! - `index`: per-recipient queues of pending messages (`unsafe`: its own blocks).
 //! - `log`: `Log`: append, erase, accounts, reads, positions.
 //! - `recover`: `Log::open`: scan, rebuild, cut the torn tail, report.
 //! - `reclaim`: `Log::maintain`: expiry, deletion, compaction.

@@ -11,7 +11,7 @@ use ahash::AHashMap;
 use crate::config::{Durability, LogConfig};
 use crate::error::{Limit, StorageError};
 use crate::flusher::{Activation, Flusher, Preparer, Shared};
-use crate::index::{Entry, Index};
+use crate::index::{Index, Records};
 use crate::record::{
     decode_verified, MessageRecord, Record, SegmentHeader, FORMAT_VERSION, SEAL_RECORD_BYTES,
     SEGMENT_HEADER_BYTES,
@@ -419,10 +419,8 @@ impl Log {
     pub fn append_message(&mut self, m: &NewMessage<'_>) -> Result<Appended, StorageError> {
         let body = m.body.len() as u64;
         let c = &self.config;
-        let (user_msgs, user_bytes) = self
-            .index
-            .queue(m.recipient)
-            .map_or((0, 0), |q| (q.entries.len() as u64, q.bytes));
+        let probe = self.index.probe(m.recipient, &Segs(&self.segments));
+        let (user_msgs, user_bytes) = (probe.messages, probe.bytes);
         for (limit, now, add, max) in [
             (Limit::UserMessages, user_msgs, 1, c.user_messages_max),
             (Limit::UserBytes, user_bytes, body, c.user_bytes_max),
@@ -454,7 +452,7 @@ impl Log {
         rec.check()?;
         let (start, end) = self.append(&rec)?;
         self.next_seq += 1;
-        self.index.push(m.recipient, Entry { seq, at: start }, body);
+        self.index.push(probe, m.recipient, start, body);
         let active = self.segments.back_mut().expect("active");
         active.live_records += 1;
         active.live_bytes += rec.encoded_len() as u64;
@@ -466,10 +464,10 @@ impl Log {
     /// Erases a delivered message. `Ok(None)` when it is not pending (already erased,
     /// expired, or never stored): nothing is written.
     pub fn erase(&mut self, recipient: UserId, seq: MsgSeq) -> Result<Option<Lsn>, StorageError> {
-        let Some(entry) = self.index.get(recipient, seq) else {
+        let Some(at) = self.index.get(recipient, seq, &Segs(&self.segments)) else {
             return Ok(None);
         };
-        let target = entry.at.segment();
+        let target = at.segment();
         let (_, end) = self.append(&Record::Erase {
             recipient,
             seq,
@@ -486,28 +484,13 @@ impl Log {
 
     /// Drops a message from the index and its segment's live count.
     pub(crate) fn kill_message(&mut self, recipient: UserId, seq: MsgSeq) {
-        let mut rec_bytes = 0;
-        let segments = &self.segments;
-        let found = self.index.remove(recipient, seq, |at| {
-            let Some(i) = segments
-                .binary_search_by_key(&at.segment(), |s| s.seg.id)
-                .ok()
-            else {
-                return 0;
-            };
-            match decode_verified(&segments[i].seg.bytes()[at.offset() as usize..]) {
-                Ok((Record::Message(m), len)) => {
-                    rec_bytes = len as u64;
-                    m.body.len() as u64
-                }
-                _ => 0,
-            }
-        });
-        if let Some(e) = found {
-            if let Some(s) = self.seg_mut(e.at.segment()) {
-                s.live_records -= 1;
-                s.live_bytes -= rec_bytes;
-            }
+        let Some(at) = self.index.remove(recipient, seq, &Segs(&self.segments)) else {
+            return;
+        };
+        let rec_bytes = self.record_at(at).map_or(0, |(_, len)| len as u64);
+        if let Some(s) = self.seg_mut(at.segment()) {
+            s.live_records -= 1;
+            s.live_bytes -= rec_bytes;
         }
     }
 
@@ -579,11 +562,7 @@ impl Log {
     /// A user's pending messages in order, read from the log as the iterator advances.
     /// Messages expired at `now_ms` are skipped.
     pub fn pending(&self, user: UserId, now_ms: u64) -> impl Iterator<Item = StoredMessage<'_>> {
-        self.index
-            .queue(user)
-            .into_iter()
-            .flat_map(|q| q.entries.iter())
-            .filter_map(move |e| self.stored(*e, now_ms))
+        self.pending_from(user, |_| 0, now_ms)
     }
 
     /// A user's pending messages with a sequence number above `after`, in order: where a
@@ -594,21 +573,36 @@ impl Log {
         after: MsgSeq,
         now_ms: u64,
     ) -> impl Iterator<Item = StoredMessage<'_>> {
-        let entries = self.index.queue(user).map(|q| {
-            let from = q.entries.partition_point(|e| e.seq <= after);
-            q.entries.range(from..)
-        });
-        entries
+        let segs = Segs(&self.segments);
+        self.pending_from(
+            user,
+            move |q| q.partition_point(|s| s <= after, &segs),
+            now_ms,
+        )
+    }
+
+    fn pending_from(
+        &self,
+        user: UserId,
+        from: impl FnOnce(&crate::index::Queue<'_>) -> usize,
+        now_ms: u64,
+    ) -> impl Iterator<Item = StoredMessage<'_>> {
+        self.index
+            .queue(user)
+            .map(|q| {
+                let i = from(&q);
+                q.iter_from(i)
+            })
             .into_iter()
             .flatten()
-            .filter_map(move |e| self.stored(*e, now_ms))
+            .filter_map(move |at| self.stored(at, now_ms))
     }
 
     /// One pending message by its sequence number (`None`: not pending, or expired).
     pub fn get(&self, user: UserId, seq: MsgSeq, now_ms: u64) -> Option<StoredMessage<'_>> {
         self.index
-            .get(user, seq)
-            .and_then(|e| self.stored(e, now_ms))
+            .get(user, seq, &Segs(&self.segments))
+            .and_then(|at| self.stored(at, now_ms))
     }
 
     /// Users with at least one pending message, in no particular order.
@@ -616,19 +610,17 @@ impl Log {
         self.index.user_ids()
     }
 
-    fn stored(&self, e: Entry, now_ms: u64) -> Option<StoredMessage<'_>> {
-        match self.record_at(e.at) {
-            Some((Record::Message(m), _)) if m.seq == e.seq && m.expiry_ms > now_ms => {
-                Some(StoredMessage {
-                    seq: m.seq,
-                    recipient: m.recipient,
-                    sender: m.sender,
-                    msg_id: m.msg_id,
-                    timestamp_ms: m.timestamp_ms,
-                    expiry_ms: m.expiry_ms,
-                    body: m.body,
-                })
-            }
+    fn stored(&self, at: Lsn, now_ms: u64) -> Option<StoredMessage<'_>> {
+        match self.record_at(at) {
+            Some((Record::Message(m), _)) if m.expiry_ms > now_ms => Some(StoredMessage {
+                seq: m.seq,
+                recipient: m.recipient,
+                sender: m.sender,
+                msg_id: m.msg_id,
+                timestamp_ms: m.timestamp_ms,
+                expiry_ms: m.expiry_ms,
+                body: m.body,
+            }),
             _ => None,
         }
     }
@@ -637,7 +629,7 @@ impl Log {
     pub fn pending_count(&self, user: UserId) -> (u64, u64) {
         self.index
             .queue(user)
-            .map_or((0, 0), |q| (q.entries.len() as u64, q.bytes))
+            .map_or((0, 0), |q| (q.len() as u64, q.bytes(&Segs(&self.segments))))
     }
 
     /// Pending messages and body bytes in the whole log.
@@ -693,6 +685,23 @@ impl std::fmt::Debug for Log {
 impl Drop for Log {
     fn drop(&mut self) {
         let _ = self.shutdown();
+    }
+}
+
+/// The log's segments as the index reads them back.
+pub(crate) struct Segs<'a>(pub &'a VecDeque<SegState>);
+
+impl Records for Segs<'_> {
+    fn message(&self, at: Lsn) -> (MsgSeq, u64) {
+        let Ok(i) = self.0.binary_search_by_key(&at.segment(), |s| s.seg.id) else {
+            return (MsgSeq(u64::MAX), 0);
+        };
+        // Index positions point at records appended here or verified by recovery.
+        match decode_verified(&self.0[i].seg.bytes()[at.offset() as usize..]) {
+            Ok((Record::Message(m), _)) => (m.seq, m.body.len() as u64),
+            // Not a message: the index is wrong; a sequence number nothing asks for.
+            _ => (MsgSeq(u64::MAX), 0),
+        }
     }
 }
 

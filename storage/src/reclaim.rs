@@ -16,7 +16,7 @@
 //! decided, so a machine crash can never lose a copy that replaced the deleted one.
 
 use crate::error::StorageError;
-use crate::log::Log;
+use crate::log::{Log, Segs};
 use crate::record::{Record, SEGMENT_HEADER_BYTES};
 use crate::scan::{Item, Scanner};
 use crate::types::{Lsn, SegmentId};
@@ -175,11 +175,7 @@ impl Log {
                 } = item
                 {
                     let here = Lsn::new(id, offset as u32);
-                    if self
-                        .index
-                        .get(m.recipient, m.seq)
-                        .is_some_and(|e| e.at == here)
-                    {
+                    if self.index.get(m.recipient, m.seq, &Segs(&self.segments)) == Some(here) {
                         if m.expiry_ms <= now_ms {
                             doomed.push((m.recipient, m.seq));
                         } else {
@@ -281,10 +277,9 @@ impl Log {
 
     fn live_in(&self, owner: SegmentId, here: Lsn, record: &Record<'_>) -> bool {
         match record {
-            Record::Message(m) => self
-                .index
-                .get(m.recipient, m.seq)
-                .is_some_and(|e| e.at == here),
+            Record::Message(m) => {
+                self.index.get(m.recipient, m.seq, &Segs(&self.segments)) == Some(here)
+            }
             Record::AccountPut { key, .. } => self.accounts.get(*key).is_some_and(|a| a.at == here),
             Record::Erase { target, .. } => self.tombstone_live(owner, *target),
             // Keys are reused: once the key has a newer value, that value (later in the
@@ -310,7 +305,8 @@ impl Log {
         let len64 = len as u64;
         match (kind, record) {
             (Copied::Message, Record::Message(m)) => {
-                self.index.relocate(m.recipient, m.seq, start);
+                self.index
+                    .relocate(m.recipient, m.seq, start, &Segs(&self.segments));
                 let head = self.segments.back_mut().expect("active");
                 head.min_expiry_ms = head.min_expiry_ms.min(m.expiry_ms);
             }

@@ -18,7 +18,7 @@ use ahash::AHashMap;
 
 use crate::config::LogConfig;
 use crate::error::StorageError;
-use crate::index::{Entry, Index};
+use crate::index::Index;
 use crate::log::{unix_ms, Account, Log, SegState};
 use crate::record::{HeaderError, Record, SegmentHeader, FORMAT_VERSION, SEGMENT_HEADER_BYTES};
 use crate::scan::{first_nonzero, End, Item, Scanner};
@@ -522,17 +522,11 @@ fn build_index(
                 s.live_records += 1;
                 s.live_bytes += m.record_bytes as u64;
                 s.min_expiry_ms = s.min_expiry_ms.min(m.expiry_ms);
-                entries.push((
-                    Entry {
-                        seq: m.seq,
-                        at: m.at,
-                    },
-                    m.body_bytes as u64,
-                ));
+                entries.push((m.at, m.body_bytes as u64));
             }
             report.messages_live += entries.len() as u64;
             if !entries.is_empty() {
-                index.load(user, entries);
+                index.load(user, &entries);
             }
         }
     }
