@@ -16,6 +16,7 @@
 //! [router]                     # router::RouterConfig
 //! [storage]                    # storage::LogConfig
 //! [process]                    # realtime_priority, pin_threads, huge_pages, inline_shard, tune_profile
+//! [admin]                      # enabled, listen (loopback/private only), token_file
 //! ```
 
 use std::net::SocketAddr;
@@ -43,6 +44,8 @@ pub struct Config {
     pub process: ProcessConfig,
     /// The cluster map, for `switchboard gateway` and `switchboard router`.
     pub cluster: crate::cluster::ClusterConfig,
+    /// The admin API (metrics, status).
+    pub admin: crate::admin::AdminConfig,
 }
 
 /// Process tuning (docs/TUNING.md).
@@ -91,6 +94,7 @@ impl Default for Config {
             storage: storage::LogConfig::default(),
             process: ProcessConfig::default(),
             cluster: crate::cluster::ClusterConfig::default(),
+            admin: crate::admin::AdminConfig::default(),
         }
     }
 }
@@ -213,6 +217,7 @@ impl Config {
             return Err(format!("config: {why}"));
         }
         self.sms.validate()?;
+        self.admin.validate().map_err(|e| format!("config: {e}"))?;
         if self.process.realtime_priority > 99 {
             return Err("config: process.realtime_priority: from 0 (off) to 99".into());
         }

@@ -1,6 +1,7 @@
 //! The Switchboard appliance: configuration, CLI and wiring of the tiers.
 //!
 //! # Layout
+//! - [`admin`]: the admin API: Prometheus metrics and status, token-authenticated.
 //! - [`cli`]: the `switchboard` command line (clap derive).
 //! - [`config`]: the appliance configuration (TOML), validated.
 //! - [`cluster`]: the cluster map (routers, partitions, gateways, secret).
@@ -12,6 +13,7 @@
 //! - [`logcmd`]: `switchboard log`: operator commands on a shard's storage log.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod cli;
 pub mod cluster;
 pub mod config;

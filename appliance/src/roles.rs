@@ -237,12 +237,14 @@ pub fn router(config: Config, id: u16) -> Result<(), String> {
         .ok_or(format!("router {id} is not in the cluster map"))?
         .clone();
     let tls = link_tls_server(&config, &cluster)?;
-    let shard = serve::open_shard(
+    let mut shard = serve::open_shard(
         &config,
         id,
         cluster.map.clone(),
         &config.data_dir.join(format!("router-{id}")),
     )?;
+    let report = router::ReportCell::default();
+    shard.publish_to(Arc::clone(&report));
     let (tx, rx) = serve::shard_channel();
     let stop = Arc::new(AtomicBool::new(false));
     let mut peers = HashMap::new();
@@ -302,6 +304,14 @@ pub fn router(config: Config, id: u16) -> Result<(), String> {
     let (tuned_tx, tuned_rx) = mpsc::channel();
     let shard_thread = serve::spawn_shard(&config, shard, rx, Arc::clone(&routes), 0, tuned_tx)?;
     serve::ready(&config, tuned_rx, 1)?;
+    let _admin = serve::start_admin(
+        &config,
+        crate::admin::Sources {
+            workers: vec![],
+            shards: vec![report],
+            started: std::time::Instant::now(),
+        },
+    )?;
     println!(
         "switchboard: router {id} listening for links on {addr}{} (data in {})",
         if cluster.link_tls { " with TLS" } else { "" },
@@ -499,7 +509,7 @@ pub fn gateway(config: Config, id: u8) -> Result<(), String> {
     });
     let (tuned_tx, tuned_rx) = mpsc::channel();
     let r = Arc::clone(&routes);
-    let (worker_threads, addr) = serve::spawn_workers(
+    let (worker_threads, addr, worker_cells) = serve::spawn_workers(
         &config,
         &tls,
         id,
@@ -510,6 +520,14 @@ pub fn gateway(config: Config, id: u8) -> Result<(), String> {
     )?;
     drop(tuned_tx);
     serve::ready(&config, tuned_rx, workers)?;
+    let _admin = serve::start_admin(
+        &config,
+        crate::admin::Sources {
+            workers: worker_cells,
+            shards: vec![],
+            started: std::time::Instant::now(),
+        },
+    )?;
     println!(
         "switchboard: gateway {id} listening on {addr} ({workers} workers, {} routers)",
         cluster.routers.len()

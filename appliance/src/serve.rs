@@ -17,7 +17,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use gateway::tls::{server_config, Identity};
-use gateway::uring::{self, RouterLink, Worker, WorkerConfig, WorkerLink, WorkerStats};
+use gateway::uring::{self, RouterLink, StatsCell, Worker, WorkerConfig, WorkerLink, WorkerStats};
 use router::{PartitionMap, Shard};
 use rustls::ServerConfig;
 use wire::link::{ConnId, FromRouter, ToClient, ToRouter};
@@ -508,7 +508,7 @@ pub(crate) fn spawn_workers(
     link: &dyn Fn() -> Box<dyn RouterLink>,
     stop: &Arc<AtomicBool>,
     tuned: &Sender<()>,
-) -> Result<(Workers, SocketAddr), String> {
+) -> Result<(Workers, SocketAddr, Vec<StatsCell>), String> {
     let first = uring::reuseport_listener(config.listen, 4096)
         .map_err(|e| format!("listen on {}: {e}", config.listen))?;
     let addr = first.local_addr().map_err(|e| e.to_string())?;
@@ -520,6 +520,7 @@ pub(crate) fn spawn_workers(
     }
     let limits = Arc::new(config.limits());
     let mut threads = vec![];
+    let mut cells = vec![];
     for (w, (listener, (rx, fd))) in listeners.into_iter().zip(ends).enumerate() {
         let cfg = WorkerConfig {
             gateway: gateway_id,
@@ -535,6 +536,8 @@ pub(crate) fn spawn_workers(
             replies: rx,
             wake: fd,
         };
+        let cell = StatsCell::default();
+        cells.push(Arc::clone(&cell));
         let worker = Worker::new(
             cfg,
             Arc::clone(tls),
@@ -542,7 +545,8 @@ pub(crate) fn spawn_workers(
             listener,
             link,
             Arc::clone(stop),
-        );
+        )
+        .publish_to(cell);
         let (c, tuned) = (config.clone(), tuned.clone());
         threads.push(
             std::thread::Builder::new()
@@ -555,7 +559,39 @@ pub(crate) fn spawn_workers(
                 .map_err(|e| e.to_string())?,
         );
     }
-    Ok((threads, addr))
+    Ok((threads, addr, cells))
+}
+
+/// Starts the admin API when enabled (the token file is made on first start).
+pub(crate) fn start_admin(
+    config: &Config,
+    src: crate::admin::Sources,
+) -> Result<Option<crate::admin::Admin>, String> {
+    if !config.admin.enabled {
+        return Ok(None);
+    }
+    let token_file = config
+        .admin
+        .token_file
+        .clone()
+        .unwrap_or_else(|| config.data_dir.join("admin.token"));
+    let token = crate::admin::load_or_make_token(&token_file)?;
+    let admin = match crate::admin::start(&config.admin, token, src) {
+        Ok(a) => a,
+        Err(e) if config.admin.listen.is_none() => {
+            eprintln!(
+                "switchboard: warning: admin api not started: {e} (another appliance on this host? set [admin] listen)"
+            );
+            return Ok(None);
+        }
+        Err(e) => return Err(e),
+    };
+    println!(
+        "switchboard: admin api on http://{} (/metrics, /status; bearer token in {})",
+        admin.addr,
+        token_file.display()
+    );
+    Ok(Some(admin))
 }
 
 /// Waits until every tuned thread has started, then reports huge pages.
@@ -616,13 +652,18 @@ pub fn serve(config: Config) -> Result<(), String> {
     let tls = load_tls(&config)?;
     let map = PartitionMap::even(config.router.partitions, shards as u16);
     let mut opened = vec![];
+    let mut reports = vec![];
     for id in 0..shards as u16 {
-        opened.push(open_shard(
+        let mut shard = open_shard(
             &config,
             id,
             map.clone(),
             &config.data_dir.join(format!("log-{id}")),
-        )?);
+        )?;
+        let cell = router::ReportCell::default();
+        shard.publish_to(Arc::clone(&cell));
+        reports.push(cell);
+        opened.push(shard);
     }
     let (inboxes, ends) = worker_channels(workers)?;
     let inline = workers == 1 && shards == 1 && config.process.inline_shard;
@@ -657,7 +698,7 @@ pub fn serve(config: Config) -> Result<(), String> {
     }
     let stop = Arc::new(AtomicBool::new(false));
     let r = Arc::clone(&routes);
-    let (worker_threads, addr) = spawn_workers(
+    let (worker_threads, addr, worker_cells) = spawn_workers(
         &config,
         &tls,
         0,
@@ -681,6 +722,14 @@ pub fn serve(config: Config) -> Result<(), String> {
     )?;
     drop(tuned_tx);
     ready(&config, tuned_rx, workers + shard_threads.len())?;
+    let _admin = start_admin(
+        &config,
+        crate::admin::Sources {
+            workers: worker_cells,
+            shards: reports,
+            started: Instant::now(),
+        },
+    )?;
     println!(
         "switchboard: listening on {addr} ({workers} gateway workers, {shards} router shards{}, data in {})",
         if inline { " in the same thread" } else { "" },

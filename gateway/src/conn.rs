@@ -140,6 +140,16 @@ impl Conn {
         self.id
     }
 
+    /// The TLS handshake is not finished (whatever the framing phase).
+    pub fn tls_handshaking(&self) -> bool {
+        self.tls.is_handshaking()
+    }
+
+    /// The handshake resumed an earlier session (a ticket).
+    pub fn resumed(&self) -> bool {
+        self.tls.handshake_kind() == Some(rustls::HandshakeKind::Resumed)
+    }
+
     pub fn phase(&self) -> Phase {
         self.phase
     }

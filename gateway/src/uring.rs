@@ -62,13 +62,67 @@ impl Default for WorkerConfig {
     }
 }
 
-/// Worker counters, updated by the worker only.
-#[derive(Clone, Debug, Default)]
+/// Worker counters and gauges, kept by the worker alone in plain fields (no atomics on
+/// the hot path) and copied to [`WorkerStats::publish`]'s shared place every sweep
+/// (250 ms) and when the worker stops; readers add the workers up.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct WorkerStats {
+    /// Connections accepted and set up.
     pub accepted: u64,
-    pub refused: u64,
+    /// Connections refused at accept: over the accept rate, at `conns_max`, stopping.
+    pub refused_rate: u64,
+    pub refused_full: u64,
+    pub refused_stopping: u64,
     pub closed: u64,
+    /// Gauge: connections open.
     pub open: u64,
+    /// TLS handshakes completed (full, resumed) and connections that ended during one.
+    pub handshakes_full: u64,
+    pub handshakes_resumed: u64,
+    pub handshakes_failed: u64,
+    /// Bytes received from and sent to sockets (TLS records).
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    /// Requests handed to the router link, and replies from it for a live connection.
+    pub requests: u64,
+    pub replies: u64,
+    /// Gauges, measured at each sweep: requests held back by a full link; bytes waiting
+    /// to be sent, summed over connections and the largest.
+    pub link_blocked: u64,
+    pub backlog_bytes_sum: u64,
+    pub backlog_bytes_max: u64,
+}
+
+/// Where a worker publishes its counters for readers on other threads.
+pub type StatsCell = Arc<std::sync::Mutex<WorkerStats>>;
+
+impl WorkerStats {
+    fn publish(&self, cell: &Option<StatsCell>) {
+        if let Some(c) = cell {
+            *c.lock().unwrap_or_else(|e| e.into_inner()) = self.clone();
+        }
+    }
+
+    /// Adds another worker's figures (gauges too: the sum over workers; the maximum for
+    /// `backlog_bytes_max`).
+    pub fn add(&mut self, o: &WorkerStats) {
+        self.accepted += o.accepted;
+        self.refused_rate += o.refused_rate;
+        self.refused_full += o.refused_full;
+        self.refused_stopping += o.refused_stopping;
+        self.closed += o.closed;
+        self.open += o.open;
+        self.handshakes_full += o.handshakes_full;
+        self.handshakes_resumed += o.handshakes_resumed;
+        self.handshakes_failed += o.handshakes_failed;
+        self.bytes_in += o.bytes_in;
+        self.bytes_out += o.bytes_out;
+        self.requests += o.requests;
+        self.replies += o.replies;
+        self.link_blocked += o.link_blocked;
+        self.backlog_bytes_sum += o.backlog_bytes_sum;
+        self.backlog_bytes_max = self.backlog_bytes_max.max(o.backlog_bytes_max);
+    }
 }
 
 /// A `SO_REUSEPORT` listener: every worker binds its own on the same address.
@@ -271,6 +325,7 @@ pub struct Worker {
     listener: TcpListener,
     link: WorkerLink,
     stop: Arc<AtomicBool>,
+    stats_cell: Option<StatsCell>,
 }
 
 impl Worker {
@@ -289,7 +344,14 @@ impl Worker {
             listener,
             link,
             stop,
+            stats_cell: None,
         }
+    }
+
+    /// Publishes the worker's counters to `cell` every sweep and at the end.
+    pub fn publish_to(mut self, cell: StatsCell) -> Worker {
+        self.stats_cell = Some(cell);
+        self
     }
 
     /// Runs until `stop` is set (then closes every connection with `ServerShutdown`).
@@ -401,12 +463,18 @@ impl Worker {
                             accept_window = (now, 0);
                         }
                         accept_window.1 += 1;
-                        if stopping
-                            || accept_window.1 > self.cfg.accepts_per_sec
-                            || st.stats.open as usize >= self.cfg.conns_max
-                        {
-                            st.stats.refused += 1;
-                            continue; // dropping `fd` closes it
+                        // Dropping `fd` closes it.
+                        if stopping {
+                            st.stats.refused_stopping += 1;
+                            continue;
+                        }
+                        if accept_window.1 > self.cfg.accepts_per_sec {
+                            st.stats.refused_rate += 1;
+                            continue;
+                        }
+                        if st.stats.open as usize >= self.cfg.conns_max {
+                            st.stats.refused_full += 1;
+                            continue;
                         }
                         st.open(fd, &self.cfg, &self.tls, &self.limits, now_ms());
                     }
@@ -439,6 +507,7 @@ impl Worker {
                     }
                     OP_TIMER => {
                         let now = now_ms();
+                        let (mut sum, mut max) = (0, 0);
                         for i in 0..st.slots.len() {
                             if let Some(s) = st.slots[i].as_mut() {
                                 if s.conn.deadline_ms() <= now {
@@ -446,7 +515,17 @@ impl Worker {
                                     st.after(i as u32);
                                 }
                             }
+                            if let Some(s) = st.slots[i].as_ref() {
+                                let b =
+                                    (s.sending.len() - s.send_at + s.conn.buffered_bytes()) as u64;
+                                sum += b;
+                                max = max.max(b);
+                            }
                         }
+                        st.stats.backlog_bytes_sum = sum;
+                        st.stats.backlog_bytes_max = max;
+                        st.stats.link_blocked = st.blocked.len() as u64;
+                        st.stats.publish(&self.stats_cell);
                         if !stopping {
                             st.sq.push(
                                 opcode::Timeout::new(&ts)
@@ -474,6 +553,7 @@ impl Worker {
                             .and_then(|s| s.as_mut())
                             .filter(|s| s.gen == gen)
                         {
+                            st.stats.replies += 1;
                             if s.conn.queue(&msg, now, &mut st.to_router) {
                                 if !s.touched {
                                     s.touched = true;
@@ -538,6 +618,8 @@ impl Worker {
         }
         drop(ring); // before `bufs`: the kernel no longer uses the buffer ring
         drop(bufs);
+        st.stats.link_blocked = st.blocked.len() as u64;
+        st.stats.publish(&self.stats_cell);
         Ok(st.stats)
     }
 }
@@ -592,11 +674,14 @@ impl State {
                 still.push_back(req);
                 continue;
             }
-            if let Err(req) = link.send(req) {
-                if let Some(s) = slot {
-                    stuck.insert(s);
+            match link.send(req) {
+                Ok(()) => self.stats.requests += 1,
+                Err(req) => {
+                    if let Some(s) = slot {
+                        stuck.insert(s);
+                    }
+                    still.push_back(req);
                 }
-                still.push_back(req);
             }
         }
         self.blocked = still;
@@ -711,8 +796,17 @@ impl State {
             .filter(|s| s.gen == gen)
         {
             if res > 0 {
+                self.stats.bytes_in += res as u64;
                 if let Some(bid) = bid {
+                    let handshaking = s.conn.tls_handshaking();
                     s.conn.receive(bufs.buf(bid, res as usize), now, to_router);
+                    if handshaking && !s.conn.tls_handshaking() {
+                        if s.conn.resumed() {
+                            self.stats.handshakes_resumed += 1;
+                        } else {
+                            self.stats.handshakes_full += 1;
+                        }
+                    }
                 }
             } else if res == 0 || (res != -libc::ENOBUFS && res != -libc::ECANCELED) {
                 s.conn.peer_gone();
@@ -739,6 +833,9 @@ impl State {
     }
 
     fn on_send(&mut self, gen: u16, slot: u32, res: i32) {
+        if res > 0 && self.get(gen, slot).is_some() {
+            self.stats.bytes_out += res as u64;
+        }
         let Some(s) = self.get(gen, slot) else { return };
         if res < 0 {
             s.sending.clear();
@@ -795,6 +892,9 @@ impl State {
                 let _ = socket2::SockRef::from(&s.fd).shutdown(std::net::Shutdown::Both);
             }
             if !s.recv_armed {
+                if s.conn.tls_handshaking() {
+                    self.stats.handshakes_failed += 1;
+                }
                 self.slots[slot as usize] = None;
                 self.free.push(slot);
                 self.stats.open -= 1;

@@ -30,4 +30,4 @@ mod stored;
 
 pub use config::RouterConfig;
 pub use partition::{partition_of, PartitionMap};
-pub use shard::{Shard, ShardStats};
+pub use shard::{ReportCell, Shard, ShardReport, ShardStats};

@@ -41,7 +41,25 @@ pub struct ShardStats {
     pub refused_unknown: u64,
     pub storage_errors: u64,
     pub unreadable: u64,
+    /// Messages and receipts sent towards recipients' connections (a message can be
+    /// sent again after a reconnect: delivery is at least once).
+    pub pushed: u64,
+    /// Gauge: answers waiting for the log to be durable.
+    pub waiting_durable: u64,
 }
+
+/// What a shard publishes for readers on other threads (see [`Shard::publish_to`]).
+#[derive(Clone, Debug, Default)]
+pub struct ShardReport {
+    pub stats: ShardStats,
+    pub log: storage::LogStats,
+}
+
+/// Where a shard publishes its report.
+pub type ReportCell = std::sync::Arc<std::sync::Mutex<ShardReport>>;
+
+/// How often a shard's tick publishes its report.
+const PUBLISH_EVERY_MS: u64 = 100;
 
 /// Remembers which (recipient, sender, message id) are pending or were delivered
 /// lately, to acknowledge a resend without storing it twice. Keys are 64-bit hashes;
@@ -118,6 +136,7 @@ pub struct Shard {
     dedup: Dedup,
     last_sweep_ms: u64,
     stats: ShardStats,
+    report: Option<(ReportCell, u64)>,
 }
 
 fn uid(p: Phone) -> UserId {
@@ -165,6 +184,7 @@ impl Shard {
             dedup,
             last_sweep_ms: now_ms,
             stats: ShardStats::default(),
+            report: None,
         };
         Ok((shard, report))
     }
@@ -176,7 +196,26 @@ impl Shard {
     pub fn stats(&self) -> ShardStats {
         ShardStats {
             sessions: self.sessions.len() as u64,
+            waiting_durable: self.waiting.len() as u64,
             ..self.stats.clone()
+        }
+    }
+
+    /// Publishes this shard's counters and its log's to `cell` every 100 ms of ticks,
+    /// and when it closes: the counters themselves stay plain fields of the shard.
+    pub fn publish_to(&mut self, cell: ReportCell) {
+        self.report = Some((cell, 0));
+        self.publish(0);
+    }
+
+    fn publish(&mut self, now_ms: u64) {
+        let report = ShardReport {
+            stats: self.stats(),
+            log: self.log.stats(),
+        };
+        if let Some((cell, at)) = &mut self.report {
+            *cell.lock().unwrap_or_else(|e| e.into_inner()) = report;
+            *at = now_ms;
         }
     }
 
@@ -212,6 +251,13 @@ impl Shard {
             self.regs.sweep(now_ms);
             self.last_sweep_ms = now_ms;
         }
+        if self
+            .report
+            .as_ref()
+            .is_some_and(|(_, at)| now_ms >= at + PUBLISH_EVERY_MS)
+        {
+            self.publish(now_ms);
+        }
     }
 
     /// A gateway re-attaches a logged-in connection after its link came back (the link is
@@ -241,7 +287,8 @@ impl Shard {
     }
 
     /// Flushes the log and stops its threads.
-    pub fn close(self) -> Result<(), StorageError> {
+    pub fn close(mut self) -> Result<(), StorageError> {
+        self.publish(0);
         self.log.close()
     }
 
@@ -661,6 +708,7 @@ impl Shard {
                 }
             };
             out.push(FromRouter::ToClient { conn: s.conn, msg });
+            self.stats.pushed += 1;
             s.inflight += 1;
             if s.inflight >= window {
                 break;

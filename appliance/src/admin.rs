@@ -1,0 +1,598 @@
+//! The admin listener: Prometheus `/metrics` and a JSON `/status`, token-authenticated,
+//! on a loopback or private address only (`[admin]` in the configuration).
+//!
+//! The figures come from the places gateway workers and router shards publish their
+//! own counters to (every 250 ms and 100 ms); nothing here touches the hot path.
+//! Requests are served one at a time on one thread (tiny_http): the API is for
+//! operators and scrapers, not for load.
+
+use std::io::Write as _;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use gateway::uring::{StatsCell, WorkerStats};
+use router::{ReportCell, ShardReport};
+use serde::Deserialize;
+
+/// `[admin]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Serve the admin API. Default: true.
+    pub enabled: bool,
+    /// Where: a loopback or private (RFC 1918, ULA) address; port 0 picks one.
+    /// Default: `127.0.0.1:7480`, and then only a warning if that port is taken (a
+    /// second appliance on the host); an address given here that cannot be bound stops
+    /// the start.
+    pub listen: Option<SocketAddr>,
+    /// File holding the bearer token (one line). Default: `data_dir/admin.token`,
+    /// created with a random token (mode 0600) when missing.
+    pub token_file: Option<PathBuf>,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            enabled: true,
+            listen: None,
+            token_file: None,
+        }
+    }
+}
+
+/// The admin address when none is configured.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7480";
+
+impl AdminConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.enabled && !is_private(self.addr().ip()) {
+            return Err(format!(
+                "admin.listen: {} is not a loopback or private address (the admin API must not face the public network)",
+                self.addr()
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.listen
+            .unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("valid"))
+    }
+}
+
+/// Loopback, RFC 1918, link-local, or IPv6 unique-local.
+pub fn is_private(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4.is_loopback() || v4.is_private() || v4.is_link_local(),
+        IpAddr::V6(v6) => {
+            v6.is_loopback()
+                || (v6.segments()[0] & 0xfe00) == 0xfc00
+                || (v6.segments()[0] & 0xffc0) == 0xfe80
+        }
+    }
+}
+
+/// Reads the token, or creates the file with a new random one.
+pub fn load_or_make_token(path: &Path) -> Result<String, String> {
+    match std::fs::read_to_string(path) {
+        Ok(t) => {
+            let t = t.trim().to_string();
+            if t.len() < 16 {
+                return Err(format!(
+                    "{}: the admin token must be at least 16 characters",
+                    path.display()
+                ));
+            }
+            Ok(t)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let mut raw = [0u8; 24];
+            rustls::crypto::aws_lc_rs::default_provider()
+                .secure_random
+                .fill(&mut raw)
+                .map_err(|_| "no random numbers for the admin token".to_string())?;
+            let token: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode_0600()
+                .open(path)
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+            writeln!(f, "{token}").map_err(|e| format!("{}: {e}", path.display()))?;
+            Ok(token)
+        }
+        Err(e) => Err(format!("{}: {e}", path.display())),
+    }
+}
+
+trait Mode0600 {
+    fn mode_0600(&mut self) -> &mut Self;
+}
+
+impl Mode0600 for std::fs::OpenOptions {
+    fn mode_0600(&mut self) -> &mut Self {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            self.mode(0o600)
+        }
+        #[cfg(not(unix))]
+        self
+    }
+}
+
+/// Where the admin API reads its figures.
+pub struct Sources {
+    pub workers: Vec<StatsCell>,
+    pub shards: Vec<ReportCell>,
+    pub started: Instant,
+}
+
+impl Sources {
+    pub fn workers_total(&self) -> WorkerStats {
+        let mut t = WorkerStats::default();
+        for w in &self.workers {
+            t.add(&w.lock().unwrap_or_else(|e| e.into_inner()));
+        }
+        t
+    }
+
+    fn shard_reports(&self) -> Vec<ShardReport> {
+        self.shards
+            .iter()
+            .map(|c| c.lock().unwrap_or_else(|e| e.into_inner()).clone())
+            .collect()
+    }
+}
+
+/// One metric: name, type, help, and a value per label set.
+struct Family {
+    name: &'static str,
+    kind: &'static str,
+    help: &'static str,
+    values: Vec<(String, u64)>,
+}
+
+fn worker_families(workers: &[WorkerStats]) -> Vec<Family> {
+    type Get = fn(&WorkerStats) -> u64;
+    let defs: [(&'static str, &'static str, &'static str, Get); 16] = [
+        (
+            "switchboard_gateway_accepted_total",
+            "counter",
+            "Connections accepted and set up.",
+            |w| w.accepted,
+        ),
+        (
+            "switchboard_gateway_refused_rate_total",
+            "counter",
+            "Connections refused over the accept rate.",
+            |w| w.refused_rate,
+        ),
+        (
+            "switchboard_gateway_refused_full_total",
+            "counter",
+            "Connections refused at conns_per_worker.",
+            |w| w.refused_full,
+        ),
+        (
+            "switchboard_gateway_refused_stopping_total",
+            "counter",
+            "Connections refused while stopping.",
+            |w| w.refused_stopping,
+        ),
+        (
+            "switchboard_gateway_closed_total",
+            "counter",
+            "Connections closed.",
+            |w| w.closed,
+        ),
+        (
+            "switchboard_gateway_connections",
+            "gauge",
+            "Connections open.",
+            |w| w.open,
+        ),
+        (
+            "switchboard_gateway_handshakes_full_total",
+            "counter",
+            "Full TLS handshakes completed.",
+            |w| w.handshakes_full,
+        ),
+        (
+            "switchboard_gateway_handshakes_resumed_total",
+            "counter",
+            "Resumed TLS handshakes completed.",
+            |w| w.handshakes_resumed,
+        ),
+        (
+            "switchboard_gateway_handshakes_failed_total",
+            "counter",
+            "Connections that ended during the TLS handshake.",
+            |w| w.handshakes_failed,
+        ),
+        (
+            "switchboard_gateway_bytes_in_total",
+            "counter",
+            "Bytes received from client sockets.",
+            |w| w.bytes_in,
+        ),
+        (
+            "switchboard_gateway_bytes_out_total",
+            "counter",
+            "Bytes sent to client sockets.",
+            |w| w.bytes_out,
+        ),
+        (
+            "switchboard_gateway_requests_total",
+            "counter",
+            "Requests handed to the router link.",
+            |w| w.requests,
+        ),
+        (
+            "switchboard_gateway_replies_total",
+            "counter",
+            "Router replies for live connections.",
+            |w| w.replies,
+        ),
+        (
+            "switchboard_gateway_link_blocked",
+            "gauge",
+            "Requests held back by a full router link.",
+            |w| w.link_blocked,
+        ),
+        (
+            "switchboard_gateway_backlog_bytes",
+            "gauge",
+            "Bytes waiting to be sent, all connections.",
+            |w| w.backlog_bytes_sum,
+        ),
+        (
+            "switchboard_gateway_backlog_bytes_max",
+            "gauge",
+            "Bytes waiting to be sent, largest connection.",
+            |w| w.backlog_bytes_max,
+        ),
+    ];
+    defs.iter()
+        .map(|(name, kind, help, get)| Family {
+            name,
+            kind,
+            help,
+            values: workers
+                .iter()
+                .enumerate()
+                .map(|(i, w)| (format!("worker=\"{i}\""), get(w)))
+                .collect(),
+        })
+        .collect()
+}
+
+fn shard_families(shards: &[ShardReport]) -> Vec<Family> {
+    type Get = fn(&ShardReport) -> u64;
+    let defs: [(&'static str, &'static str, &'static str, Get); 23] = [
+        (
+            "switchboard_router_sessions",
+            "gauge",
+            "Logged-in users.",
+            |r| r.stats.sessions,
+        ),
+        (
+            "switchboard_router_registrations_total",
+            "counter",
+            "Registrations completed.",
+            |r| r.stats.registrations,
+        ),
+        (
+            "switchboard_router_logins_total",
+            "counter",
+            "Logins.",
+            |r| r.stats.logins,
+        ),
+        (
+            "switchboard_router_auth_failures_total",
+            "counter",
+            "Failed logins and verifications.",
+            |r| r.stats.auth_failures,
+        ),
+        (
+            "switchboard_router_messages_accepted_total",
+            "counter",
+            "Messages stored for their recipients.",
+            |r| r.stats.accepted,
+        ),
+        (
+            "switchboard_router_messages_duplicate_total",
+            "counter",
+            "Resent messages acknowledged without storing again.",
+            |r| r.stats.duplicates,
+        ),
+        (
+            "switchboard_router_messages_pushed_total",
+            "counter",
+            "Messages and receipts sent towards recipients.",
+            |r| r.stats.pushed,
+        ),
+        (
+            "switchboard_router_messages_delivered_total",
+            "counter",
+            "Messages acknowledged by their recipients (then erased).",
+            |r| r.stats.delivered,
+        ),
+        (
+            "switchboard_router_receipts_stored_total",
+            "counter",
+            "Delivery receipts stored for senders.",
+            |r| r.stats.receipts_stored,
+        ),
+        (
+            "switchboard_router_receipts_dropped_total",
+            "counter",
+            "Delivery receipts dropped (sender's queue full).",
+            |r| r.stats.receipts_dropped,
+        ),
+        (
+            "switchboard_router_refused_full_total",
+            "counter",
+            "Sends refused: the recipient's or the shard's queue is full.",
+            |r| r.stats.refused_full,
+        ),
+        (
+            "switchboard_router_refused_unknown_total",
+            "counter",
+            "Sends refused: unknown recipient.",
+            |r| r.stats.refused_unknown,
+        ),
+        (
+            "switchboard_router_storage_errors_total",
+            "counter",
+            "Storage errors.",
+            |r| r.stats.storage_errors,
+        ),
+        (
+            "switchboard_router_waiting_durable",
+            "gauge",
+            "Answers waiting for the log to be durable.",
+            |r| r.stats.waiting_durable,
+        ),
+        (
+            "switchboard_storage_pending_messages",
+            "gauge",
+            "Messages pending in the log.",
+            |r| r.log.pending_messages,
+        ),
+        (
+            "switchboard_storage_pending_bytes",
+            "gauge",
+            "Body bytes pending in the log.",
+            |r| r.log.pending_bytes,
+        ),
+        (
+            "switchboard_storage_users_with_pending",
+            "gauge",
+            "Users with pending messages.",
+            |r| r.log.users_with_pending,
+        ),
+        (
+            "switchboard_storage_segments",
+            "gauge",
+            "Log segments on disk.",
+            |r| r.log.segments,
+        ),
+        (
+            "switchboard_storage_disk_bytes",
+            "gauge",
+            "Bytes of log segments on disk.",
+            |r| r.log.disk_bytes,
+        ),
+        (
+            "switchboard_storage_expired_total",
+            "counter",
+            "Messages dropped at expiry.",
+            |r| r.log.expired,
+        ),
+        (
+            "switchboard_storage_flushes_total",
+            "counter",
+            "Log flushes (msync).",
+            |r| r.log.flushes,
+        ),
+        (
+            "switchboard_storage_flush_microseconds_total",
+            "counter",
+            "Time spent in log flushes, microseconds.",
+            |r| r.log.flush_us_total,
+        ),
+        (
+            "switchboard_storage_flush_us_max",
+            "gauge",
+            "Slowest log flush, microseconds.",
+            |r| r.log.flush_us_max,
+        ),
+    ];
+    defs.iter()
+        .map(|(name, kind, help, get)| Family {
+            name,
+            kind,
+            help,
+            values: shards
+                .iter()
+                .enumerate()
+                .map(|(i, r)| (format!("shard=\"{i}\""), get(r)))
+                .collect(),
+        })
+        .collect()
+}
+
+/// The Prometheus text exposition of every figure.
+pub fn render_metrics(src: &Sources) -> String {
+    let workers: Vec<WorkerStats> = src
+        .workers
+        .iter()
+        .map(|w| w.lock().unwrap_or_else(|e| e.into_inner()).clone())
+        .collect();
+    let shards = src.shard_reports();
+    let mut out = String::new();
+    for f in worker_families(&workers)
+        .into_iter()
+        .chain(shard_families(&shards))
+    {
+        out.push_str(&format!(
+            "# HELP {} {}\n# TYPE {} {}\n",
+            f.name, f.help, f.name, f.kind
+        ));
+        for (labels, v) in f.values {
+            out.push_str(&format!("{}{{{labels}}} {v}\n", f.name));
+        }
+    }
+    out.push_str(&format!(
+        "# HELP switchboard_uptime_seconds Seconds since start.\n# TYPE switchboard_uptime_seconds gauge\nswitchboard_uptime_seconds {}\n",
+        src.started.elapsed().as_secs()
+    ));
+    if let Some(rss) = rss_bytes() {
+        out.push_str(&format!(
+            "# HELP switchboard_process_resident_bytes Resident memory.\n# TYPE switchboard_process_resident_bytes gauge\nswitchboard_process_resident_bytes {rss}\n"
+        ));
+    }
+    out
+}
+
+fn rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kb * 1024)
+}
+
+/// A JSON summary: totals over workers and shards.
+pub fn render_status(src: &Sources) -> String {
+    let w = src.workers_total();
+    let shards = src.shard_reports();
+    let sum = |f: fn(&ShardReport) -> u64| shards.iter().map(f).sum::<u64>();
+    format!(
+        concat!(
+            "{{\"version\":\"{}\",\"uptime_s\":{},\"workers\":{},\"shards\":{},",
+            "\"connections\":{},\"accepted\":{},\"closed\":{},\"handshakes_full\":{},\"handshakes_resumed\":{},\"handshakes_failed\":{},",
+            "\"sessions\":{},\"messages_accepted\":{},\"messages_delivered\":{},\"pending_messages\":{},\"pending_bytes\":{},",
+            "\"link_blocked\":{},\"backlog_bytes\":{},\"waiting_durable\":{}}}\n"
+        ),
+        env!("CARGO_PKG_VERSION"),
+        src.started.elapsed().as_secs(),
+        src.workers.len(),
+        shards.len(),
+        w.open,
+        w.accepted,
+        w.closed,
+        w.handshakes_full,
+        w.handshakes_resumed,
+        w.handshakes_failed,
+        sum(|r| r.stats.sessions),
+        sum(|r| r.stats.accepted),
+        sum(|r| r.stats.delivered),
+        sum(|r| r.log.pending_messages),
+        sum(|r| r.log.pending_bytes),
+        w.link_blocked,
+        w.backlog_bytes_sum,
+        sum(|r| r.stats.waiting_durable),
+    )
+}
+
+/// A running admin listener; stops when dropped.
+pub struct Admin {
+    pub addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Admin {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Binds the admin listener and serves it on its own thread.
+pub fn start(config: &AdminConfig, token: String, src: Sources) -> Result<Admin, String> {
+    config.validate()?;
+    let server = tiny_http::Server::http(config.addr())
+        .map_err(|e| format!("admin.listen {}: {e}", config.addr()))?;
+    let addr = server
+        .server_addr()
+        .to_ip()
+        .ok_or("admin listener has no IP address")?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let s = Arc::clone(&stop);
+    let thread = std::thread::Builder::new()
+        .name("admin".into())
+        .spawn(move || {
+            while !s.load(Ordering::Acquire) {
+                match server.recv_timeout(Duration::from_millis(200)) {
+                    Ok(Some(req)) => answer(req, &token, &src),
+                    Ok(None) => {}
+                    Err(e) => {
+                        eprintln!("switchboard: admin: {e}");
+                        std::thread::sleep(Duration::from_millis(200));
+                    }
+                }
+            }
+        })
+        .map_err(|e| e.to_string())?;
+    Ok(Admin {
+        addr,
+        stop,
+        thread: Some(thread),
+    })
+}
+
+fn authorized(req: &tiny_http::Request, token: &str) -> bool {
+    req.headers()
+        .iter()
+        .find(|h| h.field.equiv("Authorization"))
+        .and_then(|h| h.value.as_str().strip_prefix("Bearer "))
+        .is_some_and(|given| constant_time_eq(given.trim().as_bytes(), token.as_bytes()))
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn answer(req: tiny_http::Request, token: &str, src: &Sources) {
+    let text = |code: u16, body: String, ctype: &str| {
+        let header = tiny_http::Header::from_bytes("Content-Type", ctype).expect("valid header");
+        tiny_http::Response::from_string(body)
+            .with_status_code(code)
+            .with_header(header)
+    };
+    let path = req.url().split('?').next().unwrap_or("").to_string();
+    let response = if !authorized(&req, token) {
+        text(
+            401,
+            "unauthorized: send Authorization: Bearer <token> (the token is in admin.token_file)\n"
+                .into(),
+            "text/plain",
+        )
+    } else if *req.method() != tiny_http::Method::Get {
+        text(405, "method not allowed: use GET\n".into(), "text/plain")
+    } else {
+        match path.as_str() {
+            "/metrics" => text(200, render_metrics(src), "text/plain; version=0.0.4"),
+            "/status" => text(200, render_status(src), "application/json"),
+            _ => text(
+                404,
+                format!("no such endpoint: {path} (try /metrics or /status)\n"),
+                "text/plain",
+            ),
+        }
+    };
+    let _ = req.respond(response);
+}

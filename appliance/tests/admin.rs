@@ -1,0 +1,306 @@
+//! The admin API of a real `switchboard serve`: counters that agree exactly with a
+//! scripted workload, the token, the address rule, and bad requests.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use client::{Incoming, Trust};
+use wire::Phone;
+
+use common::{deliver, T};
+
+struct Server {
+    child: Child,
+    addr: String,
+    admin: String,
+    fingerprint: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start(data: &Path, config: &str) -> Server {
+    let cfg = data.join("admin-test.toml");
+    std::fs::create_dir_all(data).unwrap();
+    std::fs::write(&cfg, config).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+        .arg(data)
+        .arg("--config")
+        .arg(&cfg)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let (mut addr, mut admin, mut fingerprint) = (None, None, None);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while addr.is_none() {
+        assert!(Instant::now() < deadline, "serve did not start");
+        let line = lines.next().expect("serve exited").unwrap();
+        if let Some(f) = line.strip_prefix("switchboard: certificate sha256 fingerprint ") {
+            fingerprint = Some(f.to_string());
+        }
+        if let Some(rest) = line.strip_prefix("switchboard: admin api on http://") {
+            admin = rest.split_whitespace().next().map(str::to_string);
+        }
+        if let Some(rest) = line.strip_prefix("switchboard: listening on ") {
+            addr = rest.split_whitespace().next().map(str::to_string);
+        }
+    }
+    std::thread::spawn(move || for _ in lines {});
+    Server {
+        child,
+        addr: addr.unwrap(),
+        admin: admin.expect("admin api started"),
+        fingerprint: fingerprint.unwrap(),
+    }
+}
+
+/// One HTTP/1.1 request; (status, body).
+fn http(addr: &str, method: &str, path: &str, token: Option<&str>) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(T)).unwrap();
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\nContent-Length: 0\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    (status, body.to_string())
+}
+
+/// A metric summed over its label sets.
+fn metric(text: &str, name: &str) -> u64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, v) = l.rsplit_once(' ')?;
+            let n = series.split('{').next()?;
+            (n == name).then(|| v.parse::<u64>().ok())?
+        })
+        .sum()
+}
+
+fn phone(n: u64) -> Phone {
+    Phone::new(n).unwrap()
+}
+
+const CONFIG: &str = "workers = 1\nshards = 2\n[admin]\nlisten = \"127.0.0.1:0\"\n";
+
+#[test]
+fn counters_agree_exactly_with_a_scripted_workload() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let s = start(&data, CONFIG);
+    let token = std::fs::read_to_string(data.join("admin.token")).unwrap();
+    let token = token.trim();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(data.join("admin.token"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "token file readable by the owner only");
+    }
+    let sms = data.join("sms.log");
+    let (a, b, c) = (phone(15550000001), phone(15550000002), phone(15550000003));
+    let (mut ca, _) = common::register(&s.addr, &s.fingerprint, &sms, a);
+    let (mut cb, _) = common::register(&s.addr, &s.fingerprint, &sms, b);
+    let (cc, _) = common::register(&s.addr, &s.fingerprint, &sms, c);
+    drop(cc); // c goes offline: what is sent to it stays pending
+    const N: u64 = 20;
+    const OFFLINE: u64 = 5;
+    for id in 1..=N {
+        ca.send(b, id, b"counted").unwrap();
+        let (seq, _, _, _) = deliver(&mut cb);
+        cb.ack(seq).unwrap();
+        // The sender gets the delivery receipt and acknowledges it.
+        match ca
+            .wait_for(T, |m| matches!(m, Incoming::Receipt { .. }))
+            .unwrap()
+        {
+            Incoming::Receipt { seq, .. } => ca.ack(seq).unwrap(),
+            _ => unreachable!(),
+        }
+    }
+    for id in 1..=OFFLINE {
+        ca.send(c, 100 + id, b"for later").unwrap();
+        ca.wait_for(T, |m| matches!(m, Incoming::ServerAck { .. }))
+            .unwrap();
+    }
+    // Counters are published every 100-250 ms: wait for the last figure to arrive.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let text = loop {
+        let (code, text) = http(&s.admin, "GET", "/metrics", Some(token));
+        assert_eq!(code, 200, "{text}");
+        if (metric(&text, "switchboard_router_messages_delivered_total") == N
+            && metric(&text, "switchboard_storage_pending_messages") == OFFLINE
+            && metric(&text, "switchboard_router_receipts_stored_total") == N
+            && metric(&text, "switchboard_gateway_closed_total") >= 1)
+            || Instant::now() > deadline
+        {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let m = |name| metric(&text, name);
+    assert_eq!(
+        m("switchboard_router_messages_accepted_total"),
+        N + OFFLINE,
+        "{text}"
+    );
+    assert_eq!(m("switchboard_router_messages_delivered_total"), N);
+    assert_eq!(m("switchboard_router_receipts_stored_total"), N);
+    // N messages to b and N receipts to a; nothing to the offline c.
+    assert_eq!(m("switchboard_router_messages_pushed_total"), 2 * N);
+    assert_eq!(m("switchboard_storage_pending_messages"), OFFLINE);
+    assert_eq!(m("switchboard_storage_users_with_pending"), 1);
+    assert_eq!(m("switchboard_router_registrations_total"), 3);
+    assert_eq!(m("switchboard_router_sessions"), 2);
+    assert_eq!(m("switchboard_router_refused_unknown_total"), 0);
+    assert_eq!(m("switchboard_gateway_connections"), 2);
+    let accepted = m("switchboard_gateway_accepted_total");
+    assert!(accepted >= 3, "{text}");
+    assert_eq!(accepted, m("switchboard_gateway_closed_total") + 2);
+    assert_eq!(
+        accepted,
+        m("switchboard_gateway_handshakes_full_total")
+            + m("switchboard_gateway_handshakes_resumed_total")
+            + m("switchboard_gateway_handshakes_failed_total"),
+    );
+    assert_eq!(m("switchboard_gateway_link_blocked"), 0);
+    assert!(m("switchboard_gateway_bytes_in_total") > 0);
+    assert!(m("switchboard_gateway_bytes_out_total") > 0);
+    // Per-shard series: both shards are there.
+    assert_eq!(
+        text.lines()
+            .filter(|l| l.starts_with("switchboard_storage_segments{"))
+            .count(),
+        2
+    );
+    let (code, status) = http(&s.admin, "GET", "/status", Some(token));
+    assert_eq!(code, 200);
+    assert!(
+        status.contains(&format!("\"messages_delivered\":{N}")),
+        "{status}"
+    );
+    assert!(
+        status.contains(&format!("\"pending_messages\":{OFFLINE}")),
+        "{status}"
+    );
+    assert!(status.contains("\"connections\":2"), "{status}");
+}
+
+#[test]
+fn the_admin_api_refuses_without_the_token_and_answers_bad_requests_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let token_file = dir.path().join("my.token");
+    std::fs::write(&token_file, "an-operator-chosen-token-0123\n").unwrap();
+    let s = start(
+        &data,
+        &format!("{CONFIG}token_file = \"{}\"\n", token_file.display()),
+    );
+    let good = "an-operator-chosen-token-0123";
+    let (code, body) = http(&s.admin, "GET", "/metrics", None);
+    assert_eq!(code, 401);
+    assert!(body.contains("Bearer"), "{body}");
+    assert_eq!(
+        http(
+            &s.admin,
+            "GET",
+            "/metrics",
+            Some("an-operator-chosen-token-0124")
+        )
+        .0,
+        401
+    );
+    assert_eq!(http(&s.admin, "GET", "/metrics", Some("short")).0, 401);
+    let (code, body) = http(&s.admin, "GET", "/nope", Some(good));
+    assert_eq!(code, 404);
+    assert!(body.contains("/metrics"), "{body}");
+    assert_eq!(http(&s.admin, "POST", "/metrics", Some(good)).0, 405);
+    assert_eq!(http(&s.admin, "GET", "/metrics", Some(good)).0, 200);
+    // Garbage instead of HTTP does not stop the listener.
+    let mut raw = TcpStream::connect(&s.admin).unwrap();
+    raw.write_all(&[0x16, 0x03, 0x01, 0xff, 0xff, 0, 0, 0, 0])
+        .unwrap();
+    drop(raw);
+    assert_eq!(http(&s.admin, "GET", "/status", Some(good)).0, 200);
+    // The public listener is unaffected by all of it.
+    let c = client::Client::connect(
+        &s.addr,
+        &Trust::Fingerprint(s.fingerprint.clone()),
+        "localhost",
+        T,
+    );
+    assert!(c.is_ok());
+}
+
+#[test]
+fn a_public_admin_address_or_a_short_token_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    for (config, why) in [
+        (
+            "[admin]\nlisten = \"0.0.0.0:7480\"\n",
+            "not a loopback or private address",
+        ),
+        (
+            "[admin]\nlisten = \"8.8.8.8:7480\"\n",
+            "not a loopback or private address",
+        ),
+    ] {
+        let cfg = dir.path().join("bad.toml");
+        std::fs::write(&cfg, config).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+            .arg(dir.path().join("data"))
+            .arg("--config")
+            .arg(&cfg)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("admin.listen") && err.contains(why), "{err}");
+    }
+    let token_file = dir.path().join("short.token");
+    std::fs::write(&token_file, "abc\n").unwrap();
+    let cfg = dir.path().join("short.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[admin]\nlisten = \"127.0.0.1:0\"\ntoken_file = \"{}\"\n",
+            token_file.display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+        .arg(dir.path().join("data2"))
+        .arg("--config")
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("at least 16 characters"), "{err}");
+}
