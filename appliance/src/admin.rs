@@ -596,3 +596,62 @@ fn answer(req: tiny_http::Request, token: &str, src: &Sources) {
     };
     let _ = req.respond(response);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_metric_is_documented() {
+        let docs = include_str!("../../docs/OPERATIONS.md");
+        let src = Sources {
+            workers: vec![StatsCell::default()],
+            shards: vec![ReportCell::default()],
+            started: Instant::now(),
+        };
+        let text = render_metrics(&src);
+        let names: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.split_whitespace().next())
+            .collect();
+        assert!(names.len() > 30, "{text}");
+        for n in names {
+            assert!(
+                docs.contains(&format!("`{n}`")),
+                "{n} is not in docs/OPERATIONS.md"
+            );
+        }
+    }
+
+    #[test]
+    fn only_loopback_and_private_addresses_are_admin_addresses() {
+        for ok in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "::1",
+            "fd00::1",
+            "fe80::1",
+        ] {
+            assert!(is_private(ok.parse().unwrap()), "{ok}");
+        }
+        for bad in ["0.0.0.0", "8.8.8.8", "172.32.0.1", "::", "2001:db8::1"] {
+            assert!(!is_private(bad.parse().unwrap()), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_token_is_made_once_then_reread() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("t");
+        let a = load_or_make_token(&p).unwrap();
+        assert_eq!(a.len(), 48);
+        assert_eq!(load_or_make_token(&p).unwrap(), a);
+        let missing_dir = dir.path().join("no/such/dir/t");
+        assert!(load_or_make_token(&missing_dir)
+            .unwrap_err()
+            .contains("no/such/dir"));
+    }
+}
