@@ -129,6 +129,8 @@ pub struct Sources {
     pub workers: Vec<StatsCell>,
     pub shards: Vec<ReportCell>,
     pub started: Instant,
+    /// Knobs and reload (`serve`; `None` in the split roles so far).
+    pub control: Option<Arc<crate::control::Control>>,
 }
 
 impl Sources {
@@ -566,7 +568,82 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-fn answer(req: tiny_http::Request, token: &str, src: &Sources) {
+/// The knobs as JSON: name → value, bounds, configuration field, meaning.
+fn knobs_json(c: &crate::control::Control) -> String {
+    let items: Vec<String> = c
+        .knobs()
+        .into_iter()
+        .map(|(k, v)| {
+            format!(
+                "\"{}\":{{\"value\":{v},\"min\":{},\"max\":{},\"field\":\"{}\",\"doc\":\"{}\"}}",
+                k.name,
+                k.min,
+                k.max,
+                k.field,
+                k.doc.replace('"', "\\\"")
+            )
+        })
+        .collect();
+    format!("{{{}}}\n", items.join(","))
+}
+
+/// Knob and reload endpoints: (status, body).
+fn control_endpoint(
+    method: &tiny_http::Method,
+    path: &str,
+    body: &str,
+    src: &Sources,
+) -> Option<(u16, String)> {
+    use tiny_http::Method;
+    if path != "/knobs" && !path.starts_with("/knobs/") && path != "/reload" {
+        return None;
+    }
+    let Some(c) = &src.control else {
+        return Some((
+            404,
+            "knobs and reload are not available in this process role yet\n".into(),
+        ));
+    };
+    Some(match (method, path) {
+        (Method::Get, "/knobs") => (200, knobs_json(c)),
+        (Method::Post, "/reload") => match crate::serve::reload_logged(c) {
+            Ok(summary) => (200, format!("reloaded: {summary}\n")),
+            Err(e) => (
+                422,
+                format!("reload refused, the running configuration stays: {e}\n"),
+            ),
+        },
+        (Method::Get, p) if p.starts_with("/knobs/") => match c.get(&p[7..]) {
+            Ok(v) => (200, format!("{v}\n")),
+            Err(e) => (404, format!("{e}\n")),
+        },
+        (Method::Put, p) if p.starts_with("/knobs/") => {
+            let name = &p[7..];
+            if let Err(e) = c.get(name) {
+                return Some((404, format!("{e}\n")));
+            }
+            match body.trim().parse::<u64>() {
+                Err(_) => (
+                    400,
+                    format!(
+                        "knob {name}: the body must be a whole number, got {:?}\n",
+                        body.trim()
+                    ),
+                ),
+                Ok(v) => match c.set(name, v) {
+                    Ok((old, new)) => (200, format!("{name}: {old} -> {new}\n")),
+                    Err(e) => (400, format!("{e}\n")),
+                },
+            }
+        }
+        _ => (
+            405,
+            "method not allowed: GET /knobs, GET or PUT /knobs/NAME, POST /reload\n".into(),
+        ),
+    })
+}
+
+fn answer(mut req: tiny_http::Request, token: &str, src: &Sources) {
     let text = |code: u16, body: String, ctype: &str| {
         let header = tiny_http::Header::from_bytes("Content-Type", ctype).expect("valid header");
         tiny_http::Response::from_string(body)
@@ -574,6 +651,11 @@ fn answer(req: tiny_http::Request, token: &str, src: &Sources) {
             .with_header(header)
     };
     let path = req.url().split('?').next().unwrap_or("").to_string();
+    let mut body = String::new();
+    {
+        use std::io::Read as _;
+        let _ = req.as_reader().take(256).read_to_string(&mut body);
+    }
     let response = if !authorized(&req, token) {
         text(
             401,
@@ -581,6 +663,8 @@ fn answer(req: tiny_http::Request, token: &str, src: &Sources) {
                 .into(),
             "text/plain",
         )
+    } else if let Some((code, text_body)) = control_endpoint(req.method(), &path, &body, src) {
+        text(code, text_body, "text/plain")
     } else if *req.method() != tiny_http::Method::Get {
         text(405, "method not allowed: use GET\n".into(), "text/plain")
     } else {
@@ -608,6 +692,7 @@ mod tests {
             workers: vec![StatsCell::default()],
             shards: vec![ReportCell::default()],
             started: Instant::now(),
+            control: None,
         };
         let text = render_metrics(&src);
         let names: Vec<&str> = text

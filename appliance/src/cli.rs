@@ -64,6 +64,87 @@ pub enum Command {
     /// Operator commands on a router shard's storage log.
     #[command(subcommand)]
     Log(LogCommand),
+    /// Runtime knobs of a running appliance, through its admin API.
+    Knob {
+        #[command(subcommand)]
+        action: KnobAction,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Makes a running appliance read its configuration again (certificate, knobs),
+    /// through its admin API (the same as sending it SIGHUP).
+    Reload {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+}
+
+/// Where the admin API is and its token.
+#[derive(clap::Args, Debug)]
+pub struct AdminArgs {
+    /// The admin API's address.
+    #[arg(long, global = true, default_value = crate::admin::DEFAULT_LISTEN)]
+    pub admin: String,
+    /// The file holding the token (default: DATA/admin.token).
+    #[arg(long, global = true)]
+    pub token_file: Option<PathBuf>,
+    /// The appliance's data directory, where the token is by default.
+    #[arg(long, global = true, default_value = "./data")]
+    pub data: PathBuf,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum KnobAction {
+    /// Every knob with its value, bounds and meaning (JSON).
+    List,
+    /// One knob's value.
+    Get { name: String },
+    /// Sets a knob (applied without restart; logged by the appliance with old and new).
+    Set { name: String, value: u64 },
+}
+
+/// One admin API call; prints the answer. Exit 0 on 2xx, 1 otherwise.
+fn admin_call(a: &AdminArgs, method: &str, path: &str, body: &str) -> ExitCode {
+    let token_file = a
+        .token_file
+        .clone()
+        .unwrap_or_else(|| a.data.join("admin.token"));
+    let token = match std::fs::read_to_string(&token_file) {
+        Ok(t) => t.trim().to_string(),
+        Err(e) => {
+            eprintln!("switchboard: admin token {}: {e}", token_file.display());
+            return ExitCode::from(2);
+        }
+    };
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(std::time::Duration::from_secs(10)))
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let url = format!("http://{}{path}", a.admin);
+    let auth = format!("Bearer {token}");
+    let r = match method {
+        "GET" => agent.get(&url).header("authorization", &auth).call(),
+        "PUT" => agent.put(&url).header("authorization", &auth).send(body),
+        _ => agent.post(&url).header("authorization", &auth).send(body),
+    };
+    match r {
+        Ok(mut r) => {
+            let ok = r.status().is_success();
+            let text = r.body_mut().read_to_string().unwrap_or_default();
+            if ok {
+                print!("{text}");
+                ExitCode::SUCCESS
+            } else {
+                eprint!("switchboard: {}: {text}", r.status());
+                ExitCode::from(1)
+            }
+        }
+        Err(e) => {
+            eprintln!("switchboard: admin api at {}: {e}", a.admin);
+            ExitCode::from(2)
+        }
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -127,6 +208,11 @@ pub fn main() -> ExitCode {
             data,
             check,
         } => {
+            let source = crate::control::ConfigSource {
+                path: config.clone(),
+                listen,
+                data: data.clone(),
+            };
             let mut c = match config
                 .as_deref()
                 .map(crate::config::Config::load)
@@ -156,7 +242,7 @@ pub fn main() -> ExitCode {
                     }
                 };
             }
-            match crate::serve::serve(c) {
+            match crate::serve::serve(c, source) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("switchboard serve: {e}");
@@ -164,6 +250,14 @@ pub fn main() -> ExitCode {
                 }
             }
         }
+        Command::Knob { action, admin } => match action {
+            KnobAction::List => admin_call(&admin, "GET", "/knobs", ""),
+            KnobAction::Get { name } => admin_call(&admin, "GET", &format!("/knobs/{name}"), ""),
+            KnobAction::Set { name, value } => {
+                admin_call(&admin, "PUT", &format!("/knobs/{name}"), &value.to_string())
+            }
+        },
+        Command::Reload { admin } => admin_call(&admin, "POST", "/reload", ""),
         Command::Log(LogCommand::Inspect { dir, config, quiet }) => {
             crate::logcmd::inspect(&dir, config.as_deref(), quiet)
         }

@@ -4,6 +4,7 @@
 //! - [`admin`]: the admin API: Prometheus metrics and status, token-authenticated.
 //! - [`cli`]: the `switchboard` command line (clap derive).
 //! - [`config`]: the appliance configuration (TOML), validated.
+//! - [`control`]: runtime knobs and configuration reload.
 //! - [`cluster`]: the cluster map (routers, partitions, gateways, secret).
 //! - [`link`]: authenticated, framed links on the private network.
 //! - [`serve`]: `switchboard serve`: threads, channels, signals.
@@ -17,6 +18,7 @@ pub mod admin;
 pub mod cli;
 pub mod cluster;
 pub mod config;
+pub mod control;
 #[cfg(target_os = "linux")]
 pub mod link;
 pub mod logcmd;

@@ -227,6 +227,13 @@ fn link_tls_to(cluster: &Cluster, node: &RouterNode) -> Result<LinkTls, String> 
     }
 }
 
+/// SIGHUP in a role process: reload is built for `serve` only so far.
+fn hup_not_supported() {
+    eprintln!(
+        "switchboard: SIGHUP ignored: reload is not available in the split roles yet (restart to change the configuration)"
+    );
+}
+
 pub fn router(config: Config, id: u16) -> Result<(), String> {
     let signalled = serve::start(&config)?;
     let cluster = Arc::new(config.cluster.validate(config.router.partitions)?);
@@ -310,6 +317,7 @@ pub fn router(config: Config, id: u16) -> Result<(), String> {
             workers: vec![],
             shards: vec![report],
             started: std::time::Instant::now(),
+            control: None,
         },
     )?;
     println!(
@@ -319,6 +327,9 @@ pub fn router(config: Config, id: u16) -> Result<(), String> {
     );
     let _ = io::stdout().flush();
     while !signalled.load(Ordering::Acquire) {
+        if serve::take_hup() {
+            hup_not_supported();
+        }
         std::thread::sleep(Duration::from_millis(50));
     }
     println!("switchboard: stopping: flushing the log");
@@ -517,6 +528,7 @@ pub fn gateway(config: Config, id: u8) -> Result<(), String> {
         &|| Box::new(LinkQueues(Arc::clone(&r))),
         &stop,
         &tuned_tx,
+        None,
     )?;
     drop(tuned_tx);
     serve::ready(&config, tuned_rx, workers)?;
@@ -526,6 +538,7 @@ pub fn gateway(config: Config, id: u8) -> Result<(), String> {
             workers: worker_cells,
             shards: vec![],
             started: std::time::Instant::now(),
+            control: None,
         },
     )?;
     println!(
@@ -533,7 +546,7 @@ pub fn gateway(config: Config, id: u8) -> Result<(), String> {
         cluster.routers.len()
     );
     let _ = io::stdout().flush();
-    serve::wait(&signalled, &worker_threads);
+    serve::wait(&signalled, &worker_threads, &hup_not_supported);
     println!("switchboard: stopping: closing connections");
     serve::stop_workers(&stop, &inboxes, worker_threads);
     // Let the last requests (Closed notices) go out before the links stop.

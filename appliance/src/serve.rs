@@ -396,6 +396,15 @@ fn tune_thread(config: &Config, cpu: usize, realtime: bool) {
 
 /// Everything every role does first: validate, signals, process checks, data directory,
 /// open-files limit. Returns the flag SIGINT/SIGTERM set.
+/// Set by SIGHUP; taken by [`take_hup`].
+static HUP: std::sync::LazyLock<Arc<AtomicBool>> =
+    std::sync::LazyLock::new(|| Arc::new(AtomicBool::new(false)));
+
+/// Whether a SIGHUP arrived since the last call.
+pub(crate) fn take_hup() -> bool {
+    HUP.swap(false, Ordering::AcqRel)
+}
+
 pub(crate) fn start(config: &Config) -> Result<Arc<AtomicBool>, String> {
     config.validate()?;
     maybe_reexec_without_thp(config)?;
@@ -404,6 +413,9 @@ pub(crate) fn start(config: &Config) -> Result<Arc<AtomicBool>, String> {
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, Arc::clone(&signalled)).map_err(|e| e.to_string())?;
     }
+    // SIGHUP asks for a reload (serve) and must never kill the process (its default).
+    signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&HUP))
+        .map_err(|e| e.to_string())?;
     check_realtime(config.process.realtime_priority)?;
     if !config.process.tune_profile.is_empty() {
         crate::tune::report_shortfalls(&config.process.tune_profile);
@@ -500,6 +512,7 @@ pub(crate) type Workers = Vec<JoinHandle<io::Result<WorkerStats>>>;
 
 /// Binds the public listeners (the first picks the port; the rest share it) and starts
 /// the gateway workers.
+#[allow(clippy::too_many_arguments)] // the pieces every worker is made of, each once
 pub(crate) fn spawn_workers(
     config: &Config,
     tls: &Arc<ServerConfig>,
@@ -508,6 +521,7 @@ pub(crate) fn spawn_workers(
     link: &dyn Fn() -> Box<dyn RouterLink>,
     stop: &Arc<AtomicBool>,
     tuned: &Sender<()>,
+    control: Option<&crate::control::Control>,
 ) -> Result<(Workers, SocketAddr, Vec<StatsCell>), String> {
     let first = uring::reuseport_listener(config.listen, 4096)
         .map_err(|e| format!("listen on {}: {e}", config.listen))?;
@@ -538,7 +552,7 @@ pub(crate) fn spawn_workers(
         };
         let cell = StatsCell::default();
         cells.push(Arc::clone(&cell));
-        let worker = Worker::new(
+        let mut worker = Worker::new(
             cfg,
             Arc::clone(tls),
             Arc::clone(&limits),
@@ -547,6 +561,9 @@ pub(crate) fn spawn_workers(
             Arc::clone(stop),
         )
         .publish_to(cell);
+        if let Some(c) = control {
+            worker = worker.follow_tls(&c.tls).follow_knobs(&c.workers);
+        }
         let (c, tuned) = (config.clone(), tuned.clone());
         threads.push(
             std::thread::Builder::new()
@@ -560,6 +577,20 @@ pub(crate) fn spawn_workers(
         );
     }
     Ok((threads, addr, cells))
+}
+
+/// Reloads the configuration and says what happened (SIGHUP, `POST /reload`).
+pub(crate) fn reload_logged(control: &crate::control::Control) -> Result<String, String> {
+    match control.reload(load_tls) {
+        Ok(summary) => {
+            println!("switchboard: reloaded: {summary}");
+            Ok(summary)
+        }
+        Err(e) => {
+            eprintln!("switchboard: reload refused, the running configuration stays: {e}");
+            Err(e)
+        }
+    }
 }
 
 /// Starts the admin API when enabled (the token file is made on first start).
@@ -615,10 +646,14 @@ pub(crate) fn ready(config: &Config, tuned_rx: Receiver<()>, threads: usize) -> 
     Ok(())
 }
 
-/// Runs until a signal (or a worker dies), logging stats now and then.
-pub(crate) fn wait(signalled: &AtomicBool, workers: &Workers) {
+/// Runs until a signal (or a worker dies), logging stats now and then; `on_hup` runs
+/// for each SIGHUP.
+pub(crate) fn wait(signalled: &AtomicBool, workers: &Workers, on_hup: &dyn Fn()) {
     let mut last_stats = Instant::now();
     while !signalled.load(Ordering::Acquire) {
+        if take_hup() {
+            on_hup();
+        }
         if last_stats.elapsed() >= STATS_EVERY {
             last_stats = Instant::now();
             println!("switchboard: stats: {}", process_stats());
@@ -646,10 +681,11 @@ pub(crate) fn stop_workers(stop: &AtomicBool, inboxes: &[WorkerInbox], workers: 
     }
 }
 
-pub fn serve(config: Config) -> Result<(), String> {
+pub fn serve(config: Config, source: crate::control::ConfigSource) -> Result<(), String> {
     let signalled = start(&config)?;
     let (workers, shards) = (config.workers(), config.shards());
     let tls = load_tls(&config)?;
+    let control = crate::control::Control::new(&config, source, Arc::clone(&tls));
     let map = PartitionMap::even(config.router.partitions, shards as u16);
     let mut opened = vec![];
     let mut reports = vec![];
@@ -662,6 +698,8 @@ pub fn serve(config: Config) -> Result<(), String> {
         )?;
         let cell = router::ReportCell::default();
         shard.publish_to(Arc::clone(&cell));
+        let mut knob = control.flush_interval_us.follow();
+        shard.follow_flush_interval(Box::new(move || knob.refresh().then_some(knob.value)));
         reports.push(cell);
         opened.push(shard);
     }
@@ -719,6 +757,7 @@ pub fn serve(config: Config) -> Result<(), String> {
         },
         &stop,
         &tuned_tx,
+        Some(&control),
     )?;
     drop(tuned_tx);
     ready(&config, tuned_rx, workers + shard_threads.len())?;
@@ -728,6 +767,7 @@ pub fn serve(config: Config) -> Result<(), String> {
             workers: worker_cells,
             shards: reports,
             started: Instant::now(),
+            control: Some(Arc::clone(&control)),
         },
     )?;
     println!(
@@ -737,7 +777,9 @@ pub fn serve(config: Config) -> Result<(), String> {
     );
     let _ = std::io::stdout().flush();
 
-    wait(&signalled, &worker_threads);
+    wait(&signalled, &worker_threads, &|| {
+        let _ = reload_logged(&control);
+    });
     println!("switchboard: stopping: closing connections, flushing logs");
     stop_workers(&stop, &inboxes, worker_threads);
     for tx in &routes.shards {

@@ -140,6 +140,11 @@ impl Conn {
         self.id
     }
 
+    /// New limits (a runtime knob changed): they apply from the next event.
+    pub fn set_limits(&mut self, limits: Arc<Limits>) {
+        self.limits = limits;
+    }
+
     /// The TLS handshake is not finished (whatever the framing phase).
     pub fn tls_handshaking(&self) -> bool {
         self.tls.is_handshaking()

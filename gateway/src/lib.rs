@@ -12,6 +12,7 @@
 #![deny(unsafe_code)] // allowed only in `uring` (the io_uring driver)
 
 pub mod conn;
+pub mod live;
 pub mod tls;
 #[cfg(target_os = "linux")]
 #[allow(unsafe_code)] // buffers handed to the kernel; every block has a SAFETY note

@@ -29,6 +29,7 @@ use wire::link::{ConnId, ToClient, ToRouter};
 use wire::ErrorCode;
 
 use crate::conn::{Conn, Limits};
+use crate::live::{Follower, Live};
 
 /// Settings of one worker.
 #[derive(Clone, Debug)]
@@ -326,6 +327,15 @@ pub struct Worker {
     link: WorkerLink,
     stop: Arc<AtomicBool>,
     stats_cell: Option<StatsCell>,
+    live_tls: Option<Follower<Arc<ServerConfig>>>,
+    knobs: Option<Follower<WorkerKnobs>>,
+}
+
+/// What a worker takes from the runtime knobs.
+#[derive(Clone, Debug)]
+pub struct WorkerKnobs {
+    pub accepts_per_sec: u32,
+    pub limits: Arc<Limits>,
 }
 
 impl Worker {
@@ -345,7 +355,23 @@ impl Worker {
             link,
             stop,
             stats_cell: None,
+            live_tls: None,
+            knobs: None,
         }
+    }
+
+    /// Follows a TLS configuration replaced at run time (certificate reload): new
+    /// handshakes use the newest; established connections keep theirs.
+    pub fn follow_tls(mut self, live: &Arc<Live<Arc<ServerConfig>>>) -> Worker {
+        self.live_tls = Some(live.follow());
+        self
+    }
+
+    /// Follows runtime knobs: the accept rate from the next accept, connection limits
+    /// on every connection from the next event.
+    pub fn follow_knobs(mut self, live: &Arc<Live<WorkerKnobs>>) -> Worker {
+        self.knobs = Some(live.follow());
+        self
     }
 
     /// Publishes the worker's counters to `cell` every sweep and at the end.
@@ -420,6 +446,20 @@ impl Worker {
         let mut touched: Vec<u32> = Vec::new();
         let mut stopping = false;
         loop {
+            if let Some(t) = &mut self.live_tls {
+                if t.refresh() {
+                    self.tls = Arc::clone(&t.value);
+                }
+            }
+            if let Some(k) = &mut self.knobs {
+                if k.refresh() {
+                    self.cfg.accepts_per_sec = k.value.accepts_per_sec;
+                    self.limits = Arc::clone(&k.value.limits);
+                    for s in st.slots.iter_mut().flatten() {
+                        s.conn.set_limits(Arc::clone(&self.limits));
+                    }
+                }
+            }
             // Submit what is queued; wait for at least one completion.
             {
                 let mut sq = ring.submission();

@@ -30,4 +30,4 @@ mod stored;
 
 pub use config::RouterConfig;
 pub use partition::{partition_of, PartitionMap};
-pub use shard::{ReportCell, Shard, ShardReport, ShardStats};
+pub use shard::{FlushKnob, ReportCell, Shard, ShardReport, ShardStats};

@@ -137,7 +137,12 @@ pub struct Shard {
     last_sweep_ms: u64,
     stats: ShardStats,
     report: Option<(ReportCell, u64)>,
+    /// Asked every tick for a new group-commit interval (a runtime knob).
+    flush_knob: Option<FlushKnob>,
 }
+
+/// Returns a new group-commit interval (µs) when it changed.
+pub type FlushKnob = Box<dyn FnMut() -> Option<u64> + Send>;
 
 fn uid(p: Phone) -> UserId {
     UserId::new(p.get()).expect("every phone is a user id")
@@ -185,6 +190,7 @@ impl Shard {
             last_sweep_ms: now_ms,
             stats: ShardStats::default(),
             report: None,
+            flush_knob: None,
         };
         Ok((shard, report))
     }
@@ -206,6 +212,12 @@ impl Shard {
     pub fn publish_to(&mut self, cell: ReportCell) {
         self.report = Some((cell, 0));
         self.publish(0);
+    }
+
+    /// Follows a runtime knob for the log's group-commit interval: `knob` is asked
+    /// every tick and returns a value when it changed.
+    pub fn follow_flush_interval(&mut self, knob: FlushKnob) {
+        self.flush_knob = Some(knob);
     }
 
     fn publish(&mut self, now_ms: u64) {
@@ -239,6 +251,14 @@ impl Shard {
 
     /// Timed work: answers whose records became durable, reclaim, registration expiry.
     pub fn tick(&mut self, now_ms: u64, out: &mut Vec<FromRouter>) {
+        if let Some(us) = self.flush_knob.as_mut().and_then(|k| k()) {
+            if let Err(e) = self.log.set_group_interval_us(us) {
+                eprintln!(
+                    "switchboard: shard {}: flush interval not changed: {e}",
+                    self.id
+                );
+            }
+        }
         self.release(out);
         if self
             .log

@@ -28,6 +28,9 @@ pub(crate) struct Shared {
     pub flushes: AtomicU64,
     pub flush_ns_max: AtomicU64,
     pub flush_ns_total: AtomicU64,
+    /// The group-commit interval the flusher sleeps between flushes (µs); changed at
+    /// run time by [`crate::Log::set_group_interval_us`]. `0` until the flusher starts.
+    pub interval_us: AtomicU64,
     wait: Mutex<()>,
     cv: Condvar,
 }
@@ -103,9 +106,12 @@ pub(crate) struct Flusher {
 impl Flusher {
     pub fn start(shared: Arc<Shared>, interval: Duration) -> std::io::Result<Flusher> {
         let (tx, rx) = mpsc::channel();
+        shared
+            .interval_us
+            .store(interval.as_micros() as u64, Ordering::Relaxed);
         let handle = thread::Builder::new()
             .name("log-flusher".into())
-            .spawn(move || flusher_loop(&shared, &rx, interval))?;
+            .spawn(move || flusher_loop(&shared, &rx))?;
         Ok(Flusher { tx, handle })
     }
 
@@ -126,12 +132,13 @@ struct Mapped {
     end: Option<usize>,
 }
 
-fn flusher_loop(shared: &Shared, rx: &Receiver<Activation>, interval: Duration) {
+fn flusher_loop(shared: &Shared, rx: &Receiver<Activation>) {
     let mut maps: BTreeMap<SegmentId, Mapped> = BTreeMap::new();
     loop {
         let stopping = shared.stop.load(Ordering::Acquire);
         if !stopping {
-            thread::park_timeout(interval);
+            let us = shared.interval_us.load(Ordering::Relaxed);
+            thread::park_timeout(Duration::from_micros(us));
         }
         if !shared.failed.load(Ordering::Acquire) {
             if let Err(e) = flush_once(shared, rx, &mut maps) {

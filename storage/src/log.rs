@@ -228,6 +228,22 @@ impl Log {
         &self.config
     }
 
+    /// Changes the group-commit interval while the log runs (a runtime knob): the
+    /// flusher uses it from its next sleep. Same bounds as `group_interval_us`.
+    pub fn set_group_interval_us(&mut self, us: u64) -> Result<(), crate::ConfigError> {
+        let candidate = LogConfig {
+            group_interval_us: us,
+            ..self.config.clone()
+        };
+        candidate.validate()?;
+        self.config.group_interval_us = us;
+        self.shared.interval_us.store(us, Ordering::Relaxed);
+        if let Some(f) = &self.flusher {
+            f.wake();
+        }
+        Ok(())
+    }
+
     /// End of the last appended record.
     pub fn written(&self) -> Lsn {
         Lsn(self.shared.written.load(Ordering::Acquire))

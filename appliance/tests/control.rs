@@ -1,0 +1,328 @@
+//! Changing a running `switchboard serve`: knobs through the admin API and the
+//! `switchboard knob` command (applied without reconnects, bounds checked, logged), and
+//! reloading the configuration on SIGHUP and `switchboard reload` (certificate rotation
+//! while clients stay connected; a bad new configuration refused, the old one kept).
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use client::{Client, Incoming, Trust};
+use wire::Phone;
+
+use common::{deliver, T};
+
+struct Server {
+    child: Child,
+    addr: String,
+    admin: String,
+    data: PathBuf,
+    /// Every line the server printed (stdout and stderr).
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Server {
+    fn start(data: &Path, config: &Path) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+            .arg(data)
+            .arg("--config")
+            .arg(config)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let l = Arc::clone(&lines);
+        let err = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                l.lock().unwrap().push(line);
+            }
+        });
+        let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
+        let (mut addr, mut admin) = (None, None);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while addr.is_none() {
+            assert!(Instant::now() < deadline, "serve did not start");
+            let line = out.next().expect("serve exited").unwrap();
+            if let Some(rest) = line.strip_prefix("switchboard: admin api on http://") {
+                admin = rest.split_whitespace().next().map(str::to_string);
+            }
+            if let Some(rest) = line.strip_prefix("switchboard: listening on ") {
+                addr = rest.split_whitespace().next().map(str::to_string);
+            }
+            lines.lock().unwrap().push(line);
+        }
+        let l = Arc::clone(&lines);
+        std::thread::spawn(move || {
+            for line in out.map_while(Result::ok) {
+                l.lock().unwrap().push(line);
+            }
+        });
+        Server {
+            child,
+            addr: addr.unwrap(),
+            admin: admin.unwrap(),
+            data: data.to_owned(),
+            lines,
+        }
+    }
+
+    /// Waits for a printed line containing `needle`.
+    fn saw(&self, needle: &str) -> String {
+        let deadline = Instant::now() + T;
+        loop {
+            if let Some(l) = self
+                .lines
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|l| l.contains(needle))
+            {
+                return l.clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no line with {needle:?}: {:?}",
+                self.lines.lock().unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `switchboard ARGS --admin ADDR --data DATA`.
+    fn cli(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_switchboard"))
+            .args(args)
+            .args(["--admin", &self.admin, "--data"])
+            .arg(&self.data)
+            .output()
+            .unwrap()
+    }
+
+    fn metric(&self, name: &str) -> u64 {
+        let token = std::fs::read_to_string(self.data.join("admin.token")).unwrap();
+        let mut s = TcpStream::connect(&self.admin).unwrap();
+        write!(
+            s,
+            "GET /metrics HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n",
+            token.trim()
+        )
+        .unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).unwrap();
+        text.lines()
+            .filter(|l| l.starts_with(name) && l[name.len()..].starts_with('{'))
+            .filter_map(|l| l.rsplit_once(' ')?.1.parse::<u64>().ok())
+            .sum()
+    }
+
+    fn hup(&self) {
+        // SAFETY: sending SIGHUP to our own child process.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGHUP) };
+    }
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn phone(n: u64) -> Phone {
+    Phone::new(n).unwrap()
+}
+
+/// Generates a self-signed identity in `dir/tls` with the appliance's own command;
+/// its fingerprint.
+fn identity(dir: &Path) -> String {
+    let o = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .args(["tls", "fingerprint", "--data"])
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    stdout(&o)
+        .lines()
+        .last()
+        .unwrap()
+        .split_whitespace()
+        .last()
+        .unwrap()
+        .to_string()
+}
+
+fn connect(s: &Server, fp: &str) -> Result<Client, client::ClientError> {
+    Client::connect(&s.addr, &Trust::Fingerprint(fp.to_string()), "localhost", T)
+}
+
+#[test]
+fn knobs_change_a_running_appliance_without_reconnects() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(
+        &cfg,
+        "workers = 1\nshards = 1\n[admin]\nlisten = \"127.0.0.1:0\"\n[gateway]\naccepts_per_sec = 1000\n",
+    )
+    .unwrap();
+    let s = Server::start(&data, &cfg);
+    let fp = s
+        .saw("fingerprint ")
+        .split_whitespace()
+        .last()
+        .unwrap()
+        .to_string();
+    let sms = data.join("sms.log");
+    let (a, b) = (phone(15550000001), phone(15550000002));
+    let (mut ca, _) = common::register(&s.addr, &fp, &sms, a);
+    let (mut cb, _) = common::register(&s.addr, &fp, &sms, b);
+
+    // Listing and reading.
+    let list = s.cli(&["knob", "list"]);
+    assert!(list.status.success(), "{}", stderr(&list));
+    for k in ["accepts_per_sec", "outbound_bytes_max", "flush_interval_us"] {
+        assert!(stdout(&list).contains(k), "{}", stdout(&list));
+    }
+    assert_eq!(
+        stdout(&s.cli(&["knob", "get", "accepts_per_sec"])).trim(),
+        "1000"
+    );
+
+    // Out of bounds and unknown: refused with the reason, nothing changes.
+    let o = s.cli(&["knob", "set", "accepts_per_sec", "0"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("out of bounds (1 to"), "{}", stderr(&o));
+    let o = s.cli(&["knob", "set", "no_such_knob", "5"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("no knob named"), "{}", stderr(&o));
+    assert_eq!(
+        stdout(&s.cli(&["knob", "get", "accepts_per_sec"])).trim(),
+        "1000"
+    );
+
+    // One accept per second: a burst of new connections is refused past the first...
+    let o = s.cli(&["knob", "set", "accepts_per_sec", "1"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o).trim(), "accepts_per_sec: 1000 -> 1");
+    s.saw("knob accepts_per_sec: 1000 -> 1");
+    // The worker picks a change up within a sweep (250 ms).
+    std::thread::sleep(Duration::from_millis(400));
+    let before = s.metric("switchboard_gateway_refused_rate_total");
+    let burst: Vec<TcpStream> = (0..6)
+        .map(|_| TcpStream::connect(&s.addr).unwrap())
+        .collect();
+    let deadline = Instant::now() + T;
+    while s.metric("switchboard_gateway_refused_rate_total") < before + 4 {
+        assert!(
+            Instant::now() < deadline,
+            "the new accept rate was not applied"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(burst);
+    // ...while the connections already up carry on, never reconnected.
+    ca.send(b, 1, b"still here").unwrap();
+    let (seq, from, id, body) = deliver(&mut cb);
+    assert_eq!((from, id, &body[..]), (a, 1, &b"still here"[..]));
+    cb.ack(seq).unwrap();
+    ca.wait_for(T, |m| matches!(m, Incoming::Receipt { .. }))
+        .unwrap();
+
+    // Back up: new connections are accepted again.
+    assert!(s
+        .cli(&["knob", "set", "accepts_per_sec", "1000"])
+        .status
+        .success());
+    std::thread::sleep(Duration::from_millis(1200));
+    assert!(connect(&s, &fp).is_ok());
+
+    // The storage knob reaches the shard.
+    let o = s.cli(&["knob", "set", "flush_interval_us", "5000"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    s.saw("knob flush_interval_us: 1000 -> 5000");
+    assert_eq!(
+        stdout(&s.cli(&["knob", "get", "flush_interval_us"])).trim(),
+        "5000"
+    );
+    // Messages still flow with the new interval.
+    ca.send(b, 2, b"after").unwrap();
+    let (seq, _, id, _) = deliver(&mut cb);
+    assert_eq!(id, 2);
+    cb.ack(seq).unwrap();
+}
+
+#[test]
+fn a_certificate_rotates_on_sighup_while_clients_stay_connected() {
+    let dir = tempfile::tempdir().unwrap();
+    let (one, two) = (dir.path().join("one"), dir.path().join("two"));
+    let (fp1, fp2) = (identity(&one), identity(&two));
+    assert_ne!(fp1, fp2);
+    let live = dir.path().join("live");
+    std::fs::create_dir_all(&live).unwrap();
+    let install = |from: &Path| {
+        for f in ["cert.pem", "key.pem"] {
+            std::fs::copy(from.join("tls").join(f), live.join(f)).unwrap();
+        }
+    };
+    install(&one);
+    let data = dir.path().join("data");
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "workers = 1\nshards = 1\n[tls]\ncert = \"{0}/cert.pem\"\nkey = \"{0}/key.pem\"\n[admin]\nlisten = \"127.0.0.1:0\"\n",
+            live.display()
+        ),
+    )
+    .unwrap();
+    let s = Server::start(&data, &cfg);
+    let sms = data.join("sms.log");
+    let (a, b) = (phone(15550000011), phone(15550000012));
+    let (mut ca, _) = common::register(&s.addr, &fp1, &sms, a);
+    let (mut cb, _) = common::register(&s.addr, &fp1, &sms, b);
+
+    install(&two);
+    s.hup();
+    s.saw("switchboard: reloaded: certificate reloaded");
+    std::thread::sleep(Duration::from_millis(400)); // a sweep: the worker takes it
+                                                    // New handshakes present the new certificate...
+    assert!(connect(&s, &fp2).is_ok());
+    assert!(connect(&s, &fp1).is_err());
+    // ...and the connections made with the old one carry on.
+    ca.send(b, 1, b"across the rotation").unwrap();
+    let (seq, from, _, body) = deliver(&mut cb);
+    assert_eq!((from, &body[..]), (a, &b"across the rotation"[..]));
+    cb.ack(seq).unwrap();
+
+    // A broken certificate: refused with the reason; the running one stays.
+    std::fs::write(live.join("cert.pem"), "not a certificate\n").unwrap();
+    s.hup();
+    s.saw("reload refused, the running configuration stays");
+    assert!(connect(&s, &fp2).is_ok());
+    // A configuration that does not parse: the same, through `switchboard reload`.
+    install(&two);
+    std::fs::write(&cfg, "workers = \"many\"\n").unwrap();
+    let o = s.cli(&["reload"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("reload refused"), "{}", stderr(&o));
+    assert!(connect(&s, &fp2).is_ok());
+    ca.send(b, 2, b"still fine").unwrap();
+    let (_, _, id, _) = deliver(&mut cb);
+    assert_eq!(id, 2);
+}
