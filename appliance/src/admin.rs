@@ -131,6 +131,8 @@ pub struct Sources {
     pub started: Instant,
     /// Knobs and reload (`serve`; `None` in the split roles so far).
     pub control: Option<Arc<crate::control::Control>>,
+    /// The activity reporter's averages and firing alerts, when it runs.
+    pub activity: Option<crate::reporter::ActivityCell>,
 }
 
 impl Sources {
@@ -428,19 +430,45 @@ fn shard_families(shards: &[ShardReport]) -> Vec<Family> {
         .collect()
 }
 
-/// The Prometheus text exposition of every figure.
-pub fn render_metrics(src: &Sources) -> String {
+fn families(src: &Sources) -> Vec<Family> {
     let workers: Vec<WorkerStats> = src
         .workers
         .iter()
         .map(|w| w.lock().unwrap_or_else(|e| e.into_inner()).clone())
         .collect();
     let shards = src.shard_reports();
-    let mut out = String::new();
-    for f in worker_families(&workers)
+    let mut all = worker_families(&workers);
+    all.extend(shard_families(&shards));
+    all
+}
+
+/// Every metric name of the appliance's own figures (alert rules name one of these).
+pub fn metric_names() -> Vec<&'static str> {
+    let src = Sources {
+        workers: vec![],
+        shards: vec![],
+        started: Instant::now(),
+        control: None,
+        activity: None,
+    };
+    families(&src).iter().map(|f| f.name).collect()
+}
+
+/// Each metric summed over its label sets: (name, value, is a counter).
+pub fn metric_values(src: &Sources) -> Vec<(&'static str, f64, bool)> {
+    families(src)
         .into_iter()
-        .chain(shard_families(&shards))
-    {
+        .map(|f| {
+            let sum: u64 = f.values.iter().map(|(_, v)| v).sum();
+            (f.name, sum as f64, f.kind == "counter")
+        })
+        .collect()
+}
+
+/// The Prometheus text exposition of every figure.
+pub fn render_metrics(src: &Sources) -> String {
+    let mut out = String::new();
+    for f in families(src) {
         out.push_str(&format!(
             "# HELP {} {}\n# TYPE {} {}\n",
             f.name, f.help, f.name, f.kind
@@ -453,6 +481,13 @@ pub fn render_metrics(src: &Sources) -> String {
         "# HELP switchboard_uptime_seconds Seconds since start.\n# TYPE switchboard_uptime_seconds gauge\nswitchboard_uptime_seconds {}\n",
         src.started.elapsed().as_secs()
     ));
+    if let Some(a) = &src.activity {
+        let a = a.lock().unwrap_or_else(|e| e.into_inner());
+        out.push_str(&format!(
+            "# HELP switchboard_alerts_firing Alert rules firing now.\n# TYPE switchboard_alerts_firing gauge\nswitchboard_alerts_firing {}\n",
+            a.firing.len()
+        ));
+    }
     if let Some(rss) = rss_bytes() {
         out.push_str(&format!(
             "# HELP switchboard_process_resident_bytes Resident memory.\n# TYPE switchboard_process_resident_bytes gauge\nswitchboard_process_resident_bytes {rss}\n"
@@ -484,7 +519,7 @@ pub fn render_status(src: &Sources) -> String {
             "{{\"version\":\"{}\",\"uptime_s\":{},\"workers\":{},\"shards\":{},",
             "\"connections\":{},\"accepted\":{},\"closed\":{},\"handshakes_full\":{},\"handshakes_resumed\":{},\"handshakes_failed\":{},",
             "\"sessions\":{},\"messages_accepted\":{},\"messages_delivered\":{},\"pending_messages\":{},\"pending_bytes\":{},",
-            "\"link_blocked\":{},\"backlog_bytes\":{},\"waiting_durable\":{}}}\n"
+            "\"link_blocked\":{},\"backlog_bytes\":{},\"waiting_durable\":{},\"alerts_firing\":[{}]}}\n"
         ),
         env!("CARGO_PKG_VERSION"),
         src.started.elapsed().as_secs(),
@@ -504,7 +539,28 @@ pub fn render_status(src: &Sources) -> String {
         w.link_blocked,
         w.backlog_bytes_sum,
         sum(|r| r.stats.waiting_durable),
+        src.activity.as_ref().map_or(String::new(), |a| {
+            let a = a.lock().unwrap_or_else(|e| e.into_inner());
+            let names: Vec<String> = a.firing.keys().map(|n| format!("\"{}\"", n.replace('"', "'"))).collect();
+            names.join(",")
+        }),
     )
+}
+
+/// The reporter's figures: `name last avg10s avg100s` per line (counters as rates per
+/// second), then the firing alerts.
+pub fn render_activity(a: &crate::reporter::Activity) -> String {
+    let mut out = String::from("# figure last avg_10s avg_100s (counters: per second)\n");
+    for (name, v) in &a.figures {
+        out.push_str(&format!(
+            "{name} {:.1} {:.1} {:.1}\n",
+            v.last, v.s10, v.s100
+        ));
+    }
+    for (name, since) in &a.firing {
+        out.push_str(&format!("alert_firing {name} since_uptime_s={since}\n"));
+    }
+    out
 }
 
 /// A running admin listener; stops when dropped.
@@ -524,7 +580,7 @@ impl Drop for Admin {
 }
 
 /// Binds the admin listener and serves it on its own thread.
-pub fn start(config: &AdminConfig, token: String, src: Sources) -> Result<Admin, String> {
+pub fn start(config: &AdminConfig, token: String, src: Arc<Sources>) -> Result<Admin, String> {
     config.validate()?;
     let server = tiny_http::Server::http(config.addr())
         .map_err(|e| format!("admin.listen {}: {e}", config.addr()))?;
@@ -671,6 +727,17 @@ fn answer(mut req: tiny_http::Request, token: &str, src: &Sources) {
         match path.as_str() {
             "/metrics" => text(200, render_metrics(src), "text/plain; version=0.0.4"),
             "/status" => text(200, render_status(src), "application/json"),
+            "/activity" => match &src.activity {
+                Some(a) => {
+                    let a = a.lock().unwrap_or_else(|e| e.into_inner());
+                    text(200, render_activity(&a), "text/plain")
+                }
+                None => text(
+                    404,
+                    "the activity reporter is off ([reporter] enabled = false)\n".into(),
+                    "text/plain",
+                ),
+            },
             _ => text(
                 404,
                 format!("no such endpoint: {path} (try /metrics or /status)\n"),
@@ -693,6 +760,7 @@ mod tests {
             shards: vec![ReportCell::default()],
             started: Instant::now(),
             control: None,
+            activity: Some(Default::default()),
         };
         let text = render_metrics(&src);
         let names: Vec<&str> = text

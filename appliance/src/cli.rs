@@ -71,6 +71,26 @@ pub enum Command {
         #[command(flatten)]
         admin: AdminArgs,
     },
+    /// A live, sar-like view of a running appliance: one line per interval with the
+    /// chosen figures (counters as rates per second), through its admin API.
+    Stat {
+        /// Seconds between lines.
+        #[arg(long, default_value_t = 1)]
+        interval: u64,
+        /// Lines to print, then stop (0: until interrupted).
+        #[arg(long, default_value_t = 0)]
+        count: u64,
+        /// Figures: metric names from /metrics (the `switchboard_` prefix may be left
+        /// out) or reporter figures from /activity (host_*, process_*).
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "gateway_connections,gateway_accepted_total,router_messages_accepted_total,router_messages_delivered_total,storage_pending_messages,gateway_link_blocked,router_waiting_durable,host_cpu_idle,process_rss_kb"
+        )]
+        columns: Vec<String>,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
     /// Makes a running appliance read its configuration again (certificate, knobs),
     /// through its admin API (the same as sending it SIGHUP).
     Reload {
@@ -103,18 +123,142 @@ pub enum KnobAction {
     Set { name: String, value: u64 },
 }
 
-/// One admin API call; prints the answer. Exit 0 on 2xx, 1 otherwise.
-fn admin_call(a: &AdminArgs, method: &str, path: &str, body: &str) -> ExitCode {
+/// A GET on the admin API: the body of a 2xx answer, or why not.
+fn admin_get(a: &AdminArgs, token: &str, path: &str) -> Result<String, String> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(std::time::Duration::from_secs(10)))
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut r = agent
+        .get(format!("http://{}{path}", a.admin))
+        .header("authorization", &format!("Bearer {token}"))
+        .call()
+        .map_err(|e| format!("admin api at {}: {e}", a.admin))?;
+    let text = r.body_mut().read_to_string().unwrap_or_default();
+    if r.status().is_success() {
+        Ok(text)
+    } else {
+        Err(format!("{path}: {}: {}", r.status(), text.trim()))
+    }
+}
+
+/// Figures by name: /metrics summed over label sets (with and without the
+/// `switchboard_` prefix; counters flagged), and /activity's last values.
+fn stat_sample(
+    a: &AdminArgs,
+    token: &str,
+) -> Result<std::collections::HashMap<String, (f64, bool)>, String> {
+    let mut out = std::collections::HashMap::new();
+    let metrics = admin_get(a, token, "/metrics")?;
+    let mut counters = std::collections::HashSet::new();
+    for l in metrics.lines() {
+        if let Some(rest) = l.strip_prefix("# TYPE ") {
+            let mut it = rest.split_whitespace();
+            if let (Some(n), Some("counter")) = (it.next(), it.next()) {
+                counters.insert(n.to_string());
+            }
+            continue;
+        }
+        let Some((series, v)) = l.rsplit_once(' ') else {
+            continue;
+        };
+        let name = series.split('{').next().unwrap_or(series);
+        let v: f64 = v.parse().unwrap_or(0.0);
+        let counter = counters.contains(name);
+        let e = out.entry(name.to_string()).or_insert((0.0, counter));
+        e.0 += v;
+        if let Some(short) = name.strip_prefix("switchboard_") {
+            let e = out.entry(short.to_string()).or_insert((0.0, counter));
+            e.0 += v;
+        }
+    }
+    if let Ok(activity) = admin_get(a, token, "/activity") {
+        for l in activity.lines().filter(|l| !l.starts_with('#')) {
+            let mut it = l.split_whitespace();
+            if let (Some(n), Some(v)) = (it.next(), it.next()) {
+                if let Ok(v) = v.parse() {
+                    out.entry(n.to_string()).or_insert((v, false));
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn stat(a: &AdminArgs, interval: u64, count: u64, columns: &[String]) -> ExitCode {
+    let token = match read_token(a) {
+        Ok(t) => t,
+        Err(code) => return code,
+    };
+    let interval = std::time::Duration::from_secs(interval.max(1));
+    let mut prev = match stat_sample(a, &token) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("switchboard stat: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Some(c) = columns.iter().find(|c| !prev.contains_key(*c)) {
+        eprintln!("switchboard stat: no figure named {c:?} (see /metrics and /activity)");
+        return ExitCode::from(2);
+    }
+    let width = columns.iter().map(|c| c.len().max(10)).collect::<Vec<_>>();
+    let mut printed = 0u64;
+    while count == 0 || printed < count {
+        std::thread::sleep(interval);
+        let now = match stat_sample(a, &token) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("switchboard stat: {e}");
+                return ExitCode::from(1);
+            }
+        };
+        if printed % 20 == 0 {
+            let mut h = format!("{:<8}", "time");
+            for (c, w) in columns.iter().zip(&width) {
+                h.push_str(&format!(" {c:>w$}"));
+            }
+            println!("{h}");
+        }
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() % 86_400);
+        let mut line = format!("{:02}:{:02}:{:02}", t / 3600, t / 60 % 60, t % 60);
+        for (c, w) in columns.iter().zip(&width) {
+            let (v, counter) = now.get(c).copied().unwrap_or((0.0, false));
+            let shown = if counter {
+                (v - prev.get(c).map_or(v, |p| p.0)).max(0.0) / interval.as_secs_f64()
+            } else {
+                v
+            };
+            line.push_str(&format!(" {shown:>w$.0}"));
+        }
+        println!("{line}");
+        prev = now;
+        printed += 1;
+    }
+    ExitCode::SUCCESS
+}
+
+fn read_token(a: &AdminArgs) -> Result<String, ExitCode> {
     let token_file = a
         .token_file
         .clone()
         .unwrap_or_else(|| a.data.join("admin.token"));
-    let token = match std::fs::read_to_string(&token_file) {
-        Ok(t) => t.trim().to_string(),
-        Err(e) => {
+    std::fs::read_to_string(&token_file)
+        .map(|t| t.trim().to_string())
+        .map_err(|e| {
             eprintln!("switchboard: admin token {}: {e}", token_file.display());
-            return ExitCode::from(2);
-        }
+            ExitCode::from(2)
+        })
+}
+
+/// One admin API call; prints the answer. Exit 0 on 2xx, 1 otherwise.
+fn admin_call(a: &AdminArgs, method: &str, path: &str, body: &str) -> ExitCode {
+    let token = match read_token(a) {
+        Ok(t) => t,
+        Err(code) => return code,
     };
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .timeout_global(Some(std::time::Duration::from_secs(10)))
@@ -258,6 +402,12 @@ pub fn main() -> ExitCode {
             }
         },
         Command::Reload { admin } => admin_call(&admin, "POST", "/reload", ""),
+        Command::Stat {
+            interval,
+            count,
+            columns,
+            admin,
+        } => stat(&admin, interval, count, &columns),
         Command::Log(LogCommand::Inspect { dir, config, quiet }) => {
             crate::logcmd::inspect(&dir, config.as_deref(), quiet)
         }

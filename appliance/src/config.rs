@@ -17,6 +17,8 @@
 //! [storage]                    # storage::LogConfig
 //! [process]                    # realtime_priority, pin_threads, huge_pages, inline_shard, tune_profile
 //! [admin]                      # enabled, listen (loopback/private only), token_file
+//! [reporter]                   # enabled, interval_s, file_bytes_max
+//! [alerts]                     # webhook; [[alerts.rule]] name, metric, above, for_s
 //! ```
 
 use std::net::SocketAddr;
@@ -46,6 +48,10 @@ pub struct Config {
     pub cluster: crate::cluster::ClusterConfig,
     /// The admin API (metrics, status).
     pub admin: crate::admin::AdminConfig,
+    /// The activity reporter.
+    pub reporter: crate::reporter::ReporterConfig,
+    /// Queue alert rules and their webhook.
+    pub alerts: crate::reporter::AlertsConfig,
 }
 
 /// Process tuning (docs/TUNING.md).
@@ -95,6 +101,8 @@ impl Default for Config {
             process: ProcessConfig::default(),
             cluster: crate::cluster::ClusterConfig::default(),
             admin: crate::admin::AdminConfig::default(),
+            reporter: crate::reporter::ReporterConfig::default(),
+            alerts: crate::reporter::AlertsConfig::default(),
         }
     }
 }
@@ -218,6 +226,9 @@ impl Config {
         }
         self.sms.validate()?;
         self.admin.validate().map_err(|e| format!("config: {e}"))?;
+        self.reporter
+            .validate(&self.alerts)
+            .map_err(|e| format!("config: {e}"))?;
         if self.process.realtime_priority > 99 {
             return Err("config: process.realtime_priority: from 0 (off) to 99".into());
         }

@@ -11,6 +11,7 @@
 //! - [`sms`]: sending registration PINs (`log`, `http`).
 //! - [`tune`]: `switchboard tune`: the host against a tuning profile.
 //! - `roles` (Linux): `switchboard gateway` and `switchboard router`, the split deployment.
+//! - [`reporter`]: the activity reporter and the queue alerts.
 //! - [`logcmd`]: `switchboard log`: operator commands on a shard's storage log.
 #![forbid(unsafe_code)]
 
@@ -22,6 +23,7 @@ pub mod control;
 #[cfg(target_os = "linux")]
 pub mod link;
 pub mod logcmd;
+pub mod reporter;
 #[cfg(target_os = "linux")]
 pub mod roles;
 #[cfg(target_os = "linux")]

@@ -311,13 +311,14 @@ pub fn router(config: Config, id: u16) -> Result<(), String> {
     let (tuned_tx, tuned_rx) = mpsc::channel();
     let shard_thread = serve::spawn_shard(&config, shard, rx, Arc::clone(&routes), 0, tuned_tx)?;
     serve::ready(&config, tuned_rx, 1)?;
-    let _admin = serve::start_admin(
+    let _operations = serve::start_operations(
         &config,
         crate::admin::Sources {
             workers: vec![],
             shards: vec![report],
             started: std::time::Instant::now(),
             control: None,
+            activity: None,
         },
     )?;
     println!(
@@ -532,13 +533,14 @@ pub fn gateway(config: Config, id: u8) -> Result<(), String> {
     )?;
     drop(tuned_tx);
     serve::ready(&config, tuned_rx, workers)?;
-    let _admin = serve::start_admin(
+    let _operations = serve::start_operations(
         &config,
         crate::admin::Sources {
             workers: worker_cells,
             shards: vec![],
             started: std::time::Instant::now(),
             control: None,
+            activity: None,
         },
     )?;
     println!(

@@ -593,13 +593,40 @@ pub(crate) fn reload_logged(control: &crate::control::Control) -> Result<String,
     }
 }
 
-/// Starts the admin API when enabled (the token file is made on first start).
-pub(crate) fn start_admin(
+/// What watches a running process: the activity reporter (with the alerts) and the
+/// admin API. Both stop when this is dropped.
+pub(crate) struct Operations {
+    _admin: Option<crate::admin::Admin>,
+    _reporter: Option<crate::reporter::Reporter>,
+}
+
+/// Starts the reporter and the admin API as configured (the token file is made on
+/// first start).
+pub(crate) fn start_operations(
     config: &Config,
-    src: crate::admin::Sources,
-) -> Result<Option<crate::admin::Admin>, String> {
+    mut src: crate::admin::Sources,
+) -> Result<Operations, String> {
+    let activity = crate::reporter::ActivityCell::default();
+    if config.reporter.enabled {
+        src.activity = Some(Arc::clone(&activity));
+    }
+    let src = Arc::new(src);
+    let reporter = if config.reporter.enabled {
+        Some(crate::reporter::start(
+            &config.reporter,
+            &config.alerts,
+            config.data_dir.clone(),
+            Arc::clone(&src),
+            activity,
+        )?)
+    } else {
+        None
+    };
     if !config.admin.enabled {
-        return Ok(None);
+        return Ok(Operations {
+            _admin: None,
+            _reporter: reporter,
+        });
     }
     let token_file = config
         .admin
@@ -608,21 +635,26 @@ pub(crate) fn start_admin(
         .unwrap_or_else(|| config.data_dir.join("admin.token"));
     let token = crate::admin::load_or_make_token(&token_file)?;
     let admin = match crate::admin::start(&config.admin, token, src) {
-        Ok(a) => a,
+        Ok(a) => Some(a),
         Err(e) if config.admin.listen.is_none() => {
             eprintln!(
                 "switchboard: warning: admin api not started: {e} (another appliance on this host? set [admin] listen)"
             );
-            return Ok(None);
+            None
         }
         Err(e) => return Err(e),
     };
-    println!(
-        "switchboard: admin api on http://{} (/metrics, /status; bearer token in {})",
-        admin.addr,
-        token_file.display()
-    );
-    Ok(Some(admin))
+    if let Some(a) = &admin {
+        println!(
+            "switchboard: admin api on http://{} (/metrics, /status, /activity, /knobs; bearer token in {})",
+            a.addr,
+            token_file.display()
+        );
+    }
+    Ok(Operations {
+        _admin: admin,
+        _reporter: reporter,
+    })
 }
 
 /// Waits until every tuned thread has started, then reports huge pages.
@@ -761,13 +793,14 @@ pub fn serve(config: Config, source: crate::control::ConfigSource) -> Result<(),
     )?;
     drop(tuned_tx);
     ready(&config, tuned_rx, workers + shard_threads.len())?;
-    let _admin = start_admin(
+    let _operations = start_operations(
         &config,
         crate::admin::Sources {
             workers: worker_cells,
             shards: reports,
             started: Instant::now(),
             control: Some(Arc::clone(&control)),
+            activity: None,
         },
     )?;
     println!(

@@ -304,3 +304,133 @@ fn a_public_admin_address_or_a_short_token_is_refused_at_start() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("at least 16 characters"), "{err}");
 }
+
+#[test]
+fn a_queue_alert_fires_and_resolves_with_webhook_posts_and_one_second_reports() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (hook, posts) = common::mock_http(false);
+    let s = start(
+        &data,
+        &format!(
+            "{CONFIG}[reporter]\ninterval_s = 60\n[alerts]\nwebhook = \"{hook}\"\n\
+             [[alerts.rule]]\nname = \"offline-backlog\"\nmetric = \"switchboard_storage_pending_messages\"\nabove = 3\nfor_s = 1\n"
+        ),
+    );
+    let token = std::fs::read_to_string(data.join("admin.token")).unwrap();
+    let token = token.trim();
+    let sms = data.join("sms.log");
+    let (a, b) = (phone(15550000021), phone(15550000022));
+    let (mut ca, _) = common::register(&s.addr, &s.fingerprint, &sms, a);
+    let (cb, key_b) = common::register(&s.addr, &s.fingerprint, &sms, b);
+    drop(cb);
+    let lines_before = std::fs::read_to_string(data.join("activity.log"))
+        .unwrap_or_default()
+        .lines()
+        .count();
+    // Over the threshold: 5 messages wait for the offline b.
+    for id in 1..=5 {
+        ca.send(b, id, b"queued").unwrap();
+        ca.wait_for(T, |m| matches!(m, Incoming::ServerAck { .. }))
+            .unwrap();
+    }
+    let wait_for = |what: &str, f: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while !f() {
+            assert!(Instant::now() < deadline, "{what}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    wait_for("the alert fires", &|| {
+        posts
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|p| p.contains("\"state\":\"firing\""))
+    });
+    let fired = posts.lock().unwrap()[0].clone();
+    assert!(fired.contains("\"alert\":\"offline-backlog\""), "{fired}");
+    assert!(fired.contains("\"value\":5"), "{fired}");
+    let (_, status) = http(&s.admin, "GET", "/status", Some(token));
+    assert!(
+        status.contains("\"alerts_firing\":[\"offline-backlog\"]"),
+        "{status}"
+    );
+    let (_, metrics) = http(&s.admin, "GET", "/metrics", Some(token));
+    assert_eq!(metric(&metrics, "switchboard_alerts_firing"), 1);
+    // While it fires the reporter writes every second (60 s otherwise).
+    std::thread::sleep(Duration::from_millis(3500));
+    let log = std::fs::read_to_string(data.join("activity.log")).unwrap();
+    let firing_lines = log
+        .lines()
+        .filter(|l| l.contains("alerts=offline-backlog"))
+        .count();
+    assert!(
+        firing_lines >= 3,
+        "{firing_lines} lines while firing:\n{log}"
+    );
+    assert!(log.lines().count() > lines_before + 2);
+    // Back under it: b comes back and acknowledges everything.
+    let mut cb = client::Client::connect(
+        &s.addr,
+        &Trust::Fingerprint(s.fingerprint.clone()),
+        "localhost",
+        T,
+    )
+    .unwrap();
+    assert_eq!(cb.login(b, key_b, T).unwrap(), 5);
+    for _ in 0..5 {
+        let (seq, _, _, _) = deliver(&mut cb);
+        cb.ack(seq).unwrap();
+        // The delivery receipt waits for a in the same log: a acknowledges it too.
+        match ca
+            .wait_for(T, |m| matches!(m, Incoming::Receipt { .. }))
+            .unwrap()
+        {
+            Incoming::Receipt { seq, .. } => ca.ack(seq).unwrap(),
+            _ => unreachable!(),
+        }
+    }
+    wait_for("the alert resolves", &|| {
+        posts
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|p| p.contains("\"state\":\"resolved\""))
+    });
+    let (_, status) = http(&s.admin, "GET", "/status", Some(token));
+    assert!(status.contains("\"alerts_firing\":[]"), "{status}");
+    assert_eq!(posts.lock().unwrap().len(), 2, "one firing, one resolving");
+    // The reporter's own figures are served too.
+    let (code, activity) = http(&s.admin, "GET", "/activity", Some(token));
+    assert_eq!(code, 200);
+    for f in [
+        "host_cpu_idle",
+        "process_runqueue_wait_ns",
+        "switchboard_router_messages_accepted_total",
+    ] {
+        assert!(activity.contains(f), "{f} missing:\n{activity}");
+    }
+}
+
+#[test]
+fn an_alert_on_an_unknown_metric_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("bad.toml");
+    std::fs::write(
+        &cfg,
+        "[[alerts.rule]]\nname = \"x\"\nmetric = \"switchboard_no_such_queue\"\nabove = 1\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .args(["serve", "--check", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no metric named \"switchboard_no_such_queue\""),
+        "{err}"
+    );
+}

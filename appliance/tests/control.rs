@@ -265,6 +265,29 @@ fn knobs_change_a_running_appliance_without_reconnects() {
     let (seq, _, id, _) = deliver(&mut cb);
     assert_eq!(id, 2);
     cb.ack(seq).unwrap();
+
+    // `switchboard stat`: a header, then one line per interval with the chosen figures.
+    let o = s.cli(&[
+        "stat",
+        "--count",
+        "2",
+        "--columns",
+        "gateway_connections,switchboard_router_messages_accepted_total,host_cpu_idle",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 3, "{out}");
+    assert!(lines[0].contains("gateway_connections") && lines[0].contains("host_cpu_idle"));
+    // Two connections are open: a and b.
+    assert_eq!(lines[1].split_whitespace().nth(1), Some("2"), "{out}");
+    let o = s.cli(&["stat", "--count", "1", "--columns", "no_such_figure"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("no figure named \"no_such_figure\""),
+        "{}",
+        stderr(&o)
+    );
 }
 
 #[test]

@@ -337,45 +337,9 @@ fn bad_input_closes_that_connection_only() {
 
 /// A stand-in SMS provider: answers 503 to the first request and 200 after, and keeps
 /// the JSON bodies it was sent.
-fn mock_sms_provider() -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}/send", listener.local_addr().unwrap());
-    let bodies = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let seen = bodies.clone();
-    std::thread::spawn(move || {
-        for (n, stream) in listener.incoming().enumerate() {
-            let Ok(mut stream) = stream else { return };
-            let mut reader = BufReader::new(stream.try_clone().unwrap());
-            let mut len = 0;
-            loop {
-                let mut line = String::new();
-                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-                    break;
-                }
-                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                    len = v.trim().parse().unwrap();
-                }
-            }
-            let mut body = vec![0u8; len];
-            reader.read_exact(&mut body).unwrap();
-            seen.lock().unwrap().push(String::from_utf8(body).unwrap());
-            let status = if n == 0 {
-                "503 Service Unavailable"
-            } else {
-                "200 OK"
-            };
-            let _ = write!(
-                stream,
-                "HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
-            );
-        }
-    });
-    (url, bodies)
-}
-
 #[test]
 fn pins_go_to_an_http_sms_provider_with_retries() {
-    let (url, bodies) = mock_sms_provider();
+    let (url, bodies) = common::mock_http(true);
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("sms.toml");
     std::fs::write(

@@ -1,0 +1,481 @@
+//! The activity reporter and the queue alerts.
+//!
+//! One thread, waking every second: it reads the appliance's own figures (what workers
+//! and shards publish), the host's (`/proc/stat`, `/proc/vmstat`, `/proc/net/snmp`,
+//! `/proc/meminfo`) and the process's (RSS, threads' CPU and run-queue wait from
+//! `/proc/self/task/*/schedstat`), keeps each as decaying averages over 1 s, 10 s and
+//! 100 s, checks the alert rules, and writes one line to `data_dir/activity.log` every
+//! `interval_s` (60 s), every second while any alert fires. The log rolls over to
+//! `activity.log.1` at `file_bytes_max`.
+//!
+//! Alerts: a rule fires when its metric stays above its threshold for `for_s`
+//! seconds, and resolves when it falls back to or under it; both are logged and,
+//! with `webhook` set, POSTed (JSON) from a separate thread, so a slow or dead webhook
+//! never delays the reporter.
+
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+
+use crate::admin::Sources;
+
+/// `[reporter]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ReporterConfig {
+    /// Run the reporter (and the alerts). Default: true.
+    pub enabled: bool,
+    /// Seconds between lines in the activity log while no alert fires. Default: 60.
+    pub interval_s: u64,
+    /// The activity log rolls over at this size. Default: 16 MiB.
+    pub file_bytes_max: u64,
+}
+
+impl Default for ReporterConfig {
+    fn default() -> Self {
+        ReporterConfig {
+            enabled: true,
+            interval_s: 60,
+            file_bytes_max: 16 << 20,
+        }
+    }
+}
+
+/// `[alerts]`: where firing and resolving alerts are POSTed, and the rules.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AlertsConfig {
+    /// `http://` URL that receives a JSON POST per firing and resolving. Default: none.
+    pub webhook: Option<String>,
+    #[serde(rename = "rule")]
+    pub rules: Vec<AlertRule>,
+}
+
+/// `[[alerts.rule]]`: a queue (any figure of `/metrics`, summed over its label sets)
+/// above `above` for `for_s` seconds.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertRule {
+    pub name: String,
+    pub metric: String,
+    pub above: f64,
+    #[serde(default)]
+    pub for_s: u64,
+}
+
+impl ReporterConfig {
+    pub fn validate(&self, alerts: &AlertsConfig) -> Result<(), String> {
+        if !(1..=3600).contains(&self.interval_s) {
+            return Err("reporter.interval_s: from 1 to 3,600".into());
+        }
+        if self.file_bytes_max < 4096 {
+            return Err("reporter.file_bytes_max: at least 4,096".into());
+        }
+        if let Some(w) = &alerts.webhook {
+            if !w.starts_with("http://") && !w.starts_with("https://") {
+                return Err(format!(
+                    "alerts.webhook: {w:?} is not an http:// or https:// URL"
+                ));
+            }
+        }
+        let known = crate::admin::metric_names();
+        let mut names = std::collections::HashSet::new();
+        for r in &alerts.rules {
+            if !known.iter().any(|k| *k == r.metric) {
+                return Err(format!(
+                    "alerts.rule {:?}: no metric named {:?} (see docs/OPERATIONS.md for the list)",
+                    r.name, r.metric
+                ));
+            }
+            if !names.insert(&r.name) {
+                return Err(format!("alerts.rule {:?}: the name is used twice", r.name));
+            }
+            if r.for_s > 86_400 {
+                return Err(format!("alerts.rule {:?}: for_s at most 86,400", r.name));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A value kept as exponentially decaying averages over about 1, 10 and 100 samples
+/// (one sample a second).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Avg {
+    pub last: f64,
+    pub s1: f64,
+    pub s10: f64,
+    pub s100: f64,
+    started: bool,
+}
+
+impl Avg {
+    pub fn add(&mut self, v: f64) {
+        if !self.started {
+            *self = Avg {
+                last: v,
+                s1: v,
+                s10: v,
+                s100: v,
+                started: true,
+            };
+            return;
+        }
+        self.last = v;
+        self.s1 = v;
+        self.s10 += (v - self.s10) / 10.0;
+        self.s100 += (v - self.s100) / 100.0;
+    }
+}
+
+/// What the reporter shares with the admin API.
+#[derive(Default)]
+pub struct Activity {
+    /// Figure → averages; counters as rates per second, gauges as values.
+    pub figures: BTreeMap<String, Avg>,
+    /// Alert name → since when it fires.
+    pub firing: BTreeMap<String, u64>,
+}
+
+pub type ActivityCell = Arc<Mutex<Activity>>;
+
+/// Host and process counters read from `/proc` (cumulative ones become rates).
+fn host_sample() -> Vec<(&'static str, f64, bool)> {
+    let mut out = vec![];
+    let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
+    let stat = read("/proc/stat");
+    let ticks = |idx: usize| -> f64 {
+        stat.lines()
+            .next()
+            .and_then(|l| l.split_whitespace().nth(idx))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    };
+    // user+nice, system, idle, iowait, irq+softirq, steal (jiffies per second).
+    out.push(("host_cpu_user", ticks(1) + ticks(2), true));
+    out.push(("host_cpu_system", ticks(3), true));
+    out.push(("host_cpu_idle", ticks(4), true));
+    out.push(("host_cpu_iowait", ticks(5), true));
+    out.push(("host_cpu_irq", ticks(6) + ticks(7), true));
+    out.push(("host_cpu_steal", ticks(8), true));
+    let field = |text: &str, key: &str, idx: usize| -> Option<f64> {
+        text.lines()
+            .find(|l| l.split_whitespace().next() == Some(key))
+            .and_then(|l| l.split_whitespace().nth(idx))
+            .and_then(|v| v.parse().ok())
+    };
+    for (name, key, cumulative) in [
+        ("host_context_switches", "ctxt", true),
+        ("host_interrupts", "intr", true),
+        ("host_softirqs", "softirq", true),
+        ("host_procs_running", "procs_running", false),
+        ("host_procs_blocked", "procs_blocked", false),
+    ] {
+        if let Some(v) = field(&stat, key, 1) {
+            out.push((name, v, cumulative));
+        }
+    }
+    let vm = read("/proc/vmstat");
+    for (name, key) in [
+        ("host_page_faults", "pgfault"),
+        ("host_major_page_faults", "pgmajfault"),
+        ("host_thp_faults", "thp_fault_alloc"),
+    ] {
+        if let Some(v) = field(&vm, key, 1) {
+            out.push((name, v, true));
+        }
+    }
+    let mem = read("/proc/meminfo");
+    for (name, key) in [
+        ("host_anon_huge_pages_kb", "AnonHugePages:"),
+        ("host_huge_pages_total", "HugePages_Total:"),
+        ("host_mem_available_kb", "MemAvailable:"),
+    ] {
+        if let Some(v) = field(&mem, key, 1) {
+            out.push((name, v, false));
+        }
+    }
+    let snmp = read("/proc/net/snmp");
+    let tcp: Vec<&str> = snmp.lines().filter(|l| l.starts_with("Tcp:")).collect();
+    if let [names, values] = tcp[..] {
+        for (n, v) in names.split_whitespace().zip(values.split_whitespace()) {
+            let (name, cumulative) = match n {
+                "CurrEstab" => ("host_tcp_established", false),
+                "PassiveOpens" => ("host_tcp_passive_opens", true),
+                "RetransSegs" => ("host_tcp_retransmits", true),
+                "InErrs" => ("host_tcp_in_errors", true),
+                "OutRsts" => ("host_tcp_resets_sent", true),
+                _ => continue,
+            };
+            if let Ok(v) = v.parse() {
+                out.push((name, v, cumulative));
+            }
+        }
+    }
+    // The process: resident memory, threads, their CPU and run-queue wait (ns).
+    let status = read("/proc/self/status");
+    if let Some(kb) = field(&status, "VmRSS:", 1) {
+        out.push(("process_rss_kb", kb, false));
+    }
+    let (mut cpu_ns, mut wait_ns, mut threads) = (0.0, 0.0, 0.0);
+    if let Ok(tasks) = std::fs::read_dir("/proc/self/task") {
+        for t in tasks.flatten() {
+            let s = read(&t.path().join("schedstat").to_string_lossy());
+            let mut it = s
+                .split_whitespace()
+                .map(|v| v.parse::<f64>().unwrap_or(0.0));
+            cpu_ns += it.next().unwrap_or(0.0);
+            wait_ns += it.next().unwrap_or(0.0);
+            threads += 1.0;
+        }
+    }
+    out.push(("process_threads", threads, false));
+    out.push(("process_cpu_ns", cpu_ns, true));
+    out.push(("process_runqueue_wait_ns", wait_ns, true));
+    out
+}
+
+/// One firing or resolving, for the log and the webhook.
+fn alert_json(rule: &AlertRule, state: &str, value: f64) -> String {
+    format!(
+        "{{\"alert\":\"{}\",\"state\":\"{state}\",\"metric\":\"{}\",\"value\":{value},\"above\":{},\"for_s\":{}}}",
+        rule.name.replace('"', "'"),
+        rule.metric,
+        rule.above,
+        rule.for_s
+    )
+}
+
+/// A running reporter; stops when dropped.
+pub struct Reporter {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Reporter {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(t) = self.thread.take() {
+            t.thread().unpark();
+            let _ = t.join();
+        }
+    }
+}
+
+/// Starts the reporter thread; `sources` are the admin API's own.
+pub fn start(
+    config: &ReporterConfig,
+    alerts: &AlertsConfig,
+    data_dir: PathBuf,
+    sources: Arc<Sources>,
+    activity: ActivityCell,
+) -> Result<Reporter, String> {
+    config.validate(alerts)?;
+    let (config, alerts) = (config.clone(), alerts.clone());
+    let webhook = alerts.webhook.clone().map(|url| {
+        let (tx, rx) = mpsc::sync_channel::<String>(64);
+        std::thread::Builder::new()
+            .name("alert-webhook".into())
+            .spawn(move || {
+                let agent: ureq::Agent = ureq::Agent::config_builder()
+                    .timeout_global(Some(Duration::from_secs(5)))
+                    .http_status_as_error(false)
+                    .build()
+                    .into();
+                for body in rx {
+                    match agent
+                        .post(&url)
+                        .header("content-type", "application/json")
+                        .send(&body)
+                    {
+                        Ok(r) if r.status().is_success() => {}
+                        Ok(r) => eprintln!("switchboard: alert webhook {url}: HTTP {}", r.status()),
+                        Err(e) => eprintln!("switchboard: alert webhook {url}: {e}"),
+                    }
+                }
+            })
+            .map(|_| tx)
+    });
+    let webhook = webhook.transpose().map_err(|e| e.to_string())?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let s = Arc::clone(&stop);
+    let path = data_dir.join("activity.log");
+    let thread = std::thread::Builder::new()
+        .name("reporter".into())
+        .spawn(move || {
+            let mut prev: BTreeMap<&'static str, f64> = BTreeMap::new();
+            let mut above_since: BTreeMap<String, Instant> = BTreeMap::new();
+            let mut firing: BTreeMap<String, u64> = BTreeMap::new();
+            let mut last_line = Instant::now() - Duration::from_secs(3600);
+            let started = Instant::now();
+            while !s.load(Ordering::Acquire) {
+                let now = Instant::now();
+                // The appliance's figures: gauges as values, counters as rates.
+                let metrics = crate::admin::metric_values(&sources);
+                let host = host_sample();
+                let mut act = activity.lock().unwrap_or_else(|e| e.into_inner());
+                // A counter's first sample only sets its base: rates start with the
+                // second.
+                let all = metrics.iter().copied().chain(host);
+                for (name, value, counter) in all {
+                    let v = if counter {
+                        match prev.insert(name, value) {
+                            Some(p) => (value - p).max(0.0),
+                            None => continue,
+                        }
+                    } else {
+                        value
+                    };
+                    act.figures.entry(name.to_string()).or_default().add(v);
+                }
+                // Alerts on the raw value of their metric.
+                for rule in &alerts.rules {
+                    let value = metrics
+                        .iter()
+                        .find(|(n, _, _)| *n == rule.metric)
+                        .map_or(0.0, |m| m.1);
+                    if value > rule.above {
+                        let since = *above_since.entry(rule.name.clone()).or_insert(now);
+                        if !firing.contains_key(&rule.name)
+                            && now.duration_since(since) >= Duration::from_secs(rule.for_s)
+                        {
+                            firing.insert(rule.name.clone(), started.elapsed().as_secs());
+                            let j = alert_json(rule, "firing", value);
+                            println!("switchboard: alert firing: {j}");
+                            if let Some(tx) = &webhook {
+                                let _ = tx.try_send(j);
+                            }
+                        }
+                    } else {
+                        above_since.remove(&rule.name);
+                        if firing.remove(&rule.name).is_some() {
+                            let j = alert_json(rule, "resolved", value);
+                            println!("switchboard: alert resolved: {j}");
+                            if let Some(tx) = &webhook {
+                                let _ = tx.try_send(j);
+                            }
+                        }
+                    }
+                }
+                act.firing = firing.clone();
+                // The activity log: every interval, every second while an alert fires.
+                let every = if firing.is_empty() {
+                    Duration::from_secs(config.interval_s)
+                } else {
+                    Duration::from_secs(1)
+                };
+                if now.duration_since(last_line) >= every {
+                    last_line = now;
+                    let line = activity_line(&act, unix_s());
+                    drop(act);
+                    write_rolling(&path, &line, config.file_bytes_max);
+                } else {
+                    drop(act);
+                }
+                let next = now + Duration::from_secs(1);
+                std::thread::park_timeout(next.saturating_duration_since(Instant::now()));
+            }
+        })
+        .map_err(|e| e.to_string())?;
+    Ok(Reporter {
+        stop,
+        thread: Some(thread),
+    })
+}
+
+fn unix_s() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// One activity-log line: time, firing alerts, then `name=last/10s/100s` per figure.
+pub fn activity_line(act: &Activity, unix_s: u64) -> String {
+    let mut line = format!("t={unix_s}");
+    if !act.firing.is_empty() {
+        let names: Vec<&str> = act.firing.keys().map(String::as_str).collect();
+        line.push_str(&format!(" alerts={}", names.join(",")));
+    }
+    for (name, a) in &act.figures {
+        line.push_str(&format!(" {name}={:.0}/{:.1}/{:.1}", a.last, a.s10, a.s100));
+    }
+    line.push('\n');
+    line
+}
+
+fn write_rolling(path: &std::path::Path, line: &str, max: u64) {
+    let size = std::fs::metadata(path).map_or(0, |m| m.len());
+    if size + line.len() as u64 > max {
+        let _ = std::fs::rename(path, path.with_extension("log.1"));
+    }
+    match std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+    {
+        Ok(mut f) => {
+            let _ = f.write_all(line.as_bytes());
+        }
+        Err(e) => eprintln!("switchboard: {}: {e}", path.display()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn averages_decay_towards_new_values() {
+        let mut a = Avg::default();
+        a.add(100.0);
+        assert_eq!((a.s1, a.s10, a.s100), (100.0, 100.0, 100.0));
+        for _ in 0..10 {
+            a.add(0.0);
+        }
+        assert_eq!(a.s1, 0.0);
+        assert!(a.s10 < 40.0 && a.s10 > 30.0, "{}", a.s10); // 100 × 0.9^10 ≈ 34.9
+        assert!(a.s100 > 90.0, "{}", a.s100);
+    }
+
+    #[test]
+    fn the_activity_log_rolls_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("activity.log");
+        for _ in 0..100 {
+            write_rolling(&p, &format!("{}\n", "x".repeat(99)), 4096);
+        }
+        assert!(std::fs::metadata(&p).unwrap().len() <= 4096);
+        assert!(p.with_extension("log.1").exists());
+    }
+
+    #[test]
+    fn unknown_metrics_and_bad_webhooks_are_refused() {
+        let rule = |metric: &str| AlertRule {
+            name: "q".into(),
+            metric: metric.into(),
+            above: 1.0,
+            for_s: 0,
+        };
+        let c = ReporterConfig::default();
+        let ok = AlertsConfig {
+            webhook: Some("http://127.0.0.1:9/hook".into()),
+            rules: vec![rule("switchboard_gateway_link_blocked")],
+        };
+        c.validate(&ok).unwrap();
+        let bad = AlertsConfig {
+            rules: vec![rule("switchboard_no_such")],
+            ..ok.clone()
+        };
+        assert!(c.validate(&bad).unwrap_err().contains("no metric named"));
+        let bad = AlertsConfig {
+            webhook: Some("ftp://x".into()),
+            ..ok
+        };
+        assert!(c.validate(&bad).unwrap_err().contains("alerts.webhook"));
+    }
+}
