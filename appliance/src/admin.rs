@@ -133,6 +133,9 @@ pub struct Sources {
     pub control: Option<Arc<crate::control::Control>>,
     /// The activity reporter's averages and firing alerts, when it runs.
     pub activity: Option<crate::reporter::ActivityCell>,
+    /// The traffic mirror, when configured.
+    #[cfg(target_os = "linux")]
+    pub tee: Option<Arc<crate::tee::Tee>>,
 }
 
 impl Sources {
@@ -276,7 +279,7 @@ fn worker_families(workers: &[WorkerStats]) -> Vec<Family> {
 
 fn shard_families(shards: &[ShardReport]) -> Vec<Family> {
     type Get = fn(&ShardReport) -> u64;
-    let defs: [(&'static str, &'static str, &'static str, Get); 23] = [
+    let defs: [(&'static str, &'static str, &'static str, Get); 24] = [
         (
             "switchboard_router_sessions",
             "gauge",
@@ -362,6 +365,12 @@ fn shard_families(shards: &[ShardReport]) -> Vec<Family> {
             |r| r.stats.waiting_durable,
         ),
         (
+            "switchboard_router_requests_total",
+            "counter",
+            "Requests handled (from gateways and tees).",
+            |r| r.stats.requests,
+        ),
+        (
             "switchboard_storage_pending_messages",
             "gauge",
             "Messages pending in the log.",
@@ -439,6 +448,23 @@ fn families(src: &Sources) -> Vec<Family> {
     let shards = src.shard_reports();
     let mut all = worker_families(&workers);
     all.extend(shard_families(&shards));
+    #[cfg(target_os = "linux")]
+    {
+        let get =
+            |f: fn(&crate::tee::Tee) -> u64| vec![(String::new(), src.tee.as_deref().map_or(0, f))];
+        all.push(Family {
+            name: "switchboard_tee_sent_total",
+            kind: "counter",
+            help: "Requests mirrored to the shadow cluster.",
+            values: get(|t| t.sent.load(Ordering::Relaxed)),
+        });
+        all.push(Family {
+            name: "switchboard_tee_dropped_total",
+            kind: "counter",
+            help: "Mirrored requests dropped: the shadow's queue was full (slow or down).",
+            values: get(|t| t.dropped.load(Ordering::Relaxed)),
+        });
+    }
     all
 }
 
@@ -450,6 +476,8 @@ pub fn metric_names() -> Vec<&'static str> {
         started: Instant::now(),
         control: None,
         activity: None,
+        #[cfg(target_os = "linux")]
+        tee: None,
     };
     families(&src).iter().map(|f| f.name).collect()
 }
@@ -761,6 +789,7 @@ mod tests {
             started: Instant::now(),
             control: None,
             activity: Some(Default::default()),
+            tee: None,
         };
         let text = render_metrics(&src);
         let names: Vec<&str> = text

@@ -19,6 +19,7 @@
 //! [admin]                      # enabled, listen (loopback/private only), token_file
 //! [reporter]                   # enabled, interval_s, file_bytes_max
 //! [alerts]                     # webhook; [[alerts.rule]] name, metric, above, for_s
+//! [tee]                        # enabled, sample_percent, queue; [tee.cluster] the shadow
 //! ```
 
 use std::net::SocketAddr;
@@ -52,6 +53,9 @@ pub struct Config {
     pub reporter: crate::reporter::ReporterConfig,
     /// Queue alert rules and their webhook.
     pub alerts: crate::reporter::AlertsConfig,
+    /// Mirroring a sample of the traffic to a shadow cluster (Linux).
+    #[cfg(target_os = "linux")]
+    pub tee: crate::tee::TeeConfig,
 }
 
 /// Process tuning (docs/TUNING.md).
@@ -103,6 +107,8 @@ impl Default for Config {
             admin: crate::admin::AdminConfig::default(),
             reporter: crate::reporter::ReporterConfig::default(),
             alerts: crate::reporter::AlertsConfig::default(),
+            #[cfg(target_os = "linux")]
+            tee: crate::tee::TeeConfig::default(),
         }
     }
 }
@@ -228,6 +234,10 @@ impl Config {
         self.admin.validate().map_err(|e| format!("config: {e}"))?;
         self.reporter
             .validate(&self.alerts)
+            .map_err(|e| format!("config: {e}"))?;
+        #[cfg(target_os = "linux")]
+        self.tee
+            .validate(self.router.partitions)
             .map_err(|e| format!("config: {e}"))?;
         if self.process.realtime_priority > 99 {
             return Err("config: process.realtime_priority: from 0 (off) to 99".into());

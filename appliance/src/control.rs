@@ -25,7 +25,7 @@ pub struct KnobDef {
     pub doc: &'static str,
 }
 
-pub const KNOBS: [KnobDef; 3] = [
+pub const KNOBS: [KnobDef; 4] = [
     KnobDef {
         name: "accepts_per_sec",
         min: 1,
@@ -47,14 +47,22 @@ pub const KNOBS: [KnobDef; 3] = [
         field: "storage.group_interval_us",
         doc: "group-commit interval of every shard's log (durability = \"group\")",
     },
+    KnobDef {
+        name: "tee_sample_percent",
+        min: 0,
+        max: 100,
+        field: "tee.sample_percent",
+        doc: "percentage of users whose requests are mirrored to the shadow cluster ([tee])",
+    },
 ];
 
 /// The knobs' current values, from a configuration.
-fn values_of(c: &Config) -> [u64; 3] {
+fn values_of(c: &Config) -> [u64; 4] {
     [
         c.gateway.accepts_per_sec as u64,
         c.limits.outbound_bytes_max as u64,
         c.storage.group_interval_us,
+        c.tee.sample_percent,
     ]
 }
 
@@ -92,6 +100,8 @@ pub struct Control {
     pub tls: Arc<Live<Arc<ServerConfig>>>,
     pub workers: Arc<Live<WorkerKnobs>>,
     pub flush_interval_us: Arc<Live<u64>>,
+    /// Read by the tee for every request (a plain relaxed load).
+    pub tee_sample_percent: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Control {
@@ -102,6 +112,7 @@ impl Control {
                 limits: Arc::new(config.limits()),
             }),
             flush_interval_us: Live::new(config.storage.group_interval_us),
+            tee_sample_percent: Arc::new(config.tee.sample_percent.into()),
             tls: Live::new(tls),
             config: Mutex::new(config.clone()),
             source,
@@ -144,6 +155,7 @@ impl Control {
             "accepts_per_sec" => c.gateway.accepts_per_sec = value as u32,
             "outbound_bytes_max" => c.limits.outbound_bytes_max = value as usize,
             "flush_interval_us" => c.storage.group_interval_us = value,
+            "tee_sample_percent" => c.tee.sample_percent = value,
             _ => unreachable!("every knob is handled"),
         }
         self.apply(&c);
@@ -174,6 +186,8 @@ impl Control {
         if self.flush_interval_us.get() != c.storage.group_interval_us {
             self.flush_interval_us.set(c.storage.group_interval_us);
         }
+        self.tee_sample_percent
+            .store(c.tee.sample_percent, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Reads the configuration again (SIGHUP, `POST /reload`): certificate, knobs.
@@ -200,6 +214,9 @@ impl Control {
         if new.admin.listen != c.admin.listen {
             restart.push("admin.listen");
         }
+        if new.tee.enabled != c.tee.enabled {
+            restart.push("tee.enabled");
+        }
         let mut changes = vec![];
         for ((k, old), new_v) in KNOBS.iter().zip(values_of(&c)).zip(values_of(&new)) {
             if old != new_v {
@@ -209,6 +226,7 @@ impl Control {
         c.gateway.accepts_per_sec = new.gateway.accepts_per_sec;
         c.limits.outbound_bytes_max = new.limits.outbound_bytes_max;
         c.storage.group_interval_us = new.storage.group_interval_us;
+        c.tee.sample_percent = new.tee.sample_percent;
         c.tls = new.tls.clone();
         self.apply(&c);
         drop(c);

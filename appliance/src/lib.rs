@@ -8,6 +8,7 @@
 //! - [`cluster`]: the cluster map (routers, partitions, gateways, secret).
 //! - [`link`]: authenticated, framed links on the private network.
 //! - [`serve`]: `switchboard serve`: threads, channels, signals.
+//! - `tee` (Linux): mirroring a sample of the traffic to a shadow router cluster.
 //! - [`sms`]: sending registration PINs (`log`, `http`).
 //! - [`tune`]: `switchboard tune`: the host against a tuning profile.
 //! - `roles` (Linux): `switchboard gateway` and `switchboard router`, the split deployment.
@@ -32,4 +33,6 @@ pub mod serve;
 #[path = "serve_other.rs"]
 pub mod serve;
 pub mod sms;
+#[cfg(target_os = "linux")]
+pub mod tee;
 pub mod tune;

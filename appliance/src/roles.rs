@@ -144,7 +144,7 @@ fn serve_link(
 /// received frames go to `on_frame`. `on_connect` queues frames that must go first
 /// (session re-attachment). `up` says whether the link is up.
 #[allow(clippy::too_many_arguments)] // one call per link kind; the pieces are all distinct
-fn dial(
+pub(crate) fn dial(
     node: RouterNode,
     source: Option<IpAddr>,
     interface: Option<String>,
@@ -220,7 +220,7 @@ fn link_tls_server(config: &Config, cluster: &Cluster) -> Result<LinkTls, String
     Ok(LinkTls::Server(serve::load_tls(config)?))
 }
 
-fn link_tls_to(cluster: &Cluster, node: &RouterNode) -> Result<LinkTls, String> {
+pub(crate) fn link_tls_to(cluster: &Cluster, node: &RouterNode) -> Result<LinkTls, String> {
     match (&node.fingerprint, cluster.link_tls) {
         (Some(fp), true) => LinkTls::pinned(fp),
         _ => Ok(LinkTls::Off),
@@ -319,6 +319,7 @@ pub fn router(config: Config, id: u16) -> Result<(), String> {
             started: std::time::Instant::now(),
             control: None,
             activity: None,
+            tee: None,
         },
     )?;
     println!(
@@ -541,6 +542,7 @@ pub fn gateway(config: Config, id: u8) -> Result<(), String> {
             started: std::time::Instant::now(),
             control: None,
             activity: None,
+            tee: None,
         },
     )?;
     println!(

@@ -767,6 +767,23 @@ pub fn serve(config: Config, source: crate::control::ConfigSource) -> Result<(),
         )?);
     }
     let stop = Arc::new(AtomicBool::new(false));
+    let tee_stop = Arc::new(AtomicBool::new(false));
+    let tee = if config.tee.enabled {
+        let t = crate::tee::Tee::start(
+            &config.tee,
+            config.router.partitions,
+            Arc::clone(&control.tee_sample_percent),
+            &tee_stop,
+        )?;
+        println!(
+            "switchboard: tee: mirroring {} % of users to {} shadow router(s)",
+            config.tee.sample_percent,
+            config.tee.cluster.routers.len()
+        );
+        Some(t)
+    } else {
+        None
+    };
     let r = Arc::clone(&routes);
     let (worker_threads, addr, worker_cells) = spawn_workers(
         &config,
@@ -774,7 +791,8 @@ pub fn serve(config: Config, source: crate::control::ConfigSource) -> Result<(),
         0,
         ends,
         &|| -> Box<dyn RouterLink> {
-            match inline_shard.lock().expect("not poisoned").take() {
+            let link: Box<dyn RouterLink> = match inline_shard.lock().expect("not poisoned").take()
+            {
                 Some(shard) => Box::new(InlineLink {
                     shard: Some(shard),
                     routes: Arc::clone(&r),
@@ -785,6 +803,13 @@ pub fn serve(config: Config, source: crate::control::ConfigSource) -> Result<(),
                     routes: Arc::clone(&r),
                     batches: ShardBatches::default(),
                 }),
+            };
+            match &tee {
+                Some(t) => Box::new(crate::tee::TeeLink {
+                    inner: link,
+                    tee: Arc::clone(t),
+                }),
+                None => link,
             }
         },
         &stop,
@@ -801,6 +826,7 @@ pub fn serve(config: Config, source: crate::control::ConfigSource) -> Result<(),
             started: Instant::now(),
             control: Some(Arc::clone(&control)),
             activity: None,
+            tee: tee.clone(),
         },
     )?;
     println!(
@@ -815,6 +841,7 @@ pub fn serve(config: Config, source: crate::control::ConfigSource) -> Result<(),
     });
     println!("switchboard: stopping: closing connections, flushing logs");
     stop_workers(&stop, &inboxes, worker_threads);
+    tee_stop.store(true, Ordering::Release);
     for tx in &routes.shards {
         let _ = tx.send(ShardMsg::Stop);
     }

@@ -434,3 +434,165 @@ fn an_alert_on_an_unknown_metric_is_refused_at_start() {
         "{err}"
     );
 }
+
+/// Messages a → b, each delivered and acknowledged, and its receipt acknowledged by a.
+fn exchange_n(
+    ca: &mut client::Client,
+    cb: &mut client::Client,
+    b: Phone,
+    ids: std::ops::Range<u64>,
+) {
+    for id in ids {
+        ca.send(b, id, b"mirrored?").unwrap();
+        let (seq, _, got, _) = deliver(cb);
+        assert_eq!(got, id);
+        cb.ack(seq).unwrap();
+        match ca
+            .wait_for(T, |m| matches!(m, Incoming::Receipt { .. }))
+            .unwrap()
+        {
+            Incoming::Receipt { seq, .. } => ca.ack(seq).unwrap(),
+            _ => unreachable!(),
+        }
+    }
+}
+
+#[test]
+fn the_tee_mirrors_sampled_requests_to_a_shadow_and_a_dead_shadow_costs_the_real_path_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    // The shadow: a one-router cluster of its own, with its admin API.
+    let shadow_dir = dir.path().join("shadow");
+    std::fs::create_dir_all(&shadow_dir).unwrap();
+    let link_port = common::free_port();
+    let shadow_cfg = common::config(
+        &shadow_dir,
+        &[(1, format!("127.0.0.1:{link_port}"), "0-15")],
+        "127.0.0.1",
+        None,
+    );
+    let mut text = std::fs::read_to_string(&shadow_cfg).unwrap();
+    text += "[admin]\nlisten = \"127.0.0.1:0\"\n";
+    std::fs::write(&shadow_cfg, text).unwrap();
+    let shadow = common::router(
+        None,
+        shadow_cfg.to_str().unwrap(),
+        1,
+        &shadow_dir.join("data"),
+    );
+    let shadow_admin = shadow.listen_addr("switchboard: admin api on http://");
+    let shadow_token = std::fs::read_to_string(shadow_dir.join("data/admin.token")).unwrap();
+    let shadow_metric = |name: &str| {
+        let (code, text) = http(&shadow_admin, "GET", "/metrics", Some(shadow_token.trim()));
+        assert_eq!(code, 200);
+        metric(&text, name)
+    };
+    // The real appliance, mirroring every user to it, with a small queue.
+    let data = dir.path().join("data");
+    let s = start(
+        &data,
+        &format!(
+            "workers = 1\nshards = 1\n[router]\npartitions = 16\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+             [tee]\nenabled = true\nsample_percent = 100\nqueue = 16\n[tee.cluster]\nsecret = \"{}\"\n\
+             [[tee.cluster.router]]\nid = 1\naddress = \"127.0.0.1:{link_port}\"\npartitions = \"0-15\"\n",
+            common::SECRET
+        ),
+    );
+    let token = std::fs::read_to_string(data.join("admin.token")).unwrap();
+    let token = token.trim().to_string();
+    let real_metric = |name: &str| {
+        let (_, text) = http(&s.admin, "GET", "/metrics", Some(&token));
+        metric(&text, name)
+    };
+    let sms = data.join("sms.log");
+    let (a, b) = (phone(15550000031), phone(15550000032));
+    let (mut ca, _) = common::register(&s.addr, &s.fingerprint, &sms, a);
+    let (mut cb, _) = common::register(&s.addr, &s.fingerprint, &sms, b);
+    exchange_n(&mut ca, &mut cb, b, 1..11);
+    // Every request the real routers got went to the shadow too, and arrived there.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (sent, requests) = (
+            real_metric("switchboard_tee_sent_total"),
+            real_metric("switchboard_gateway_requests_total"),
+        );
+        let shadow_got = shadow_metric("switchboard_router_requests_total");
+        if sent == requests && shadow_got == sent && sent > 30 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "tee sent {sent} of {requests} requests; the shadow got {shadow_got}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(real_metric("switchboard_tee_dropped_total"), 0);
+    // The shadow's answers never reach the real clients: nothing but the acks of what
+    // a sent arrived.
+    assert!(ca
+        .wait_for(Duration::from_millis(300), |m| !matches!(
+            m,
+            Incoming::ServerAck { .. }
+        ))
+        .is_err());
+
+    // The sample is a knob: at 0 nothing more is mirrored.
+    let sent = real_metric("switchboard_tee_sent_total");
+    let o = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .args([
+            "knob",
+            "set",
+            "tee_sample_percent",
+            "0",
+            "--admin",
+            &s.admin,
+            "--data",
+        ])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    exchange_n(&mut ca, &mut cb, b, 11..16);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(real_metric("switchboard_tee_sent_total"), sent);
+
+    // A dead shadow: copies are dropped at the full queue, the real path carries on.
+    shadow.kill();
+    let o = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .args([
+            "knob",
+            "set",
+            "tee_sample_percent",
+            "100",
+            "--admin",
+            &s.admin,
+            "--data",
+        ])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    exchange_n(&mut ca, &mut cb, b, 100..300);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while real_metric("switchboard_tee_dropped_total") == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "no drop counted with the shadow down"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // (Figures are published every 100 ms: wait for the last.)
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while real_metric("switchboard_router_messages_delivered_total") < 15 + 200 {
+        assert!(
+            Instant::now() < deadline,
+            "delivered {}",
+            real_metric("switchboard_router_messages_delivered_total")
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        real_metric("switchboard_router_messages_delivered_total"),
+        15 + 200
+    );
+    assert_eq!(real_metric("switchboard_router_refused_full_total"), 0);
+}

@@ -46,6 +46,8 @@ pub struct ShardStats {
     pub pushed: u64,
     /// Gauge: answers waiting for the log to be durable.
     pub waiting_durable: u64,
+    /// Requests handled (from any gateway, the shadowing tee included).
+    pub requests: u64,
 }
 
 /// What a shard publishes for readers on other threads (see [`Shard::publish_to`]).
@@ -242,6 +244,7 @@ impl Shard {
 
     /// Handles one request (and whatever it causes for this shard's own users).
     pub fn handle(&mut self, now_ms: u64, req: ToRouter, out: &mut Vec<FromRouter>) {
+        self.stats.requests += 1;
         self.dispatch(now_ms, req, out);
         while let Some(req) = self.local.pop_front() {
             self.dispatch(now_ms, req, out);

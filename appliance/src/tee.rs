@@ -1,0 +1,192 @@
+//! Tee'd traffic: a sample of the requests the gateway sends its routers, by user,
+//! mirrored to a shadow router cluster (a test box), whose replies are discarded.
+//!
+//! The real path never waits for the shadow: a sampled request is copied into a bounded
+//! queue per shadow router with `try_send` after the real link took it; a full queue
+//! (shadow slow, or down and being redialled) drops the copy and counts it.
+//!
+//! ```toml
+//! [tee]
+//! enabled = true
+//! sample_percent = 10            # of users (by a hash of the phone number); a knob
+//! queue = 10000                  # frames per shadow router
+//! [tee.cluster]                  # the shadow cluster, in the [cluster] format
+//! secret = "…"
+//! [[tee.cluster.router]]
+//! id = 1
+//! address = "10.0.0.7:7600"
+//! partitions = "0-1023"
+//! ```
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use gateway::uring::RouterLink;
+use router::PartitionMap;
+use serde::Deserialize;
+use wire::link::ToRouter;
+use wire::linkcodec::{LinkMsg, PeerKind};
+use wire::Phone;
+
+use crate::cluster::ClusterConfig;
+use crate::link::{link_channel, LinkSender};
+
+/// `[tee]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TeeConfig {
+    /// Mirror traffic. Default: false.
+    pub enabled: bool,
+    /// Percentage of users whose requests are mirrored (0 to 100). Default: 0.
+    pub sample_percent: u64,
+    /// Frames queued per shadow router; past it copies are dropped. Default: 10,000.
+    pub queue: usize,
+    /// The shadow cluster (secret, routers and their partitions).
+    pub cluster: ClusterConfig,
+}
+
+impl Default for TeeConfig {
+    fn default() -> Self {
+        TeeConfig {
+            enabled: false,
+            sample_percent: 0,
+            queue: 10_000,
+            cluster: ClusterConfig::default(),
+        }
+    }
+}
+
+impl TeeConfig {
+    pub fn validate(&self, partitions: u32) -> Result<(), String> {
+        if self.sample_percent > 100 {
+            return Err("tee.sample_percent: from 0 to 100".into());
+        }
+        if !self.enabled {
+            return Ok(());
+        }
+        if !(16..=10_000_000).contains(&self.queue) {
+            return Err("tee.queue: from 16 to 10,000,000".into());
+        }
+        self.cluster
+            .validate(partitions)
+            .map(|_| ())
+            .map_err(|e| format!("tee.{e}"))
+    }
+}
+
+/// The mirror: where copies go, how many, and what became of them.
+pub struct Tee {
+    map: PartitionMap,
+    queues: HashMap<u16, LinkSender>,
+    /// The sample, in percent of users (the `tee_sample_percent` knob writes it).
+    pub sample_percent: Arc<AtomicU64>,
+    hasher: ahash::RandomState,
+    pub sent: AtomicU64,
+    pub dropped: AtomicU64,
+}
+
+impl Tee {
+    /// Starts one dialling thread per shadow router (they redial for ever, until
+    /// `stop`).
+    pub fn start(
+        config: &TeeConfig,
+        partitions: u32,
+        sample_percent: Arc<AtomicU64>,
+        stop: &Arc<AtomicBool>,
+    ) -> Result<Arc<Tee>, String> {
+        let cluster = config
+            .cluster
+            .validate(partitions)
+            .map_err(|e| format!("tee.{e}"))?;
+        let mut queues = HashMap::new();
+        for node in cluster.routers.iter().cloned() {
+            let (tx, rx) = link_channel(config.queue).map_err(|e| e.to_string())?;
+            queues.insert(node.id, tx);
+            let tls = crate::roles::link_tls_to(&cluster, &node)?;
+            let (secret, batch, stop) = (
+                cluster.secret.clone(),
+                cluster.link_batch_bytes,
+                Arc::clone(stop),
+            );
+            std::thread::Builder::new()
+                .name(format!("tee-router-{}", node.id))
+                .spawn(move || {
+                    crate::roles::dial(
+                        node,
+                        None,
+                        None,
+                        secret,
+                        tls,
+                        PeerKind::Gateway,
+                        0,
+                        rx,
+                        batch,
+                        stop,
+                        Arc::new(AtomicBool::new(false)),
+                        |_| Ok(()),
+                        |_| {}, // shadow replies are discarded
+                    )
+                })
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(Arc::new(Tee {
+            map: cluster.map,
+            queues,
+            sample_percent,
+            hasher: ahash::RandomState::with_seeds(3, 5, 7, 11),
+            sent: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+        }))
+    }
+
+    /// Whether `user`'s requests are mirrored (the same answer for a user as long as
+    /// the percentage does not change).
+    pub fn sampled(&self, user: Phone) -> bool {
+        let p = self.sample_percent.load(Ordering::Relaxed);
+        p > 0 && self.hasher.hash_one(user.get()) % 100 < p
+    }
+
+    /// Offers a copy to its shadow router's queue; never waits.
+    pub fn push(&self, req: ToRouter) {
+        let owner = self.map.shard_of(req.route_key());
+        let ok = self
+            .queues
+            .get(&owner)
+            .is_some_and(|q| q.try_send(LinkMsg::Req(req)).is_ok());
+        let c = if ok { &self.sent } else { &self.dropped };
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// A worker's link to its routers with the tee in front of it.
+pub struct TeeLink {
+    pub inner: Box<dyn RouterLink>,
+    pub tee: Arc<Tee>,
+}
+
+impl RouterLink for TeeLink {
+    fn send(&mut self, req: ToRouter) -> Result<(), ToRouter> {
+        // Copied only once the real link took it (a request handed back is offered
+        // again later and would be mirrored twice).
+        let copy = self.tee.sampled(req.route_key()).then(|| req.clone());
+        self.inner.send(req)?;
+        if let Some(c) = copy {
+            self.tee.push(c);
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> bool {
+        self.inner.flush()
+    }
+
+    fn tick_every(&self) -> Option<Duration> {
+        self.inner.tick_every()
+    }
+
+    fn tick(&mut self) -> bool {
+        self.inner.tick()
+    }
+}
