@@ -129,19 +129,7 @@ fn counters_agree_exactly_with_a_scripted_workload() {
     drop(cc); // c goes offline: what is sent to it stays pending
     const N: u64 = 20;
     const OFFLINE: u64 = 5;
-    for id in 1..=N {
-        ca.send(b, id, b"counted").unwrap();
-        let (seq, _, _, _) = deliver(&mut cb);
-        cb.ack(seq).unwrap();
-        // The sender gets the delivery receipt and acknowledges it.
-        match ca
-            .wait_for(T, |m| matches!(m, Incoming::Receipt { .. }))
-            .unwrap()
-        {
-            Incoming::Receipt { seq, .. } => ca.ack(seq).unwrap(),
-            _ => unreachable!(),
-        }
-    }
+    exchange_n(&mut ca, &mut cb, b, 1..N + 1);
     for id in 1..=OFFLINE {
         ca.send(c, 100 + id, b"for later").unwrap();
         ca.wait_for(T, |m| matches!(m, Incoming::ServerAck { .. }))
@@ -383,13 +371,7 @@ fn a_queue_alert_fires_and_resolves_with_webhook_posts_and_one_second_reports() 
         let (seq, _, _, _) = deliver(&mut cb);
         cb.ack(seq).unwrap();
         // The delivery receipt waits for a in the same log: a acknowledges it too.
-        match ca
-            .wait_for(T, |m| matches!(m, Incoming::Receipt { .. }))
-            .unwrap()
-        {
-            Incoming::Receipt { seq, .. } => ca.ack(seq).unwrap(),
-            _ => unreachable!(),
-        }
+        ack_receipt(&mut ca);
     }
     wait_for("the alert resolves", &|| {
         posts
@@ -435,6 +417,17 @@ fn an_alert_on_an_unknown_metric_is_refused_at_start() {
     );
 }
 
+/// Waits for the next delivery receipt and acknowledges it.
+fn ack_receipt(c: &mut client::Client) {
+    match c
+        .wait_for(T, |m| matches!(m, Incoming::Receipt { .. }))
+        .unwrap()
+    {
+        Incoming::Receipt { seq, .. } => c.ack(seq).unwrap(),
+        _ => unreachable!(),
+    }
+}
+
 /// Messages a → b, each delivered and acknowledged, and its receipt acknowledged by a.
 fn exchange_n(
     ca: &mut client::Client,
@@ -443,17 +436,11 @@ fn exchange_n(
     ids: std::ops::Range<u64>,
 ) {
     for id in ids {
-        ca.send(b, id, b"mirrored?").unwrap();
+        ca.send(b, id, b"exchanged").unwrap();
         let (seq, _, got, _) = deliver(cb);
         assert_eq!(got, id);
         cb.ack(seq).unwrap();
-        match ca
-            .wait_for(T, |m| matches!(m, Incoming::Receipt { .. }))
-            .unwrap()
-        {
-            Incoming::Receipt { seq, .. } => ca.ack(seq).unwrap(),
-            _ => unreachable!(),
-        }
+        ack_receipt(ca);
     }
 }
 

@@ -101,6 +101,14 @@ pub fn gateway(netns: Option<&str>, cfg: &str, listen: &str, data: &Path) -> Pro
     )
 }
 
+/// A test that fails half-way must not leave its processes running.
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 impl Proc {
     pub fn kill(mut self) {
         self.child.kill().unwrap();
