@@ -495,24 +495,26 @@ fn the_tee_mirrors_sampled_requests_to_a_shadow_and_a_dead_shadow_costs_the_real
     let (mut ca, _) = common::register(&s.addr, &s.fingerprint, &sms, a);
     let (mut cb, _) = common::register(&s.addr, &s.fingerprint, &sms, b);
     exchange_n(&mut ca, &mut cb, b, 1..11);
-    // Every request the real routers got went to the shadow too, and arrived there.
+    // Every request the real routers got was offered to the shadow: queued (and then
+    // received there) or, while the tee's link was still coming up and its small queue
+    // full, dropped and counted.
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let (sent, requests) = (
+        let (sent, dropped, requests) = (
             real_metric("switchboard_tee_sent_total"),
+            real_metric("switchboard_tee_dropped_total"),
             real_metric("switchboard_gateway_requests_total"),
         );
         let shadow_got = shadow_metric("switchboard_router_requests_total");
-        if sent == requests && shadow_got == sent && sent > 30 {
+        if sent + dropped == requests && shadow_got == sent && requests > 30 && sent > 20 {
             break;
         }
         assert!(
             Instant::now() < deadline,
-            "tee sent {sent} of {requests} requests; the shadow got {shadow_got}"
+            "tee sent {sent} and dropped {dropped} of {requests} requests; the shadow got {shadow_got}"
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert_eq!(real_metric("switchboard_tee_dropped_total"), 0);
     // The shadow's answers never reach the real clients: nothing but the acks of what
     // a sent arrived.
     assert!(ca
@@ -544,6 +546,7 @@ fn the_tee_mirrors_sampled_requests_to_a_shadow_and_a_dead_shadow_costs_the_real
 
     // A dead shadow: copies are dropped at the full queue, the real path carries on.
     shadow.kill();
+    let dropped_before = real_metric("switchboard_tee_dropped_total");
     let o = Command::new(env!("CARGO_BIN_EXE_switchboard"))
         .args([
             "knob",
@@ -560,7 +563,7 @@ fn the_tee_mirrors_sampled_requests_to_a_shadow_and_a_dead_shadow_costs_the_real
     assert!(o.status.success());
     exchange_n(&mut ca, &mut cb, b, 100..300);
     let deadline = Instant::now() + Duration::from_secs(5);
-    while real_metric("switchboard_tee_dropped_total") == 0 {
+    while real_metric("switchboard_tee_dropped_total") == dropped_before {
         assert!(
             Instant::now() < deadline,
             "no drop counted with the shadow down"
