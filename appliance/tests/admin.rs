@@ -257,40 +257,34 @@ fn a_public_admin_address_or_a_short_token_is_refused_at_start() {
             "not a loopback or private address",
         ),
     ] {
-        let cfg = dir.path().join("bad.toml");
-        std::fs::write(&cfg, config).unwrap();
-        let out = Command::new(env!("CARGO_BIN_EXE_switchboard"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--data"])
-            .arg(dir.path().join("data"))
-            .arg("--config")
-            .arg(&cfg)
-            .output()
-            .unwrap();
-        assert!(!out.status.success());
-        let err = String::from_utf8_lossy(&out.stderr);
+        let err = refused_start(dir.path(), config);
         assert!(err.contains("admin.listen") && err.contains(why), "{err}");
     }
     let token_file = dir.path().join("short.token");
     std::fs::write(&token_file, "abc\n").unwrap();
-    let cfg = dir.path().join("short.toml");
-    std::fs::write(
-        &cfg,
-        format!(
+    let err = refused_start(
+        dir.path(),
+        &format!(
             "[admin]\nlisten = \"127.0.0.1:0\"\ntoken_file = \"{}\"\n",
             token_file.display()
         ),
-    )
-    .unwrap();
+    );
+    assert!(err.contains("at least 16 characters"), "{err}");
+}
+
+/// `switchboard serve` with this configuration must refuse to start: its stderr.
+fn refused_start(dir: &Path, config: &str) -> String {
+    let cfg = dir.join("refused.toml");
+    std::fs::write(&cfg, config).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_switchboard"))
         .args(["serve", "--listen", "127.0.0.1:0", "--data"])
-        .arg(dir.path().join("data2"))
+        .arg(dir.join("refused-data"))
         .arg("--config")
         .arg(&cfg)
         .output()
         .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("at least 16 characters"), "{err}");
+    assert!(!out.status.success(), "started with {config:?}");
+    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 #[test]
