@@ -32,6 +32,11 @@ pub enum Command {
         /// Validates the configuration and exits.
         #[arg(long)]
         check: bool,
+        /// Upgrade: take the listening sockets over from the `serve` running with the
+        /// same data directory (it drains its connections with a reconnect reason at
+        /// `upgrade.drain_per_sec`, then releases its logs, which this one then opens).
+        #[arg(long)]
+        takeover: bool,
     },
     /// Runs a gateway of a split deployment: TLS workers, links to every router.
     Gateway {
@@ -351,11 +356,13 @@ pub fn main() -> ExitCode {
             listen,
             data,
             check,
+            takeover,
         } => {
             let source = crate::control::ConfigSource {
                 path: config.clone(),
                 listen,
                 data: data.clone(),
+                takeover,
             };
             let mut c = match config
                 .as_deref()

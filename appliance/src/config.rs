@@ -20,6 +20,7 @@
 //! [reporter]                   # enabled, interval_s, file_bytes_max
 //! [alerts]                     # webhook; [[alerts.rule]] name, metric, above, for_s
 //! [tee]                        # enabled, sample_percent, queue; [tee.cluster] the shadow
+//! [upgrade]                    # drain_per_sec
 //! ```
 
 use std::net::SocketAddr;
@@ -53,9 +54,28 @@ pub struct Config {
     pub reporter: crate::reporter::ReporterConfig,
     /// Queue alert rules and their webhook.
     pub alerts: crate::reporter::AlertsConfig,
+    /// Upgrades: how fast connections are drained when a new process takes over.
+    pub upgrade: UpgradeConfig,
     /// Mirroring a sample of the traffic to a shadow cluster (Linux).
     #[cfg(target_os = "linux")]
     pub tee: crate::tee::TeeConfig,
+}
+
+/// `[upgrade]` (docs/OPERATIONS.md, "Upgrade").
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UpgradeConfig {
+    /// Connections closed per second (with `Reconnect`) while draining for a new
+    /// process, over all workers. Default: 1,000. Range: 1 to 10,000,000.
+    pub drain_per_sec: u64,
+}
+
+impl Default for UpgradeConfig {
+    fn default() -> Self {
+        UpgradeConfig {
+            drain_per_sec: 1000,
+        }
+    }
 }
 
 /// Process tuning (docs/TUNING.md).
@@ -107,6 +127,7 @@ impl Default for Config {
             admin: crate::admin::AdminConfig::default(),
             reporter: crate::reporter::ReporterConfig::default(),
             alerts: crate::reporter::AlertsConfig::default(),
+            upgrade: UpgradeConfig::default(),
             #[cfg(target_os = "linux")]
             tee: crate::tee::TeeConfig::default(),
         }
@@ -231,6 +252,9 @@ impl Config {
             return Err(format!("config: {why}"));
         }
         self.sms.validate()?;
+        if !(1..=10_000_000).contains(&self.upgrade.drain_per_sec) {
+            return Err("config: upgrade.drain_per_sec: from 1 to 10,000,000".into());
+        }
         self.admin.validate().map_err(|e| format!("config: {e}"))?;
         self.reporter
             .validate(&self.alerts)

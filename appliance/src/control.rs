@@ -73,6 +73,8 @@ pub struct ConfigSource {
     pub path: Option<PathBuf>,
     pub listen: Option<std::net::SocketAddr>,
     pub data: Option<PathBuf>,
+    /// `serve --takeover`: take the listeners over from the running process.
+    pub takeover: bool,
 }
 
 impl ConfigSource {

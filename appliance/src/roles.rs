@@ -522,7 +522,7 @@ pub fn gateway(config: Config, id: u8) -> Result<(), String> {
     });
     let (tuned_tx, tuned_rx) = mpsc::channel();
     let r = Arc::clone(&routes);
-    let (worker_threads, addr, worker_cells) = serve::spawn_workers(
+    let (worker_threads, addr, worker_cells, _copies) = serve::spawn_workers(
         &config,
         &tls,
         id,
@@ -531,6 +531,7 @@ pub fn gateway(config: Config, id: u8) -> Result<(), String> {
         &stop,
         &tuned_tx,
         None,
+        serve::Handover::default(),
     )?;
     drop(tuned_tx);
     serve::ready(&config, tuned_rx, workers)?;
@@ -550,7 +551,7 @@ pub fn gateway(config: Config, id: u8) -> Result<(), String> {
         cluster.routers.len()
     );
     let _ = io::stdout().flush();
-    serve::wait(&signalled, &worker_threads, &hup_not_supported);
+    serve::wait(&signalled, &worker_threads, &hup_not_supported, None);
     println!("switchboard: stopping: closing connections");
     serve::stop_workers(&stop, &inboxes, worker_threads);
     // Let the last requests (Closed notices) go out before the links stop.

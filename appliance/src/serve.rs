@@ -396,6 +396,9 @@ fn tune_thread(config: &Config, cpu: usize, realtime: bool) {
 
 /// Everything every role does first: validate, signals, process checks, data directory,
 /// open-files limit. Returns the flag SIGINT/SIGTERM set.
+/// How long a process taking over waits for the old one to release the logs.
+const TAKEOVER_WAIT: Duration = Duration::from_secs(600);
+
 /// Set by SIGHUP; taken by [`take_hup`].
 static HUP: std::sync::LazyLock<Arc<AtomicBool>> =
     std::sync::LazyLock::new(|| Arc::new(AtomicBool::new(false)));
@@ -522,16 +525,34 @@ pub(crate) fn spawn_workers(
     stop: &Arc<AtomicBool>,
     tuned: &Sender<()>,
     control: Option<&crate::control::Control>,
-) -> Result<(Workers, SocketAddr, Vec<StatsCell>), String> {
-    let first = uring::reuseport_listener(config.listen, 4096)
-        .map_err(|e| format!("listen on {}: {e}", config.listen))?;
-    let addr = first.local_addr().map_err(|e| e.to_string())?;
-    let mut listeners = vec![first];
-    for _ in 1..ends.len() {
+    handover: Handover,
+) -> Result<
+    (
+        Workers,
+        SocketAddr,
+        Vec<StatsCell>,
+        Vec<std::net::TcpListener>,
+    ),
+    String,
+> {
+    let mut listeners = handover.inherited;
+    if listeners.is_empty() {
+        listeners.push(
+            uring::reuseport_listener(config.listen, 4096)
+                .map_err(|e| format!("listen on {}: {e}", config.listen))?,
+        );
+    }
+    let addr = listeners[0].local_addr().map_err(|e| e.to_string())?;
+    while listeners.len() < ends.len() {
         listeners.push(
             uring::reuseport_listener(addr, 4096).map_err(|e| format!("listen on {addr}: {e}"))?,
         );
     }
+    // Copies to hand to a later process (an upgrade); the sockets stay shared.
+    let copies = listeners
+        .iter()
+        .map(|l| l.try_clone().map_err(|e| e.to_string()))
+        .collect::<Result<Vec<_>, _>>()?;
     let limits = Arc::new(config.limits());
     let mut threads = vec![];
     let mut cells = vec![];
@@ -564,6 +585,9 @@ pub(crate) fn spawn_workers(
         if let Some(c) = control {
             worker = worker.follow_tls(&c.tls).follow_knobs(&c.workers);
         }
+        if let Some((flag, per_sec)) = &handover.drain {
+            worker = worker.drain_on(Arc::clone(flag), *per_sec);
+        }
         let (c, tuned) = (config.clone(), tuned.clone());
         threads.push(
             std::thread::Builder::new()
@@ -576,7 +600,94 @@ pub(crate) fn spawn_workers(
                 .map_err(|e| e.to_string())?,
         );
     }
-    Ok((threads, addr, cells))
+    Ok((threads, addr, cells, copies))
+}
+
+/// Listeners taken over from an earlier process (or systemd), and the flag that makes
+/// the workers drain (and the rate, per worker) when a later process takes them.
+#[derive(Default)]
+pub(crate) struct Handover {
+    pub inherited: Vec<std::net::TcpListener>,
+    pub drain: Option<(Arc<AtomicBool>, u32)>,
+}
+
+/// Where a running `serve` hands its listeners to its successor.
+pub(crate) fn takeover_path(config: &Config) -> std::path::PathBuf {
+    config.data_dir.join("takeover.sock")
+}
+
+/// A new process's listeners: from the running one (`--takeover`: over its takeover
+/// socket, which also makes it start draining), or from systemd, or none.
+fn inherit_listeners(
+    config: &Config,
+    takeover: bool,
+) -> Result<Vec<std::net::TcpListener>, String> {
+    if !takeover {
+        let l = gateway::handover::systemd_listeners();
+        if !l.is_empty() {
+            println!(
+                "switchboard: {} listener(s) from systemd socket activation",
+                l.len()
+            );
+        }
+        return Ok(l);
+    }
+    let path = takeover_path(config);
+    let sock = std::os::unix::net::UnixStream::connect(&path).map_err(|e| {
+        format!(
+            "takeover: {}: {e} (is a switchboard serve running with this data directory?)",
+            path.display()
+        )
+    })?;
+    let fds = gateway::handover::recv_fds(&sock).map_err(|e| format!("takeover: {e}"))?;
+    println!(
+        "switchboard: took over {} listener(s) from the running process; it drains its connections",
+        fds.len()
+    );
+    Ok(fds.into_iter().map(std::net::TcpListener::from).collect())
+}
+
+/// Serves the takeover socket: the first process to connect gets copies of the
+/// listeners, then this one drains (`drain` set, workers woken).
+fn offer_takeover(
+    path: std::path::PathBuf,
+    listeners: Vec<std::net::TcpListener>,
+    drain: Arc<AtomicBool>,
+    inboxes: Vec<WorkerInbox>,
+    per_sec: u64,
+) -> Result<(), String> {
+    let _ = std::fs::remove_file(&path);
+    let ul = std::os::unix::net::UnixListener::bind(&path)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600));
+    }
+    std::thread::Builder::new()
+        .name("takeover".into())
+        .spawn(move || {
+            use std::os::fd::AsRawFd;
+            for c in ul.incoming() {
+                let Ok(c) = c else { continue };
+                let fds: Vec<_> = listeners.iter().map(|l| l.as_raw_fd()).collect();
+                match gateway::handover::send_fds(&c, &fds) {
+                    Ok(()) => {
+                        println!(
+                            "switchboard: handed the listeners to a new process; draining connections at {per_sec}/s"
+                        );
+                        drain.store(true, Ordering::Release);
+                        for (_, fd) in &inboxes {
+                            uring::wake(fd);
+                        }
+                        let _ = std::fs::remove_file(&path);
+                        return;
+                    }
+                    Err(e) => eprintln!("switchboard: takeover: {e}"),
+                }
+            }
+        })
+        .map_err(|e| e.to_string())?;
+    Ok(())
 }
 
 /// Reloads the configuration and says what happened (SIGHUP, `POST /reload`).
@@ -680,9 +791,22 @@ pub(crate) fn ready(config: &Config, tuned_rx: Receiver<()>, threads: usize) -> 
 
 /// Runs until a signal (or a worker dies), logging stats now and then; `on_hup` runs
 /// for each SIGHUP.
-pub(crate) fn wait(signalled: &AtomicBool, workers: &Workers, on_hup: &dyn Fn()) {
+pub(crate) fn wait(
+    signalled: &AtomicBool,
+    workers: &Workers,
+    on_hup: &dyn Fn(),
+    drain: Option<&AtomicBool>,
+) {
     let mut last_stats = Instant::now();
     while !signalled.load(Ordering::Acquire) {
+        if drain.is_some_and(|d| d.load(Ordering::Acquire)) {
+            if workers.iter().all(|t| t.is_finished()) {
+                println!("switchboard: drained: every connection was asked to reconnect; stopping");
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+            continue;
+        }
         if take_hup() {
             on_hup();
         }
@@ -714,20 +838,47 @@ pub(crate) fn stop_workers(stop: &AtomicBool, inboxes: &[WorkerInbox], workers: 
 }
 
 pub fn serve(config: Config, source: crate::control::ConfigSource) -> Result<(), String> {
+    let takeover = source.takeover;
     let signalled = start(&config)?;
-    let (workers, shards) = (config.workers(), config.shards());
+    // First the listeners (a takeover makes the old process start draining and, once
+    // done, release the logs this one opens next).
+    let inherited = inherit_listeners(&config, takeover)?;
+    let shards = config.shards();
+    // One worker per inherited listener: more would need listeners of their own on
+    // the same port, which only SO_REUSEPORT sockets made that way allow.
+    let workers = if inherited.is_empty() {
+        config.workers()
+    } else {
+        if inherited.len() != config.workers() {
+            println!(
+                "switchboard: {} gateway worker(s), one per listener given (the configuration asks for {})",
+                inherited.len(),
+                config.workers()
+            );
+        }
+        inherited.len()
+    };
     let tls = load_tls(&config)?;
     let control = crate::control::Control::new(&config, source, Arc::clone(&tls));
     let map = PartitionMap::even(config.router.partitions, shards as u16);
     let mut opened = vec![];
     let mut reports = vec![];
     for id in 0..shards as u16 {
-        let mut shard = open_shard(
-            &config,
-            id,
-            map.clone(),
-            &config.data_dir.join(format!("log-{id}")),
-        )?;
+        let dir = config.data_dir.join(format!("log-{id}"));
+        let waited = Instant::now();
+        let mut shard = loop {
+            match open_shard(&config, id, map.clone(), &dir) {
+                // The process handing over still holds the log until it has drained.
+                Err(e)
+                    if takeover
+                        && e.contains("in use by another process")
+                        && waited.elapsed() < TAKEOVER_WAIT =>
+                {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                other => break other?,
+            }
+        };
         let cell = router::ReportCell::default();
         shard.publish_to(Arc::clone(&cell));
         let mut knob = control.flush_interval_us.follow();
@@ -785,7 +936,10 @@ pub fn serve(config: Config, source: crate::control::ConfigSource) -> Result<(),
         None
     };
     let r = Arc::clone(&routes);
-    let (worker_threads, addr, worker_cells) = spawn_workers(
+    let drain = Arc::new(AtomicBool::new(false));
+    let drain_total = config.upgrade.drain_per_sec;
+    let per_worker = drain_total.div_ceil(workers as u64).min(u32::MAX as u64) as u32;
+    let (worker_threads, addr, worker_cells, copies) = spawn_workers(
         &config,
         &tls,
         0,
@@ -815,6 +969,17 @@ pub fn serve(config: Config, source: crate::control::ConfigSource) -> Result<(),
         &stop,
         &tuned_tx,
         Some(&control),
+        Handover {
+            inherited,
+            drain: Some((Arc::clone(&drain), per_worker)),
+        },
+    )?;
+    offer_takeover(
+        takeover_path(&config),
+        copies,
+        Arc::clone(&drain),
+        inboxes.clone(),
+        drain_total,
     )?;
     drop(tuned_tx);
     ready(&config, tuned_rx, workers + shard_threads.len())?;
@@ -836,9 +1001,16 @@ pub fn serve(config: Config, source: crate::control::ConfigSource) -> Result<(),
     );
     let _ = std::io::stdout().flush();
 
-    wait(&signalled, &worker_threads, &|| {
-        let _ = reload_logged(&control);
-    });
+    wait(
+        &signalled,
+        &worker_threads,
+        &|| {
+            let _ = reload_logged(&control);
+        },
+        Some(&drain),
+    );
+    // The admin port goes first: a process taking over binds it once the logs are free.
+    drop(_operations);
     println!("switchboard: stopping: closing connections, flushing logs");
     stop_workers(&stop, &inboxes, worker_threads);
     tee_stop.store(true, Ordering::Release);

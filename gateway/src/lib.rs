@@ -9,9 +9,14 @@
 //! - [`tls`]: certificates (PEM or self-signed) and the shared `ServerConfig`.
 //! - [`conn`]: one connection's state machine.
 //! - `uring` (Linux): the io_uring worker: listener, buffer ring, sends, timers.
-#![deny(unsafe_code)] // allowed only in `uring` (the io_uring driver)
+//! - `handover` (Unix): listening sockets passed to a new process or from systemd.
+//! - [`live`]: values replaced at run time that workers follow.
+#![deny(unsafe_code)] // allowed only in `uring` and `handover`
 
 pub mod conn;
+#[cfg(unix)]
+#[allow(unsafe_code)] // SCM_RIGHTS control messages and inherited descriptors; SAFETY notes
+pub mod handover;
 pub mod live;
 pub mod tls;
 #[cfg(target_os = "linux")]

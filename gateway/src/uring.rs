@@ -329,6 +329,9 @@ pub struct Worker {
     stats_cell: Option<StatsCell>,
     live_tls: Option<Follower<Arc<ServerConfig>>>,
     knobs: Option<Follower<WorkerKnobs>>,
+    /// Set when another process took the listener over: stop accepting, close the
+    /// connections with `Reconnect` at this many per second, end when none is left.
+    drain: Option<(Arc<AtomicBool>, u32)>,
 }
 
 /// What a worker takes from the runtime knobs.
@@ -357,7 +360,16 @@ impl Worker {
             stats_cell: None,
             live_tls: None,
             knobs: None,
+            drain: None,
         }
+    }
+
+    /// Drains when `flag` is set (an upgrade took the listener): accepting stops,
+    /// connections are closed with `Reconnect` at `per_sec` (at least 1), and `run`
+    /// returns once none is left.
+    pub fn drain_on(mut self, flag: Arc<AtomicBool>, per_sec: u32) -> Worker {
+        self.drain = Some((flag, per_sec.max(1)));
+        self
     }
 
     /// Follows a TLS configuration replaced at run time (certificate reload): new
@@ -445,7 +457,51 @@ impl Worker {
         let mut accept_window = (Instant::now(), 0u32);
         let mut touched: Vec<u32> = Vec::new();
         let mut stopping = false;
+        let (mut draining, mut drain_started, mut drained, mut drain_cursor) =
+            (false, Instant::now(), 0u64, 0usize);
         loop {
+            if let Some((flag, per_sec)) = &self.drain {
+                if !draining && !stopping && flag.load(Ordering::Acquire) {
+                    draining = true;
+                    drain_started = Instant::now();
+                    // The listener lives on in the new process, with its queue.
+                    st.sq.push(
+                        opcode::AsyncCancel::new(ud(OP_ACCEPT, 0, 0))
+                            .build()
+                            .user_data(ud(OP_CANCEL, 0, 0)),
+                    );
+                }
+                if draining && !stopping {
+                    let allowed =
+                        (drain_started.elapsed().as_secs_f64() * *per_sec as f64) as u64 + 1;
+                    let now = now_ms();
+                    let mut visited = 0;
+                    while drained < allowed && visited < st.slots.len() {
+                        if drain_cursor >= st.slots.len() {
+                            drain_cursor = 0;
+                        }
+                        let i = drain_cursor;
+                        drain_cursor += 1;
+                        visited += 1;
+                        if let Some(s) = st.slots[i].as_mut() {
+                            if s.conn.ended().is_none() {
+                                s.conn.close(
+                                    ErrorCode::Reconnect,
+                                    "the server is draining for an upgrade; reconnect",
+                                    now,
+                                    &mut st.to_router,
+                                );
+                                st.after(i as u32);
+                                drained += 1;
+                            }
+                        }
+                    }
+                    st.forward(&mut *self.link.to_router);
+                    if st.stats.open == 0 {
+                        break;
+                    }
+                }
+            }
             if let Some(t) = &mut self.live_tls {
                 if t.refresh() {
                     self.tls = Arc::clone(&t.value);
@@ -486,7 +542,7 @@ impl Worker {
                 let res = cqe.result();
                 match op {
                     OP_ACCEPT => {
-                        if !cqueue::more(cqe.flags()) && !stopping {
+                        if !cqueue::more(cqe.flags()) && !stopping && !draining {
                             st.sq.push(
                                 opcode::AcceptMulti::new(types::Fd(lfd))
                                     .build()
@@ -504,7 +560,7 @@ impl Worker {
                         }
                         accept_window.1 += 1;
                         // Dropping `fd` closes it.
-                        if stopping {
+                        if stopping || draining {
                             st.stats.refused_stopping += 1;
                             continue;
                         }

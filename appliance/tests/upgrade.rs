@@ -1,0 +1,310 @@
+//! Upgrading a running `switchboard serve`: a new process takes the listening socket
+//! over (`serve --takeover`) while a client keeps sending; the old process drains its
+//! connections with `Reconnect` at the configured rate, releases its logs and exits;
+//! every client reconnects and every message the server acknowledged is delivered.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use client::{Client, ClientError, Incoming, Trust};
+use wire::{ErrorCode, Key, Phone};
+
+use common::T;
+
+struct Proc {
+    child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Proc {
+    fn serve(data: &Path, cfg: &Path, extra: &[&str]) -> Proc {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+            .arg(data)
+            .arg("--config")
+            .arg(cfg)
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        for out in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
+            let l = Arc::clone(&lines);
+            std::thread::spawn(move || {
+                for line in BufReader::new(out).lines().map_while(Result::ok) {
+                    l.lock().unwrap().push(line);
+                }
+            });
+        }
+        Proc { child, lines }
+    }
+
+    /// The first printed line containing `needle` (waits for it).
+    fn line(&self, needle: &str, within: Duration) -> String {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(l) = self
+                .lines
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|l| l.contains(needle))
+            {
+                return l.clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no line with {needle:?}: {:?}",
+                self.lines.lock().unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+fn phone(n: u64) -> Phone {
+    Phone::new(n).unwrap()
+}
+
+/// Connects and logs in, retrying while the upgrade is under way.
+fn relogin(addr: &str, fp: &str, p: Phone, key: Key) -> Client {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let attempt = Client::connect(addr, &Trust::Fingerprint(fp.into()), "localhost", T)
+            .and_then(|mut c| c.login(p, key, T).map(|_| c));
+        match attempt {
+            Ok(c) => return c,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "{p} could not come back: {e:?}");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+}
+
+#[test]
+fn a_new_process_takes_over_under_load_and_nothing_acknowledged_is_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(
+        &cfg,
+        "workers = 1\nshards = 1\n[upgrade]\ndrain_per_sec = 10\n[admin]\nenabled = false\n",
+    )
+    .unwrap();
+    let old = Proc::serve(&data, &cfg, &[]);
+    let fp = old
+        .line("fingerprint ", T)
+        .split_whitespace()
+        .last()
+        .unwrap()
+        .to_string();
+    let addr = old
+        .line("listening on ", T)
+        .split("listening on ")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+    let sms = data.join("sms.log");
+    let (a, b) = (phone(15550000041), phone(15550000042));
+    let (mut ca, key_a) = common::register(&addr, &fp, &sms, a);
+    let (mut cb, key_b) = common::register(&addr, &fp, &sms, b);
+    // Idle users too, so the drain takes a while at 10 connections a second.
+    let idle: Vec<(Client, Key, Phone)> = (0..4)
+        .map(|i| {
+            let p = phone(15550000050 + i);
+            let (c, k) = common::register(&addr, &fp, &sms, p);
+            (c, k, p)
+        })
+        .collect();
+
+    let mut acked = BTreeSet::new();
+    let mut reconnects = 0;
+    let mut new: Option<Proc> = None;
+    let started = Instant::now();
+    // a sends 60 messages, one after the other; the upgrade starts after the 10th.
+    for id in 1..=60u64 {
+        if id == 11 {
+            new = Some(Proc::serve(&data, &cfg, &["--takeover"]));
+        }
+        loop {
+            let sent = ca
+                .send(b, id, b"through the upgrade")
+                .and_then(|_| ca.wait_for(T, |m| matches!(m, Incoming::ServerAck { .. })));
+            match sent {
+                Ok(_) => {
+                    acked.insert(id);
+                    break;
+                }
+                Err(ClientError::Closed {
+                    code: ErrorCode::Reconnect,
+                    ..
+                }) => {
+                    reconnects += 1;
+                    ca = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        relogin(&addr, &fp, a, key_a)
+                    }))
+                    .unwrap_or_else(|_| {
+                        panic!(
+                            "old: {:?}\nnew: {:?}",
+                            old.lines.lock().unwrap(),
+                            new.as_ref().map(|n| n.lines.lock().unwrap().clone())
+                        )
+                    });
+                    // The same message id again: stored once (the router deduplicates).
+                }
+                Err(e) => panic!("message {id}: {e:?}"),
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(acked.len(), 60);
+    assert_eq!(reconnects, 1, "a was asked to reconnect once");
+    let new = new.unwrap();
+    old.line(
+        "handed the listeners to a new process; draining connections at 10/s",
+        T,
+    );
+    old.line(
+        "drained: every connection was asked to reconnect",
+        Duration::from_secs(20),
+    );
+    new.line("took over 1 listener(s)", T);
+    new.line("listening on", Duration::from_secs(20));
+    // The old process stopped cleanly.
+    let mut old = old;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = old.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "the old process did not exit");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status}");
+
+    // b was asked to reconnect too; back, it gets every acknowledged message.
+    match cb.wait_for(Duration::from_secs(20), |_| false) {
+        Err(ClientError::Closed {
+            code: ErrorCode::Reconnect,
+            ..
+        }) => {}
+        other => panic!("b: {other:?}"),
+    }
+    let mut cb2 = relogin(&addr, &fp, b, key_b);
+    let mut got = BTreeSet::new();
+    while got.len() < acked.len() {
+        match cb2.wait_for(T, |m| matches!(m, Incoming::Deliver { .. })) {
+            Ok(Incoming::Deliver { seq, msg_id, .. }) => {
+                got.insert(msg_id);
+                cb2.ack(seq).unwrap();
+            }
+            other => panic!("b after {} of {}: {other:?}", got.len(), acked.len()),
+        }
+    }
+    assert_eq!(got, acked);
+    // Every idle client was asked to reconnect, and can.
+    for (mut c, k, p) in idle {
+        match c.wait_for(T, |_| false) {
+            Err(ClientError::Closed {
+                code: ErrorCode::Reconnect,
+                ..
+            }) => {}
+            other => panic!("{p}: {other:?}"),
+        }
+        drop(relogin(&addr, &fp, p, k));
+    }
+    // Six connections at 10 a second: the drain was paced, not a stampede.
+    assert!(started.elapsed() >= Duration::from_millis(500));
+}
+
+/// systemd socket activation: the listener comes from `LISTEN_FDS` (here through
+/// `systemd-socket-activate`, which binds and passes it as systemd would).
+#[test]
+fn a_socket_activated_serve_uses_the_listener_it_was_given() {
+    let Ok(tool) = which("systemd-socket-activate") else {
+        eprintln!("skipped: systemd-socket-activate is not installed");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let port = common::free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut child = Command::new(tool)
+        .args([
+            "-l",
+            &addr,
+            env!("CARGO_BIN_EXE_switchboard"),
+            "serve",
+            "--data",
+        ])
+        .arg(&data)
+        // What the configuration says is not used: the given socket is.
+        .args(["--listen", "127.0.0.1:1"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let (mut fp, mut from_systemd, mut listening) = (None, false, None);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    // systemd-socket-activate binds, then starts the program at the first connection.
+    let _wake = loop {
+        match std::net::TcpStream::connect(&addr) {
+            Ok(s) => break s,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "{addr}: {e}");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    };
+    while listening.is_none() {
+        assert!(Instant::now() < deadline, "serve did not start");
+        let Some(Ok(l)) = lines.next() else {
+            panic!("serve exited")
+        };
+        from_systemd |= l.contains("listener(s) from systemd socket activation");
+        if let Some(f) = l.strip_prefix("switchboard: certificate sha256 fingerprint ") {
+            fp = Some(f.to_string());
+        }
+        if let Some(rest) = l.strip_prefix("switchboard: listening on ") {
+            listening = rest.split_whitespace().next().map(str::to_string);
+        }
+    }
+    std::thread::spawn(move || for _ in lines {});
+    assert!(from_systemd);
+    assert_eq!(listening.as_deref(), Some(addr.as_str()));
+    let c = Client::connect(&addr, &Trust::Fingerprint(fp.unwrap()), "localhost", T);
+    assert!(c.is_ok(), "{:?}", c.err());
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+fn which(name: &str) -> Result<std::path::PathBuf, ()> {
+    std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+        .ok_or(())
+}
