@@ -5,11 +5,10 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use client::{Client, Incoming, Trust};
@@ -18,89 +17,34 @@ use wire::Phone;
 use common::{deliver, T};
 
 struct Server {
-    child: Child,
+    p: common::Printed,
     addr: String,
     admin: String,
     data: PathBuf,
-    /// Every line the server printed (stdout and stderr).
-    lines: Arc<Mutex<Vec<String>>>,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 impl Server {
     fn start(data: &Path, config: &Path) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--data"])
-            .arg(data)
-            .arg("--config")
-            .arg(config)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let l = Arc::clone(&lines);
-        let err = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(err).lines().map_while(Result::ok) {
-                l.lock().unwrap().push(line);
-            }
-        });
-        let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
-        let (mut addr, mut admin) = (None, None);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while addr.is_none() {
-            assert!(Instant::now() < deadline, "serve did not start");
-            let line = out.next().expect("serve exited").unwrap();
-            if let Some(rest) = line.strip_prefix("switchboard: admin api on http://") {
-                admin = rest.split_whitespace().next().map(str::to_string);
-            }
-            if let Some(rest) = line.strip_prefix("switchboard: listening on ") {
-                addr = rest.split_whitespace().next().map(str::to_string);
-            }
-            lines.lock().unwrap().push(line);
-        }
-        let l = Arc::clone(&lines);
-        std::thread::spawn(move || {
-            for line in out.map_while(Result::ok) {
-                l.lock().unwrap().push(line);
-            }
-        });
+        let p = common::Printed::run(&[
+            "serve".as_ref(),
+            "--listen".as_ref(),
+            "127.0.0.1:0".as_ref(),
+            "--data".as_ref(),
+            data.as_os_str(),
+            "--config".as_ref(),
+            config.as_os_str(),
+        ]);
         Server {
-            child,
-            addr: addr.unwrap(),
-            admin: admin.unwrap(),
+            addr: p.word_after("switchboard: listening on "),
+            admin: p.word_after("switchboard: admin api on http://"),
             data: data.to_owned(),
-            lines,
+            p,
         }
     }
 
     /// Waits for a printed line containing `needle`.
     fn saw(&self, needle: &str) -> String {
-        let deadline = Instant::now() + T;
-        loop {
-            if let Some(l) = self
-                .lines
-                .lock()
-                .unwrap()
-                .iter()
-                .find(|l| l.contains(needle))
-            {
-                return l.clone();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no line with {needle:?}: {:?}",
-                self.lines.lock().unwrap()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.p.line(needle, T)
     }
 
     /// `switchboard ARGS --admin ADDR --data DATA`.
@@ -132,7 +76,7 @@ impl Server {
 
     fn hup(&self) {
         // SAFETY: sending SIGHUP to our own child process.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGHUP) };
+        unsafe { libc::kill(self.p.child.id() as i32, libc::SIGHUP) };
     }
 }
 

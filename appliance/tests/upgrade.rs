@@ -8,8 +8,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use client::{Client, ClientError, Incoming, Trust};
@@ -17,66 +16,20 @@ use wire::{ErrorCode, Key, Phone};
 
 use common::T;
 
-struct Proc {
-    child: Child,
-    lines: Arc<Mutex<Vec<String>>>,
-}
+use common::Printed as Proc;
 
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Proc {
-    fn serve(data: &Path, cfg: &Path, extra: &[&str]) -> Proc {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--data"])
-            .arg(data)
-            .arg("--config")
-            .arg(cfg)
-            .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        for out in [
-            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
-            Box::new(child.stderr.take().unwrap()),
-        ] {
-            let l = Arc::clone(&lines);
-            std::thread::spawn(move || {
-                for line in BufReader::new(out).lines().map_while(Result::ok) {
-                    l.lock().unwrap().push(line);
-                }
-            });
-        }
-        Proc { child, lines }
-    }
-
-    /// The first printed line containing `needle` (waits for it).
-    fn line(&self, needle: &str, within: Duration) -> String {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(l) = self
-                .lines
-                .lock()
-                .unwrap()
-                .iter()
-                .find(|l| l.contains(needle))
-            {
-                return l.clone();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no line with {needle:?}: {:?}",
-                self.lines.lock().unwrap()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
+fn serve(data: &Path, cfg: &Path, extra: &[&str]) -> Proc {
+    let mut args: Vec<&std::ffi::OsStr> = vec![
+        "serve".as_ref(),
+        "--listen".as_ref(),
+        "127.0.0.1:0".as_ref(),
+        "--data".as_ref(),
+        data.as_os_str(),
+        "--config".as_ref(),
+        cfg.as_os_str(),
+    ];
+    args.extend(extra.iter().map(std::ffi::OsStr::new));
+    Proc::run(&args)
 }
 
 fn phone(n: u64) -> Phone {
@@ -109,22 +62,9 @@ fn a_new_process_takes_over_under_load_and_nothing_acknowledged_is_lost() {
         "workers = 1\nshards = 1\n[upgrade]\ndrain_per_sec = 10\n[admin]\nenabled = false\n",
     )
     .unwrap();
-    let old = Proc::serve(&data, &cfg, &[]);
-    let fp = old
-        .line("fingerprint ", T)
-        .split_whitespace()
-        .last()
-        .unwrap()
-        .to_string();
-    let addr = old
-        .line("listening on ", T)
-        .split("listening on ")
-        .nth(1)
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_string();
+    let old = serve(&data, &cfg, &[]);
+    let fp = old.word_after("certificate sha256 fingerprint ");
+    let addr = old.word_after("switchboard: listening on ");
     let sms = data.join("sms.log");
     let (a, b) = (phone(15550000041), phone(15550000042));
     let (mut ca, key_a) = common::register(&addr, &fp, &sms, a);
@@ -145,7 +85,7 @@ fn a_new_process_takes_over_under_load_and_nothing_acknowledged_is_lost() {
     // a sends 60 messages, one after the other; the upgrade starts after the 10th.
     for id in 1..=60u64 {
         if id == 11 {
-            new = Some(Proc::serve(&data, &cfg, &["--takeover"]));
+            new = Some(serve(&data, &cfg, &["--takeover"]));
         }
         loop {
             let sent = ca

@@ -279,3 +279,74 @@ pub fn mock_http(fail_first: bool) -> (String, std::sync::Arc<std::sync::Mutex<V
     });
     (url, bodies)
 }
+
+/// A `switchboard` process whose printed lines (stdout and stderr) are all kept; killed
+/// on drop.
+pub struct Printed {
+    pub child: Child,
+    pub lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Drop for Printed {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Printed {
+    /// Starts `switchboard ARGS`.
+    pub fn run(args: &[&std::ffi::OsStr]) -> Printed {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        for out in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
+            let l = std::sync::Arc::clone(&lines);
+            std::thread::spawn(move || {
+                for line in BufReader::new(out).lines().map_while(Result::ok) {
+                    l.lock().unwrap().push(line);
+                }
+            });
+        }
+        Printed { child, lines }
+    }
+
+    /// The first printed line containing `needle` (waits for it at most `within`).
+    pub fn line(&self, needle: &str, within: Duration) -> String {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(l) = self
+                .lines
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|l| l.contains(needle))
+            {
+                return l.clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no line with {needle:?}: {:?}",
+                self.lines.lock().unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The word after `prefix` in the first line that has it (an address, a fingerprint).
+    pub fn word_after(&self, prefix: &str) -> String {
+        let l = self.line(prefix, Duration::from_secs(30));
+        l.split(prefix)
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .unwrap()
+            .to_string()
+    }
+}
