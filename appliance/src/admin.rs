@@ -136,6 +136,18 @@ pub struct Sources {
     /// The traffic mirror, when configured.
     #[cfg(target_os = "linux")]
     pub tee: Option<Arc<crate::tee::Tee>>,
+    /// The queues between threads and over links, measured when asked.
+    pub queues: Option<Arc<dyn Queues>>,
+}
+
+/// Where queue lengths come from: the queues' own lengths, read on the admin thread when
+/// a figure is asked for (nothing on the sending or receiving path counts for it).
+pub trait Queues: Send + Sync {
+    /// Messages waiting in each shard's inbox: (shard, length). A message is one
+    /// request batch of a gateway worker's loop turn, or one request from a link.
+    fn shard_inboxes(&self) -> Vec<(u16, usize)>;
+    /// Frames waiting in each link's queue: (link, length), e.g. ("router 1", 12).
+    fn links(&self) -> Vec<(String, usize)>;
 }
 
 impl Sources {
@@ -465,6 +477,29 @@ fn families(src: &Sources) -> Vec<Family> {
             values: get(|t| t.dropped.load(Ordering::Relaxed)),
         });
     }
+    let q = src.queues.as_deref();
+    all.push(Family {
+        name: "switchboard_shard_inbox",
+        kind: "gauge",
+        help: "Messages (request batches) waiting in a router shard's inbox.",
+        values: q.map_or(vec![], |q| {
+            q.shard_inboxes()
+                .into_iter()
+                .map(|(s, n)| (format!("shard=\"{s}\""), n as u64))
+                .collect()
+        }),
+    });
+    all.push(Family {
+        name: "switchboard_link_queue",
+        kind: "gauge",
+        help: "Frames waiting to go out on a link to another node (or the tee's shadow).",
+        values: q.map_or(vec![], |q| {
+            q.links()
+                .into_iter()
+                .map(|(l, n)| (format!("link=\"{l}\""), n as u64))
+                .collect()
+        }),
+    });
     all
 }
 
@@ -478,6 +513,7 @@ pub fn metric_names() -> Vec<&'static str> {
         activity: None,
         #[cfg(target_os = "linux")]
         tee: None,
+        queues: None,
     };
     families(&src).iter().map(|f| f.name).collect()
 }
@@ -626,7 +662,7 @@ pub fn start(config: &AdminConfig, token: String, src: Arc<Sources>) -> Result<A
                     Ok(Some(req)) => answer(req, &token, &src),
                     Ok(None) => {}
                     Err(e) => {
-                        eprintln!("switchboard: admin: {e}");
+                        tracing::warn!("admin: {e}");
                         std::thread::sleep(Duration::from_millis(200));
                     }
                 }
@@ -652,17 +688,26 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// The knobs as JSON: name → value, bounds, configuration field, meaning.
+/// The knobs as JSON: name → value, bounds, configuration field, meaning (a knob that
+/// takes names shows them, and its value and bounds as names).
 fn knobs_json(c: &crate::control::Control) -> String {
     let items: Vec<String> = c
         .knobs()
         .into_iter()
         .map(|(k, v)| {
+            let show = |v: u64| {
+                if k.names.is_empty() {
+                    v.to_string()
+                } else {
+                    format!("\"{}\"", k.show(v))
+                }
+            };
             format!(
-                "\"{}\":{{\"value\":{v},\"min\":{},\"max\":{},\"field\":\"{}\",\"doc\":\"{}\"}}",
+                "\"{}\":{{\"value\":{},\"min\":{},\"max\":{},\"field\":\"{}\",\"doc\":\"{}\"}}",
                 k.name,
-                k.min,
-                k.max,
+                show(v),
+                show(k.min),
+                show(k.max),
                 k.field,
                 k.doc.replace('"', "\\\"")
             )
@@ -685,7 +730,7 @@ fn control_endpoint(
     let Some(c) = &src.control else {
         return Some((
             404,
-            "knobs and reload are not available in this process role yet\n".into(),
+            "knobs and reload are not available in this process\n".into(),
         ));
     };
     Some(match (method, path) {
@@ -697,27 +742,21 @@ fn control_endpoint(
                 format!("reload refused, the running configuration stays: {e}\n"),
             ),
         },
-        (Method::Get, p) if p.starts_with("/knobs/") => match c.get(&p[7..]) {
-            Ok(v) => (200, format!("{v}\n")),
+        (Method::Get, p) if p.starts_with("/knobs/") => match c.def(&p[7..]) {
+            Ok(def) => (200, format!("{}\n", def.show(c.get(def.name).unwrap_or(0)))),
             Err(e) => (404, format!("{e}\n")),
         },
         (Method::Put, p) if p.starts_with("/knobs/") => {
-            let name = &p[7..];
-            if let Err(e) = c.get(name) {
-                return Some((404, format!("{e}\n")));
-            }
-            match body.trim().parse::<u64>() {
-                Err(_) => (
-                    400,
-                    format!(
-                        "knob {name}: the body must be a whole number, got {:?}\n",
-                        body.trim()
-                    ),
+            let def = match c.def(&p[7..]) {
+                Ok(d) => d,
+                Err(e) => return Some((404, format!("{e}\n"))),
+            };
+            match def.parse(body).and_then(|v| c.set(def.name, v)) {
+                Ok((old, new)) => (
+                    200,
+                    format!("{}: {} -> {}\n", def.name, def.show(old), def.show(new)),
                 ),
-                Ok(v) => match c.set(name, v) {
-                    Ok((old, new)) => (200, format!("{name}: {old} -> {new}\n")),
-                    Err(e) => (400, format!("{e}\n")),
-                },
+                Err(e) => (400, format!("{e}\n")),
             }
         }
         _ => (
@@ -790,6 +829,7 @@ mod tests {
             control: None,
             activity: Some(Default::default()),
             tee: None,
+            queues: None,
         };
         let text = render_metrics(&src);
         let names: Vec<&str> = text

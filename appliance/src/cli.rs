@@ -125,7 +125,8 @@ pub enum KnobAction {
     /// One knob's value.
     Get { name: String },
     /// Sets a knob (applied without restart; logged by the appliance with old and new).
-    Set { name: String, value: u64 },
+    /// VALUE: a whole number, or a name for `log_level` (error, warn, info, debug, trace).
+    Set { name: String, value: String },
 }
 
 /// A GET on the admin API: the body of a 2xx answer, or why not.
@@ -348,8 +349,10 @@ pub fn main() -> ExitCode {
             config,
             listen,
             data,
-        } => role(&config, listen, data, |c| run_gateway(c, id)),
-        Command::Router { id, config, data } => role(&config, None, data, |c| run_router(c, id)),
+        } => role(&config, listen, data, |c, s| run_gateway(c, id, s)),
+        Command::Router { id, config, data } => {
+            role(&config, None, data, |c, s| run_router(c, id, s))
+        }
         Command::Tune(t) => crate::tune::run(t),
         Command::Serve {
             config,
@@ -405,7 +408,7 @@ pub fn main() -> ExitCode {
             KnobAction::List => admin_call(&admin, "GET", "/knobs", ""),
             KnobAction::Get { name } => admin_call(&admin, "GET", &format!("/knobs/{name}"), ""),
             KnobAction::Set { name, value } => {
-                admin_call(&admin, "PUT", &format!("/knobs/{name}"), &value.to_string())
+                admin_call(&admin, "PUT", &format!("/knobs/{name}"), &value)
             }
         },
         Command::Reload { admin } => admin_call(&admin, "POST", "/reload", ""),
@@ -421,26 +424,27 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// Runs a role of the split deployment with its configuration (read again on reload).
 fn role(
     path: &std::path::Path,
     listen: Option<std::net::SocketAddr>,
     data: Option<PathBuf>,
-    run: impl FnOnce(crate::config::Config) -> Result<(), String>,
+    run: impl FnOnce(crate::config::Config, crate::control::ConfigSource) -> Result<(), String>,
 ) -> ExitCode {
-    let mut c = match crate::config::Config::load(path) {
+    let source = crate::control::ConfigSource {
+        path: Some(path.to_path_buf()),
+        listen,
+        data,
+        takeover: false,
+    };
+    let c = match source.load() {
         Ok(c) => c,
         Err(e) => {
             eprintln!("switchboard: {e}");
             return ExitCode::from(2);
         }
     };
-    if let Some(l) = listen {
-        c.listen = l;
-    }
-    if let Some(d) = data {
-        c.data_dir = d;
-    }
-    match run(c) {
+    match run(c, source) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("switchboard: {e}");
@@ -450,21 +454,37 @@ fn role(
 }
 
 #[cfg(target_os = "linux")]
-fn run_gateway(c: crate::config::Config, id: u8) -> Result<(), String> {
-    crate::roles::gateway(c, id)
+fn run_gateway(
+    c: crate::config::Config,
+    id: u8,
+    s: crate::control::ConfigSource,
+) -> Result<(), String> {
+    crate::roles::gateway(c, id, s)
 }
 
 #[cfg(target_os = "linux")]
-fn run_router(c: crate::config::Config, id: u16) -> Result<(), String> {
-    crate::roles::router(c, id)
+fn run_router(
+    c: crate::config::Config,
+    id: u16,
+    s: crate::control::ConfigSource,
+) -> Result<(), String> {
+    crate::roles::router(c, id, s)
 }
 
 #[cfg(not(target_os = "linux"))]
-fn run_gateway(_c: crate::config::Config, _id: u8) -> Result<(), String> {
+fn run_gateway(
+    _c: crate::config::Config,
+    _id: u8,
+    _s: crate::control::ConfigSource,
+) -> Result<(), String> {
     Err("gateway needs the io_uring driver (Linux)".into())
 }
 
 #[cfg(not(target_os = "linux"))]
-fn run_router(_c: crate::config::Config, _id: u16) -> Result<(), String> {
+fn run_router(
+    _c: crate::config::Config,
+    _id: u16,
+    _s: crate::control::ConfigSource,
+) -> Result<(), String> {
     Err("router processes are built for Linux only so far".into())
 }

@@ -106,6 +106,15 @@ fn ranges(spec: &str, partitions: u32) -> Result<Vec<u32>, String> {
 }
 
 impl ClusterConfig {
+    /// `link_batch_bytes` with its default (0: 65,536).
+    pub fn batch_bytes(&self) -> usize {
+        if self.link_batch_bytes == 0 {
+            65_536
+        } else {
+            self.link_batch_bytes
+        }
+    }
+
     /// Checks the map: every partition owned exactly once, ids unique, a secret.
     pub fn validate(&self, partitions: u32) -> Result<Cluster, String> {
         let bad = |why: String| Err(format!("cluster: {why}"));
@@ -156,11 +165,7 @@ impl ClusterConfig {
         } else {
             self.link_queue
         };
-        let link_batch_bytes = if self.link_batch_bytes == 0 {
-            65_536
-        } else {
-            self.link_batch_bytes
-        };
+        let link_batch_bytes = self.batch_bytes();
         if link_queue < 16 || !(1024..=4 << 20).contains(&link_batch_bytes) {
             return bad("link_queue ≥ 16 and link_batch_bytes from 1 KiB to 4 MiB".into());
         }

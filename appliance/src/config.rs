@@ -21,6 +21,7 @@
 //! [alerts]                     # webhook; [[alerts.rule]] name, metric, above, for_s
 //! [tee]                        # enabled, sample_percent, queue; [tee.cluster] the shadow
 //! [upgrade]                    # drain_per_sec
+//! [log]                        # level: error, warn, info, debug, trace (a knob)
 //! ```
 
 use std::net::SocketAddr;
@@ -56,6 +57,8 @@ pub struct Config {
     pub alerts: crate::reporter::AlertsConfig,
     /// Upgrades: how fast connections are drained when a new process takes over.
     pub upgrade: UpgradeConfig,
+    /// The appliance's log lines: their level.
+    pub log: crate::logging::LogConfig,
     /// Mirroring a sample of the traffic to a shadow cluster (Linux).
     #[cfg(target_os = "linux")]
     pub tee: crate::tee::TeeConfig,
@@ -128,6 +131,7 @@ impl Default for Config {
             reporter: crate::reporter::ReporterConfig::default(),
             alerts: crate::reporter::AlertsConfig::default(),
             upgrade: UpgradeConfig::default(),
+            log: crate::logging::LogConfig::default(),
             #[cfg(target_os = "linux")]
             tee: crate::tee::TeeConfig::default(),
         }
@@ -252,6 +256,7 @@ impl Config {
             return Err(format!("config: {why}"));
         }
         self.sms.validate()?;
+        self.log.index().map_err(|e| format!("config: {e}"))?;
         if !(1..=10_000_000).contains(&self.upgrade.drain_per_sec) {
             return Err("config: upgrade.drain_per_sec: from 1 to 10,000,000".into());
         }

@@ -7,6 +7,7 @@
 //! knob's bounds are refused with the bounds.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use gateway::live::Live;
@@ -14,6 +15,27 @@ use gateway::uring::WorkerKnobs;
 use rustls::ServerConfig;
 
 use crate::config::Config;
+
+/// The kind of process a knob applies to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// `switchboard serve`: gateway, router and storage in one process.
+    Serve,
+    /// `switchboard gateway`.
+    Gateway,
+    /// `switchboard router`.
+    Router,
+}
+
+impl Role {
+    fn name(self) -> &'static str {
+        match self {
+            Role::Serve => "serve",
+            Role::Gateway => "gateway",
+            Role::Router => "router",
+        }
+    }
+}
 
 /// One runtime-adjustable setting.
 pub struct KnobDef {
@@ -23,15 +45,62 @@ pub struct KnobDef {
     /// The configuration field it starts from (and that a reload sets it back to).
     pub field: &'static str,
     pub doc: &'static str,
+    /// The processes it applies to.
+    pub roles: &'static [Role],
+    /// Names of the values `min..=max`, for a knob that takes names (`log_level`).
+    pub names: &'static [&'static str],
 }
 
-pub const KNOBS: [KnobDef; 4] = [
+impl KnobDef {
+    /// A value as given by an operator: a whole number, or one of the knob's names.
+    pub fn parse(&self, text: &str) -> Result<u64, String> {
+        let t = text.trim();
+        if let Some(i) = self.names.iter().position(|n| n.eq_ignore_ascii_case(t)) {
+            return Ok(i as u64);
+        }
+        t.parse::<u64>().map_err(|_| {
+            if self.names.is_empty() {
+                format!(
+                    "knob {}: the value must be a whole number, got {t:?}",
+                    self.name
+                )
+            } else {
+                format!(
+                    "knob {}: the value must be one of {}, got {t:?}",
+                    self.name,
+                    self.names.join(", ")
+                )
+            }
+        })
+    }
+
+    /// A value as shown to an operator: its name for a named knob.
+    pub fn show(&self, v: u64) -> String {
+        match self.names.get(v as usize) {
+            Some(n) => (*n).to_string(),
+            None => v.to_string(),
+        }
+    }
+
+    fn bounds(&self) -> String {
+        format!("{} to {}", self.show(self.min), self.show(self.max))
+    }
+}
+
+const ALL: &[Role] = &[Role::Serve, Role::Gateway, Role::Router];
+const GATEWAYS: &[Role] = &[Role::Serve, Role::Gateway];
+const ROUTERS: &[Role] = &[Role::Serve, Role::Router];
+const SPLIT: &[Role] = &[Role::Gateway, Role::Router];
+
+pub const KNOBS: [KnobDef; 6] = [
     KnobDef {
         name: "accepts_per_sec",
         min: 1,
         max: 10_000_000,
         field: "gateway.accepts_per_sec",
         doc: "connections each gateway worker accepts per second; more are refused",
+        roles: GATEWAYS,
+        names: &[],
     },
     KnobDef {
         name: "outbound_bytes_max",
@@ -39,6 +108,8 @@ pub const KNOBS: [KnobDef; 4] = [
         max: 1 << 30,
         field: "limits.outbound_bytes_max",
         doc: "encrypted bytes a connection may have waiting; over it the client is cut as too slow",
+        roles: GATEWAYS,
+        names: &[],
     },
     KnobDef {
         name: "flush_interval_us",
@@ -46,6 +117,8 @@ pub const KNOBS: [KnobDef; 4] = [
         max: 10_000_000,
         field: "storage.group_interval_us",
         doc: "group-commit interval of every shard's log (durability = \"group\")",
+        roles: ROUTERS,
+        names: &[],
     },
     KnobDef {
         name: "tee_sample_percent",
@@ -53,17 +126,63 @@ pub const KNOBS: [KnobDef; 4] = [
         max: 100,
         field: "tee.sample_percent",
         doc: "percentage of users whose requests are mirrored to the shadow cluster ([tee])",
+        roles: GATEWAYS,
+        names: &[],
+    },
+    KnobDef {
+        name: "link_batch_bytes",
+        min: 1024,
+        max: 4 << 20,
+        field: "cluster.link_batch_bytes",
+        doc: "bytes of frames a link gathers into one write (gateway to router, router to router)",
+        roles: SPLIT,
+        names: &[],
+    },
+    KnobDef {
+        name: "log_level",
+        min: 0,
+        max: 4,
+        field: "log.level",
+        doc: "the process's log lines: error, warn, info, debug (a line per connection closed, login and link write), trace",
+        roles: ALL,
+        names: &crate::logging::LEVELS,
     },
 ];
 
-/// The knobs' current values, from a configuration.
-fn values_of(c: &Config) -> [u64; 4] {
+/// The knobs' current values, from a configuration (in [`KNOBS`] order).
+fn values_of(c: &Config) -> [u64; 6] {
     [
         c.gateway.accepts_per_sec as u64,
         c.limits.outbound_bytes_max as u64,
         c.storage.group_interval_us,
-        c.tee.sample_percent,
+        tee_percent(c),
+        c.cluster.batch_bytes() as u64,
+        c.log.index().unwrap_or(2),
     ]
+}
+
+#[cfg(target_os = "linux")]
+fn tee_percent(c: &Config) -> u64 {
+    c.tee.sample_percent
+}
+
+#[cfg(not(target_os = "linux"))]
+fn tee_percent(_c: &Config) -> u64 {
+    0
+}
+
+/// Writes knob `name`'s value into the configuration.
+fn set_field(c: &mut Config, name: &str, v: u64) {
+    match name {
+        "accepts_per_sec" => c.gateway.accepts_per_sec = v as u32,
+        "outbound_bytes_max" => c.limits.outbound_bytes_max = v as usize,
+        "flush_interval_us" => c.storage.group_interval_us = v,
+        #[cfg(target_os = "linux")]
+        "tee_sample_percent" => c.tee.sample_percent = v,
+        "link_batch_bytes" => c.cluster.link_batch_bytes = v as usize,
+        "log_level" => c.log.level = crate::logging::LEVELS[v as usize].to_string(),
+        _ => {}
+    }
 }
 
 /// Where to read the configuration again on reload, with the command line's
@@ -96,26 +215,37 @@ impl ConfigSource {
 
 /// The running appliance's changeable state.
 pub struct Control {
+    role: Role,
     /// The configuration in force (knob changes are written into it).
     config: Mutex<Config>,
     source: ConfigSource,
-    pub tls: Arc<Live<Arc<ServerConfig>>>,
+    /// The client-facing certificate (processes with gateway workers).
+    pub tls: Option<Arc<Live<Arc<ServerConfig>>>>,
     pub workers: Arc<Live<WorkerKnobs>>,
     pub flush_interval_us: Arc<Live<u64>>,
     /// Read by the tee for every request (a plain relaxed load).
-    pub tee_sample_percent: Arc<std::sync::atomic::AtomicU64>,
+    pub tee_sample_percent: Arc<AtomicU64>,
+    /// Read by every link thread once per write.
+    pub link_batch_bytes: Arc<AtomicUsize>,
 }
 
 impl Control {
-    pub fn new(config: &Config, source: ConfigSource, tls: Arc<ServerConfig>) -> Arc<Control> {
+    pub fn new(
+        role: Role,
+        config: &Config,
+        source: ConfigSource,
+        tls: Option<Arc<ServerConfig>>,
+    ) -> Arc<Control> {
         Arc::new(Control {
+            role,
             workers: Live::new(WorkerKnobs {
                 accepts_per_sec: config.gateway.accepts_per_sec,
                 limits: Arc::new(config.limits()),
             }),
             flush_interval_us: Live::new(config.storage.group_interval_us),
-            tee_sample_percent: Arc::new(config.tee.sample_percent.into()),
-            tls: Live::new(tls),
+            tee_sample_percent: Arc::new(tee_percent(config).into()),
+            link_batch_bytes: Arc::new(config.cluster.batch_bytes().into()),
+            tls: tls.map(Live::new),
             config: Mutex::new(config.clone()),
             source,
         })
@@ -125,53 +255,64 @@ impl Control {
         self.config.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Every knob: (definition, value).
+    /// The alert rules in force (a reload replaces them).
+    pub fn alerts(&self) -> crate::reporter::AlertsConfig {
+        self.config().alerts.clone()
+    }
+
+    /// This process's knobs: (definition, value).
     pub fn knobs(&self) -> Vec<(&'static KnobDef, u64)> {
         let v = values_of(&self.config());
-        KNOBS.iter().zip(v).collect()
+        KNOBS
+            .iter()
+            .zip(v)
+            .filter(|(k, _)| k.roles.contains(&self.role))
+            .collect()
+    }
+
+    /// A knob of this process.
+    pub fn def(&self, name: &str) -> Result<&'static KnobDef, String> {
+        let def = KNOBS
+            .iter()
+            .find(|k| k.name == name)
+            .ok_or_else(|| self.unknown(name))?;
+        if !def.roles.contains(&self.role) {
+            return Err(format!(
+                "knob {name} does not apply to a {} process (it applies to: {}); {}",
+                self.role.name(),
+                def.roles
+                    .iter()
+                    .map(|r| r.name())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                self.names()
+            ));
+        }
+        Ok(def)
     }
 
     pub fn get(&self, name: &str) -> Result<u64, String> {
-        self.knobs()
-            .into_iter()
-            .find(|(k, _)| k.name == name)
-            .map(|(_, v)| v)
-            .ok_or_else(|| unknown(name))
+        self.def(name)?;
+        Ok(get_in(&self.config(), name))
     }
 
     /// Sets a knob; (old, new). Logged.
     pub fn set(&self, name: &str, value: u64) -> Result<(u64, u64), String> {
-        let def = KNOBS
-            .iter()
-            .find(|k| k.name == name)
-            .ok_or_else(|| unknown(name))?;
+        let def = self.def(name)?;
         if !(def.min..=def.max).contains(&value) {
             return Err(format!(
-                "knob {name}: {value} is out of bounds ({} to {})",
-                def.min, def.max
+                "knob {name}: {} is out of bounds ({})",
+                def.show(value),
+                def.bounds()
             ));
         }
         let mut c = self.config();
-        let old = self.get_locked(&c, name);
-        match name {
-            "accepts_per_sec" => c.gateway.accepts_per_sec = value as u32,
-            "outbound_bytes_max" => c.limits.outbound_bytes_max = value as usize,
-            "flush_interval_us" => c.storage.group_interval_us = value,
-            "tee_sample_percent" => c.tee.sample_percent = value,
-            _ => unreachable!("every knob is handled"),
-        }
+        let old = get_in(&c, name);
+        set_field(&mut c, name, value);
         self.apply(&c);
         drop(c);
-        println!("switchboard: knob {name}: {old} -> {value}");
+        tracing::info!("knob {name}: {} -> {}", def.show(old), def.show(value));
         Ok((old, value))
-    }
-
-    fn get_locked(&self, c: &Config, name: &str) -> u64 {
-        KNOBS
-            .iter()
-            .zip(values_of(c))
-            .find(|(k, _)| k.name == name)
-            .map_or(0, |(_, v)| v)
     }
 
     /// Pushes the knob values of `c` to the threads (only what changed).
@@ -189,65 +330,114 @@ impl Control {
             self.flush_interval_us.set(c.storage.group_interval_us);
         }
         self.tee_sample_percent
-            .store(c.tee.sample_percent, std::sync::atomic::Ordering::Relaxed);
+            .store(tee_percent(c), Ordering::Relaxed);
+        self.link_batch_bytes
+            .store(c.cluster.batch_bytes(), Ordering::Relaxed);
+        crate::logging::set_level(c.log.index().unwrap_or(2));
     }
 
-    /// Reads the configuration again (SIGHUP, `POST /reload`): certificate, knobs.
-    /// A configuration that does not load or validate, or a certificate that does not
-    /// load, is refused with the reason and the running one stays. Settings that need
-    /// a restart (addresses, threads, data directory) are named and left as they are.
+    /// Reads the configuration again (SIGHUP, `POST /reload`): certificate, knobs,
+    /// alert rules. A configuration that does not load or validate, or a certificate
+    /// that does not load, is refused with the reason and the running one stays.
+    /// Settings that need a restart (addresses, threads, data directory, ...) are named
+    /// and left as they are.
     pub fn reload(
         &self,
         make_tls: impl Fn(&Config) -> Result<Arc<ServerConfig>, String>,
     ) -> Result<String, String> {
         let new = self.source.load()?;
-        let tls = make_tls(&new)?;
+        let tls = match &self.tls {
+            Some(_) => Some(make_tls(&new)?),
+            None => None,
+        };
         let mut c = self.config();
         let mut restart = vec![];
-        if new.listen != c.listen {
-            restart.push("listen");
-        }
-        if new.data_dir != c.data_dir {
-            restart.push("data_dir");
-        }
-        if new.workers != c.workers || new.shards != c.shards {
-            restart.push("workers/shards");
-        }
-        if new.admin.listen != c.admin.listen {
-            restart.push("admin.listen");
-        }
-        if new.tee.enabled != c.tee.enabled {
-            restart.push("tee.enabled");
-        }
+        let same = |changed: bool, name: &'static str, restart: &mut Vec<&str>| {
+            if changed {
+                restart.push(name);
+            }
+        };
+        same(new.listen != c.listen, "listen", &mut restart);
+        same(new.data_dir != c.data_dir, "data_dir", &mut restart);
+        same(
+            new.workers != c.workers || new.shards != c.shards,
+            "workers/shards",
+            &mut restart,
+        );
+        same(
+            new.admin.listen != c.admin.listen,
+            "admin.listen",
+            &mut restart,
+        );
+        same(
+            new.alerts.webhook != c.alerts.webhook,
+            "alerts.webhook",
+            &mut restart,
+        );
+        #[cfg(target_os = "linux")]
+        same(
+            new.tee.enabled != c.tee.enabled,
+            "tee.enabled",
+            &mut restart,
+        );
         let mut changes = vec![];
-        for ((k, old), new_v) in KNOBS.iter().zip(values_of(&c)).zip(values_of(&new)) {
+        for (k, new_v) in KNOBS.iter().zip(values_of(&new)) {
+            if !k.roles.contains(&self.role) {
+                continue;
+            }
+            let old = get_in(&c, k.name);
             if old != new_v {
-                changes.push(format!("{} {old} -> {new_v}", k.name));
+                changes.push(format!("{} {} -> {}", k.name, k.show(old), k.show(new_v)));
+                set_field(&mut c, k.name, new_v);
             }
         }
-        c.gateway.accepts_per_sec = new.gateway.accepts_per_sec;
-        c.limits.outbound_bytes_max = new.limits.outbound_bytes_max;
-        c.storage.group_interval_us = new.storage.group_interval_us;
-        c.tee.sample_percent = new.tee.sample_percent;
+        let rules = |a: &crate::reporter::AlertsConfig| format!("{:?}", a.rules);
+        let alerts_changed = rules(&new.alerts) != rules(&c.alerts);
+        c.alerts.rules = new.alerts.rules.clone();
         c.tls = new.tls.clone();
         self.apply(&c);
         drop(c);
-        self.tls.set(tls);
-        let mut summary = String::from("certificate reloaded");
+        let mut summary = vec![];
+        if let (Some(live), Some(tls)) = (&self.tls, tls) {
+            live.set(tls);
+            summary.push("certificate reloaded".to_string());
+        }
         if !changes.is_empty() {
-            summary.push_str(&format!("; knobs: {}", changes.join(", ")));
+            summary.push(format!("knobs: {}", changes.join(", ")));
+        }
+        if alerts_changed {
+            summary.push(format!("alert rules: {} in force", new.alerts.rules.len()));
+        }
+        if summary.is_empty() {
+            summary.push("nothing changed".into());
         }
         if !restart.is_empty() {
-            summary.push_str(&format!(
-                "; needs a restart to change (kept as running): {}",
+            summary.push(format!(
+                "needs a restart to change (kept as running): {}",
                 restart.join(", ")
             ));
         }
-        Ok(summary)
+        Ok(summary.join("; "))
+    }
+
+    fn names(&self) -> String {
+        let names: Vec<&str> = KNOBS
+            .iter()
+            .filter(|k| k.roles.contains(&self.role))
+            .map(|k| k.name)
+            .collect();
+        format!("the knobs of this process: {}", names.join(", "))
+    }
+
+    fn unknown(&self, name: &str) -> String {
+        format!("no knob named {name:?} ({})", self.names())
     }
 }
 
-fn unknown(name: &str) -> String {
-    let names: Vec<&str> = KNOBS.iter().map(|k| k.name).collect();
-    format!("no knob named {name:?} (knobs: {})", names.join(", "))
+fn get_in(c: &Config, name: &str) -> u64 {
+    KNOBS
+        .iter()
+        .zip(values_of(c))
+        .find(|(k, _)| k.name == name)
+        .map_or(0, |(_, v)| v)
 }

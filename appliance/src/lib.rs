@@ -13,6 +13,7 @@
 //! - [`tune`]: `switchboard tune`: the host against a tuning profile.
 //! - `roles` (Linux): `switchboard gateway` and `switchboard router`, the split deployment.
 //! - [`reporter`]: the activity reporter and the queue alerts.
+//! - [`logging`]: the appliance's log lines, at a level changeable while running.
 //! - [`logcmd`]: `switchboard log`: operator commands on a shard's storage log.
 #![forbid(unsafe_code)]
 
@@ -24,6 +25,7 @@ pub mod control;
 #[cfg(target_os = "linux")]
 pub mod link;
 pub mod logcmd;
+pub mod logging;
 pub mod reporter;
 #[cfg(target_os = "linux")]
 pub mod roles;

@@ -6,11 +6,11 @@
 //! the socket and on an eventfd that [`LinkSender`] rings when a frame is queued, so a
 //! TLS session is never shared between threads and nothing waits on a timer.
 
+use crossbeam_channel::{Receiver, SendError, Sender, TrySendError};
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, Receiver, SendError, SyncSender, TrySendError};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -71,7 +71,7 @@ fn refused(why: &str) -> io::Error {
 /// The queue of frames for one link; sending rings the link's eventfd.
 #[derive(Clone)]
 pub struct LinkSender {
-    tx: SyncSender<LinkMsg>,
+    tx: Sender<LinkMsg>,
     wake: Arc<OwnedFd>,
 }
 
@@ -81,7 +81,7 @@ pub struct LinkReceiver {
 }
 
 pub fn link_channel(capacity: usize) -> io::Result<(LinkSender, LinkReceiver)> {
-    let (tx, rx) = mpsc::sync_channel(capacity);
+    let (tx, rx) = crossbeam_channel::bounded(capacity);
     let wake = Arc::new(uring::eventfd()?);
     Ok((
         LinkSender {
@@ -97,6 +97,12 @@ impl LinkSender {
         self.tx.try_send(m)?;
         uring::wake(&self.wake);
         Ok(())
+    }
+
+    /// Frames waiting in the queue (for the queue gauges; read by the admin thread,
+    /// nothing on the sending path counts).
+    pub fn queued(&self) -> usize {
+        self.tx.len()
     }
 
     /// Blocks while the queue is full.
@@ -320,33 +326,43 @@ impl Link {
     }
 
     /// Runs the link: frames from `rx` go out in batches of up to `batch` bytes (all
-    /// that is queued, so a batch ends when it fills or the queue is empty); frames
+    /// that is queued, so a batch ends when it fills or the queue is empty; `batch` is
+    /// read once per turn: the `link_batch_bytes` knob); frames
     /// received go to `on_frame` (which returns false to close). Ends when the peer
     /// closes, on an error, or when `stop` is set.
     pub fn run(
         mut self,
         rx: &LinkReceiver,
-        batch: usize,
+        batch_bytes: &AtomicUsize,
         stop: &AtomicBool,
         mut on_frame: impl FnMut(LinkMsg) -> bool,
     ) -> io::Result<()> {
         self.sock.set_nonblocking(true)?;
         let fd = self.sock.as_raw_fd();
-        let mut plain = Vec::with_capacity(batch);
+        let mut plain = Vec::new();
         loop {
             if stop.load(Ordering::Acquire) {
                 return Ok(());
             }
+            let batch = batch_bytes.load(Ordering::Relaxed);
             // Take queued frames while there is room (backpressure on the queue beyond).
             if self.outbuf.len() < batch {
                 plain.clear();
+                let mut frames = 0usize;
                 while plain.len() < batch {
                     match rx.rx.try_recv() {
-                        Ok(m) => m.encode(&mut plain),
+                        Ok(m) => {
+                            m.encode(&mut plain);
+                            frames += 1;
+                        }
                         Err(_) => break,
                     }
                 }
                 if !plain.is_empty() {
+                    tracing::debug!(
+                        "link batch: {frames} frames, {} bytes (link_batch_bytes {batch})",
+                        plain.len()
+                    );
                     let p = std::mem::take(&mut plain);
                     self.push(&p)?;
                     plain = p;
@@ -431,7 +447,7 @@ mod tests {
             let (_tx, rx) = link_channel(4).unwrap();
             let mut got = vec![];
             let stop = AtomicBool::new(false);
-            link.run(&rx, 4096, &stop, |m| {
+            link.run(&rx, &AtomicUsize::new(4096), &stop, |m| {
                 got.push(m);
                 got.len() < 100
             })
@@ -453,7 +469,7 @@ mod tests {
         });
         let stop = AtomicBool::new(false);
         let _keep = sender.join().unwrap();
-        let _ = link.run(&rx, 4096, &stop, |_| true);
+        let _ = link.run(&rx, &AtomicUsize::new(4096), &stop, |_| true);
         assert_eq!(t.join().unwrap(), 100);
     }
 

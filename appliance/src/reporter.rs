@@ -294,8 +294,8 @@ pub fn start(
                         .send(&body)
                     {
                         Ok(r) if r.status().is_success() => {}
-                        Ok(r) => eprintln!("switchboard: alert webhook {url}: HTTP {}", r.status()),
-                        Err(e) => eprintln!("switchboard: alert webhook {url}: {e}"),
+                        Ok(r) => tracing::warn!("alert webhook {url}: HTTP {}", r.status()),
+                        Err(e) => tracing::warn!("alert webhook {url}: {e}"),
                     }
                 }
             })
@@ -333,8 +333,21 @@ pub fn start(
                     };
                     act.figures.entry(name.to_string()).or_default().add(v);
                 }
-                // Alerts on the raw value of their metric.
-                for rule in &alerts.rules {
+                // Alerts on the raw value of their metric, by the rules in force (a
+                // reload replaces them; a removed rule's alert ends with it).
+                let rules = match &sources.control {
+                    Some(c) => c.alerts().rules,
+                    None => alerts.rules.clone(),
+                };
+                firing.retain(|name, _| {
+                    let kept = rules.iter().any(|r| &r.name == name);
+                    if !kept {
+                        tracing::info!("alert {name}: its rule was removed by a reload");
+                    }
+                    kept
+                });
+                above_since.retain(|name, _| rules.iter().any(|r| &r.name == name));
+                for rule in &rules {
                     let value = metrics
                         .iter()
                         .find(|(n, _, _)| *n == rule.metric)
@@ -346,7 +359,7 @@ pub fn start(
                         {
                             firing.insert(rule.name.clone(), started.elapsed().as_secs());
                             let j = alert_json(rule, "firing", value);
-                            println!("switchboard: alert firing: {j}");
+                            tracing::info!("alert firing: {j}");
                             if let Some(tx) = &webhook {
                                 let _ = tx.try_send(j);
                             }
@@ -355,7 +368,7 @@ pub fn start(
                         above_since.remove(&rule.name);
                         if firing.remove(&rule.name).is_some() {
                             let j = alert_json(rule, "resolved", value);
-                            println!("switchboard: alert resolved: {j}");
+                            tracing::info!("alert resolved: {j}");
                             if let Some(tx) = &webhook {
                                 let _ = tx.try_send(j);
                             }
@@ -421,7 +434,7 @@ fn write_rolling(path: &std::path::Path, line: &str, max: u64) {
         Ok(mut f) => {
             let _ = f.write_all(line.as_bytes());
         }
-        Err(e) => eprintln!("switchboard: {}: {e}", path.display()),
+        Err(e) => tracing::warn!("{}: {e}", path.display()),
     }
 }
 

@@ -11,8 +11,10 @@
 use std::collections::HashMap;
 use std::io::{self, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{self, TrySendError};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc;
+
+use crossbeam_channel::TrySendError;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -24,6 +26,7 @@ use wire::{ErrorCode, Phone};
 
 use crate::cluster::{Cluster, RouterNode};
 use crate::config::Config;
+use crate::control::{ConfigSource, Control, Role};
 use crate::link::{link_channel, Link, LinkReceiver, LinkSender, LinkTls};
 use crate::serve::{self, Dispatch, ShardMsg, ShardTx, WorkerInbox};
 use crate::sms::Sms;
@@ -41,6 +44,8 @@ struct RouterRoutes {
     peers: HashMap<u16, LinkSender>,
     sms: Sms,
     dropped: AtomicU64,
+    /// The `link_batch_bytes` knob, read by every link thread.
+    batch: Arc<AtomicUsize>,
 }
 
 impl Dispatch for RouterRoutes {
@@ -82,6 +87,33 @@ impl Dispatch for RouterRoutes {
     }
 }
 
+/// A router's queues: its shard's inbox, its links to gateways and to other routers.
+struct RouterQueues {
+    id: u16,
+    shard: ShardTx,
+    routes: Arc<RouterRoutes>,
+}
+
+impl crate::admin::Queues for RouterQueues {
+    fn shard_inboxes(&self) -> Vec<(u16, usize)> {
+        vec![(self.id, self.shard.queued())]
+    }
+
+    fn links(&self) -> Vec<(String, usize)> {
+        let gateways = self
+            .routes
+            .gateways
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let mut q: Vec<(String, usize)> = (gateways.iter())
+            .map(|(g, (_, tx))| (format!("gateway {g}"), tx.queued()))
+            .chain((self.routes.peers.iter()).map(|(r, tx)| (format!("router {r}"), tx.queued())))
+            .collect();
+        q.sort();
+        q
+    }
+}
+
 /// Serves one accepted link until it ends.
 fn serve_link(
     sock: TcpStream,
@@ -95,7 +127,7 @@ fn serve_link(
     let (link, kind, id) = match Link::accept(sock, &tls, &cluster.secret) {
         Ok(x) => x,
         Err(e) => {
-            eprintln!("switchboard: link from {peer_addr:?} refused: {e}");
+            tracing::warn!("link from {peer_addr:?} refused: {e}");
             return;
         }
     };
@@ -111,21 +143,21 @@ fn serve_link(
             .unwrap_or_else(|p| p.into_inner())
             .insert(g, (token, tx.clone()));
     }
-    println!("switchboard: link from {kind:?} {id} ({peer_addr:?}) authenticated");
+    tracing::info!("link from {kind:?} {id} ({peer_addr:?}) authenticated");
     let never = AtomicBool::new(false);
-    let ended = link.run(&rx, cluster.link_batch_bytes, &never, |m| {
+    let ended = link.run(&rx, &routes.batch, &never, |m| {
         let msg = match (m, gateway) {
             (LinkMsg::Req(r), _) => ShardMsg::Req(r),
             (LinkMsg::Attach { conn, user }, Some(_)) => ShardMsg::Attach(conn, user),
             (other, _) => {
-                eprintln!("switchboard: link from {kind:?} {id}: unexpected {other:?}; closing");
+                tracing::warn!("link from {kind:?} {id}: unexpected {other:?}; closing");
                 return false;
             }
         };
         shard.send(msg)
     });
     if let Err(e) = ended {
-        eprintln!("switchboard: link from {kind:?} {id}: {e}");
+        tracing::warn!("link from {kind:?} {id}: {e}");
     }
     drop(tx);
     if let Some(g) = gateway {
@@ -136,7 +168,7 @@ fn serve_link(
             drop(gws);
             let _ = shard.send(ShardMsg::GatewayGone(g));
         }
-        println!("switchboard: link from gateway {g} closed");
+        tracing::info!("link from gateway {g} closed");
     }
 }
 
@@ -153,7 +185,7 @@ pub(crate) fn dial(
     peer: PeerKind,
     id: u16,
     rx: LinkReceiver,
-    batch: usize,
+    batch: Arc<AtomicUsize>,
     stop: Arc<AtomicBool>,
     up: Arc<AtomicBool>,
     on_connect: impl Fn(&mut Link) -> io::Result<()>,
@@ -181,9 +213,10 @@ pub(crate) fn dial(
         let link = match connected {
             Ok(l) => l,
             Err(e) => {
-                eprintln!(
-                    "switchboard: link to router {} ({}): {e}; retrying in {backoff:?}",
-                    node.id, node.address
+                tracing::warn!(
+                    "link to router {} ({}): {e}; retrying in {backoff:?}",
+                    node.id,
+                    node.address
                 );
                 std::thread::sleep(backoff);
                 backoff = (backoff * 2).min(Duration::from_secs(2));
@@ -192,11 +225,8 @@ pub(crate) fn dial(
         };
         up.store(true, Ordering::Release);
         backoff = Duration::from_millis(50);
-        println!(
-            "switchboard: link to router {} ({}) up",
-            node.id, node.address
-        );
-        let ended = link.run(&rx, batch, &stop, |m| {
+        tracing::info!("link to router {} ({}) up", node.id, node.address);
+        let ended = link.run(&rx, &batch, &stop, |m| {
             on_frame(m);
             true
         });
@@ -204,8 +234,8 @@ pub(crate) fn dial(
         if stop.load(Ordering::Acquire) {
             return;
         }
-        eprintln!(
-            "switchboard: link to router {} down ({}); reconnecting",
+        tracing::warn!(
+            "link to router {} down ({}); reconnecting",
             node.id,
             ended.err().map_or("closed".to_string(), |e| e.to_string())
         );
@@ -227,15 +257,9 @@ pub(crate) fn link_tls_to(cluster: &Cluster, node: &RouterNode) -> Result<LinkTl
     }
 }
 
-/// SIGHUP in a role process: reload is built for `serve` only so far.
-fn hup_not_supported() {
-    eprintln!(
-        "switchboard: SIGHUP ignored: reload is not available in the split roles yet (restart to change the configuration)"
-    );
-}
-
-pub fn router(config: Config, id: u16) -> Result<(), String> {
+pub fn router(config: Config, id: u16, source: ConfigSource) -> Result<(), String> {
     let signalled = serve::start(&config)?;
+    let control = Control::new(Role::Router, &config, source, None);
     let cluster = Arc::new(config.cluster.validate(config.router.partitions)?);
     let me = cluster
         .routers
@@ -252,6 +276,8 @@ pub fn router(config: Config, id: u16) -> Result<(), String> {
     )?;
     let report = router::ReportCell::default();
     shard.publish_to(Arc::clone(&report));
+    let mut knob = control.flush_interval_us.follow();
+    shard.follow_flush_interval(Box::new(move || knob.refresh().then_some(knob.value)));
     let (tx, rx) = serve::shard_channel();
     let stop = Arc::new(AtomicBool::new(false));
     let mut peers = HashMap::new();
@@ -260,7 +286,7 @@ pub fn router(config: Config, id: u16) -> Result<(), String> {
         peers.insert(node.id, qtx);
         let (secret, batch, stop) = (
             cluster.secret.clone(),
-            cluster.link_batch_bytes,
+            Arc::clone(&control.link_batch_bytes),
             Arc::clone(&stop),
         );
         let peer_tls = link_tls_to(&cluster, &node)?;
@@ -290,6 +316,7 @@ pub fn router(config: Config, id: u16) -> Result<(), String> {
         peers,
         sms: Sms::start(&config.sms, &config.data_dir)?,
         dropped: AtomicU64::new(0),
+        batch: Arc::clone(&control.link_batch_bytes),
     });
     let listener = TcpListener::bind(me.address)
         .map_err(|e| format!("router {id}: listen on {}: {e}", me.address))?;
@@ -317,29 +344,34 @@ pub fn router(config: Config, id: u16) -> Result<(), String> {
             workers: vec![],
             shards: vec![report],
             started: std::time::Instant::now(),
-            control: None,
+            control: Some(Arc::clone(&control)),
             activity: None,
             tee: None,
+            queues: Some(Arc::new(RouterQueues {
+                id,
+                shard: tx.clone(),
+                routes: Arc::clone(&routes),
+            })),
         },
     )?;
-    println!(
-        "switchboard: router {id} listening for links on {addr}{} (data in {})",
+    tracing::info!(
+        "router {id} listening for links on {addr}{} (data in {})",
         if cluster.link_tls { " with TLS" } else { "" },
         config.data_dir.display()
     );
     let _ = io::stdout().flush();
     while !signalled.load(Ordering::Acquire) {
         if serve::take_hup() {
-            hup_not_supported();
+            let _ = serve::reload_logged(&control);
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    println!("switchboard: stopping: flushing the log");
+    tracing::info!("stopping: flushing the log");
     stop.store(true, Ordering::Release);
     let _ = tx.send(ShardMsg::Stop);
     let _ = shard_thread.join();
-    println!(
-        "switchboard: stopped ({} frames dropped while a peer was away)",
+    tracing::info!(
+        "stopped ({} frames dropped while a peer was away)",
         routes.dropped.load(Ordering::Relaxed)
     );
     Ok(())
@@ -356,6 +388,27 @@ struct GatewayRoutes {
     /// Logged-in connections per router, re-attached when its link comes back.
     sessions: HashMap<u16, Arc<Mutex<HashMap<ConnId, Phone>>>>,
     workers: Vec<WorkerInbox>,
+}
+
+/// A gateway's queues: its links to the routers, and the tee's to the shadow.
+struct GatewayQueues {
+    routes: Arc<GatewayRoutes>,
+    tee: Option<Arc<crate::tee::Tee>>,
+}
+
+impl crate::admin::Queues for GatewayQueues {
+    fn shard_inboxes(&self) -> Vec<(u16, usize)> {
+        vec![]
+    }
+
+    fn links(&self) -> Vec<(String, usize)> {
+        let mut q: Vec<(String, usize)> = (self.routes.queues.iter())
+            .map(|(r, tx)| (format!("router {r}"), tx.queued()))
+            .collect();
+        q.sort();
+        q.extend(self.tee.as_ref().map_or(vec![], |t| t.queued()));
+        q
+    }
 }
 
 /// A gateway worker's side of the TCP links: each request goes to its router's queue
@@ -433,7 +486,7 @@ impl GatewayRoutes {
     }
 }
 
-pub fn gateway(config: Config, id: u8) -> Result<(), String> {
+pub fn gateway(config: Config, id: u8, source: ConfigSource) -> Result<(), String> {
     let signalled = serve::start(&config)?;
     let cluster = config.cluster.validate(config.router.partitions)?;
     let me = cluster
@@ -443,6 +496,7 @@ pub fn gateway(config: Config, id: u8) -> Result<(), String> {
         .ok_or(format!("gateway {id} is not in the cluster map"))?
         .clone();
     let tls = serve::load_tls(&config)?;
+    let control = Control::new(Role::Gateway, &config, source, Some(Arc::clone(&tls)));
     let workers = config.workers();
     let (inboxes, ends) = serve::worker_channels(workers)?;
     let stop = Arc::new(AtomicBool::new(false));
@@ -457,7 +511,7 @@ pub fn gateway(config: Config, id: u8) -> Result<(), String> {
         ups.insert(node.id, Arc::clone(&link_up));
         let (secret, batch, stop, inboxes) = (
             cluster.secret.clone(),
-            cluster.link_batch_bytes,
+            Arc::clone(&control.link_batch_bytes),
             Arc::clone(&link_stop),
             inboxes.clone(),
         );
@@ -520,6 +574,7 @@ pub fn gateway(config: Config, id: u8) -> Result<(), String> {
         sessions,
         workers: inboxes.clone(),
     });
+    let tee = crate::tee::start_configured(&config, &control, &link_stop)?;
     let (tuned_tx, tuned_rx) = mpsc::channel();
     let r = Arc::clone(&routes);
     let (worker_threads, addr, worker_cells, _copies) = serve::spawn_workers(
@@ -527,10 +582,10 @@ pub fn gateway(config: Config, id: u8) -> Result<(), String> {
         &tls,
         id,
         ends,
-        &|| Box::new(LinkQueues(Arc::clone(&r))),
+        &|| crate::tee::wrap(&tee, Box::new(LinkQueues(Arc::clone(&r)))),
         &stop,
         &tuned_tx,
-        None,
+        Some(&control),
         serve::Handover::default(),
     )?;
     drop(tuned_tx);
@@ -541,22 +596,33 @@ pub fn gateway(config: Config, id: u8) -> Result<(), String> {
             workers: worker_cells,
             shards: vec![],
             started: std::time::Instant::now(),
-            control: None,
+            control: Some(Arc::clone(&control)),
             activity: None,
-            tee: None,
+            tee: tee.clone(),
+            queues: Some(Arc::new(GatewayQueues {
+                routes: Arc::clone(&routes),
+                tee: tee.clone(),
+            })),
         },
     )?;
-    println!(
-        "switchboard: gateway {id} listening on {addr} ({workers} workers, {} routers)",
+    tracing::info!(
+        "gateway {id} listening on {addr} ({workers} workers, {} routers)",
         cluster.routers.len()
     );
     let _ = io::stdout().flush();
-    serve::wait(&signalled, &worker_threads, &hup_not_supported, None);
-    println!("switchboard: stopping: closing connections");
+    serve::wait(
+        &signalled,
+        &worker_threads,
+        &|| {
+            let _ = serve::reload_logged(&control);
+        },
+        None,
+    );
+    tracing::info!("stopping: closing connections");
     serve::stop_workers(&stop, &inboxes, worker_threads);
     // Let the last requests (Closed notices) go out before the links stop.
     std::thread::sleep(Duration::from_millis(200));
     link_stop.store(true, Ordering::Release);
-    println!("switchboard: stopped");
+    tracing::info!("stopped");
     Ok(())
 }

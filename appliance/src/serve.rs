@@ -11,7 +11,7 @@ use std::io::{self, Write};
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
+use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -33,18 +33,18 @@ use crate::sms::Sms;
 /// per request.
 #[derive(Clone)]
 pub(crate) struct ShardTx {
-    tx: Sender<ShardMsg>,
+    tx: crossbeam_channel::Sender<ShardMsg>,
     thread: Arc<std::sync::OnceLock<std::thread::Thread>>,
 }
 
 /// A shard's inbox, receiving side (see [`ShardTx`]).
 pub(crate) struct ShardRx {
-    rx: Receiver<ShardMsg>,
+    rx: crossbeam_channel::Receiver<ShardMsg>,
     thread: Arc<std::sync::OnceLock<std::thread::Thread>>,
 }
 
 pub(crate) fn shard_channel() -> (ShardTx, ShardRx) {
-    let (tx, rx) = mpsc::channel();
+    let (tx, rx) = crossbeam_channel::unbounded();
     let thread = Arc::new(std::sync::OnceLock::new());
     (
         ShardTx {
@@ -64,6 +64,11 @@ impl ShardTx {
             t.unpark();
         }
         sent
+    }
+
+    /// Messages waiting in the inbox (for the queue gauges; read by the admin thread).
+    pub(crate) fn queued(&self) -> usize {
+        self.tx.len()
     }
 }
 
@@ -139,6 +144,24 @@ struct Routes {
     shards: Vec<ShardTx>,
     workers: Vec<WorkerInbox>,
     sms: Arc<Sms>,
+}
+
+/// The all-in-one process's queues: shard inboxes, the tee's links.
+struct ServeQueues {
+    routes: Arc<Routes>,
+    tee: Option<Arc<crate::tee::Tee>>,
+}
+
+impl crate::admin::Queues for ServeQueues {
+    fn shard_inboxes(&self) -> Vec<(u16, usize)> {
+        (self.routes.shards.iter().enumerate())
+            .map(|(i, tx)| (i as u16, tx.queued()))
+            .collect()
+    }
+
+    fn links(&self) -> Vec<(String, usize)> {
+        self.tee.as_ref().map_or(vec![], |t| t.queued())
+    }
 }
 
 /// A gateway worker's in-process link: requests gathered per shard during a loop
@@ -240,7 +263,7 @@ impl Drop for InlineLink {
         if let Some(shard) = self.shard.take() {
             let id = shard.id();
             if let Err(e) = shard.close() {
-                eprintln!("switchboard: shard {id}: closing its log: {e}");
+                tracing::warn!("shard {id}: closing its log: {e}");
             }
         }
     }
@@ -314,8 +337,8 @@ pub(crate) fn run_shard<D: Dispatch>(mut shard: Shard, inbox: ShardRx, d: Arc<D>
                         break 'run;
                     }
                 }
-                Err(TryRecvError::Empty) => break,
-                Err(TryRecvError::Disconnected) => break 'run,
+                Err(crossbeam_channel::TryRecvError::Empty) => break,
+                Err(crossbeam_channel::TryRecvError::Disconnected) => break 'run,
             }
         }
         if last_tick.elapsed() >= Duration::from_millis(1) {
@@ -333,7 +356,7 @@ pub(crate) fn run_shard<D: Dispatch>(mut shard: Shard, inbox: ShardRx, d: Arc<D>
     d.dispatch(&mut out);
     let id = shard.id();
     if let Err(e) = shard.close() {
-        eprintln!("switchboard: shard {id}: closing its log: {e}");
+        tracing::warn!("shard {id}: closing its log: {e}");
     }
 }
 
@@ -341,13 +364,13 @@ pub(crate) fn run_shard<D: Dispatch>(mut shard: Shard, inbox: ShardRx, d: Arc<D>
 /// configuration may need.
 fn raise_nofile(needed: u64) {
     match rlimit::increase_nofile_limit(u64::MAX) {
-        Ok(soft) if soft < needed => eprintln!(
-            "switchboard: warning: the open-files limit is {soft} (the hard limit) but the configuration allows up to {needed} \
+        Ok(soft) if soft < needed => tracing::warn!(
+            "the open-files limit is {soft} (the hard limit) but the configuration allows up to {needed} \
              connections (workers × gateway.conns_per_worker + 1024): connections beyond the limit will be refused. \
              Raise the hard limit (LimitNOFILE= in the systemd unit, /etc/security/limits.conf) or lower gateway.conns_per_worker."
         ),
         Ok(_) => {}
-        Err(e) => eprintln!("switchboard: warning: cannot raise the open-files limit: {e}"),
+        Err(e) => tracing::warn!("cannot raise the open-files limit: {e}"),
     }
 }
 
@@ -384,12 +407,12 @@ fn tune_thread(config: &Config, cpu: usize, realtime: bool) {
     if config.process.pin_threads {
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
         if let Err(e) = sysctl::process::pin_to_cpu(cpu % cpus) {
-            eprintln!("switchboard: pinning to CPU {}: {e}", cpu % cpus);
+            tracing::warn!("pinning to CPU {}: {e}", cpu % cpus);
         }
     }
     if realtime && config.process.realtime_priority > 0 {
         if let Err(e) = sysctl::process::realtime(config.process.realtime_priority) {
-            eprintln!("switchboard: realtime priority: {e}");
+            tracing::warn!("realtime priority: {e}");
         }
     }
 }
@@ -410,6 +433,7 @@ pub(crate) fn take_hup() -> bool {
 
 pub(crate) fn start(config: &Config) -> Result<Arc<AtomicBool>, String> {
     config.validate()?;
+    crate::logging::init(config.log.index()?);
     maybe_reexec_without_thp(config)?;
     // Signals first: a SIGTERM at any point after this stops cleanly.
     let signalled = Arc::new(AtomicBool::new(false));
@@ -437,18 +461,12 @@ pub(crate) fn load_tls(config: &Config) -> Result<Arc<ServerConfig>, String> {
             std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
             let (id, made) = Identity::self_signed_in(&dir, &[]).map_err(|e| e.to_string())?;
             if made {
-                println!(
-                    "switchboard: generated a self-signed certificate in {}",
-                    dir.display()
-                );
+                tracing::info!("generated a self-signed certificate in {}", dir.display());
             }
             id
         }
     };
-    println!(
-        "switchboard: certificate sha256 fingerprint {}",
-        identity.fingerprint()
-    );
+    tracing::info!("certificate sha256 fingerprint {}", identity.fingerprint());
     server_config(identity).map_err(|e| e.to_string())
 }
 
@@ -467,13 +485,17 @@ pub(crate) fn open_shard(
         unix_ms(),
     )
     .map_err(|e| format!("shard {id}: {e}"))?;
-    println!(
-        "switchboard: shard {id}: {} records, {} pending messages, {} accounts recovered in {:.0} ms{}",
+    tracing::info!(
+        "shard {id}: {} records, {} pending messages, {} accounts recovered in {:.0} ms{}",
         report.records,
         report.messages_live,
         report.accounts_live,
         report.elapsed.as_secs_f64() * 1e3,
-        if report.clean() { String::new() } else { format!(" — damage: {}", report.notes.join("; ")) }
+        if report.clean() {
+            String::new()
+        } else {
+            format!(" — damage: {}", report.notes.join("; "))
+        }
     );
     Ok(shard)
 }
@@ -583,7 +605,10 @@ pub(crate) fn spawn_workers(
         )
         .publish_to(cell);
         if let Some(c) = control {
-            worker = worker.follow_tls(&c.tls).follow_knobs(&c.workers);
+            if let Some(t) = &c.tls {
+                worker = worker.follow_tls(t);
+            }
+            worker = worker.follow_knobs(&c.workers);
         }
         if let Some((flag, per_sec)) = &handover.drain {
             worker = worker.drain_on(Arc::clone(flag), *per_sec);
@@ -625,10 +650,7 @@ fn inherit_listeners(
     if !takeover {
         let l = gateway::handover::systemd_listeners();
         if !l.is_empty() {
-            println!(
-                "switchboard: {} listener(s) from systemd socket activation",
-                l.len()
-            );
+            tracing::info!("{} listener(s) from systemd socket activation", l.len());
         }
         return Ok(l);
     }
@@ -640,8 +662,8 @@ fn inherit_listeners(
         )
     })?;
     let fds = gateway::handover::recv_fds(&sock).map_err(|e| format!("takeover: {e}"))?;
-    println!(
-        "switchboard: took over {} listener(s) from the running process; it drains its connections",
+    tracing::info!(
+        "took over {} listener(s) from the running process; it drains its connections",
         fds.len()
     );
     Ok(fds.into_iter().map(std::net::TcpListener::from).collect())
@@ -672,8 +694,8 @@ fn offer_takeover(
                 let fds: Vec<_> = listeners.iter().map(|l| l.as_raw_fd()).collect();
                 match gateway::handover::send_fds(&c, &fds) {
                     Ok(()) => {
-                        println!(
-                            "switchboard: handed the listeners to a new process; draining connections at {per_sec}/s"
+                        tracing::info!(
+                            "handed the listeners to a new process; draining connections at {per_sec}/s"
                         );
                         drain.store(true, Ordering::Release);
                         for (_, fd) in &inboxes {
@@ -682,7 +704,7 @@ fn offer_takeover(
                         let _ = std::fs::remove_file(&path);
                         return;
                     }
-                    Err(e) => eprintln!("switchboard: takeover: {e}"),
+                    Err(e) => tracing::warn!("takeover: {e}"),
                 }
             }
         })
@@ -694,11 +716,11 @@ fn offer_takeover(
 pub(crate) fn reload_logged(control: &crate::control::Control) -> Result<String, String> {
     match control.reload(load_tls) {
         Ok(summary) => {
-            println!("switchboard: reloaded: {summary}");
+            tracing::info!("reloaded: {summary}");
             Ok(summary)
         }
         Err(e) => {
-            eprintln!("switchboard: reload refused, the running configuration stays: {e}");
+            tracing::warn!("reload refused, the running configuration stays: {e}");
             Err(e)
         }
     }
@@ -748,16 +770,16 @@ pub(crate) fn start_operations(
     let admin = match crate::admin::start(&config.admin, token, src) {
         Ok(a) => Some(a),
         Err(e) if config.admin.listen.is_none() => {
-            eprintln!(
-                "switchboard: warning: admin api not started: {e} (another appliance on this host? set [admin] listen)"
+            tracing::warn!(
+                "admin api not started: {e} (another appliance on this host? set [admin] listen)"
             );
             None
         }
         Err(e) => return Err(e),
     };
     if let Some(a) = &admin {
-        println!(
-            "switchboard: admin api on http://{} (/metrics, /status, /activity, /knobs; bearer token in {})",
+        tracing::info!(
+            "admin api on http://{} (/metrics, /status, /activity, /knobs; bearer token in {})",
             a.addr,
             token_file.display()
         );
@@ -776,15 +798,15 @@ pub(crate) fn ready(config: &Config, tuned_rx: Receiver<()>, threads: usize) -> 
             .map_err(|_| "a thread did not start".to_string())?;
     }
     match sysctl::process::anon_huge_pages_kb() {
-        Some(kb) => println!(
-            "switchboard: huge pages: AnonHugePages {kb} kB (jemalloc thp {})",
+        Some(kb) => tracing::info!(
+            "huge pages: AnonHugePages {kb} kB (jemalloc thp {})",
             if config.process.huge_pages {
                 "always"
             } else {
                 "never"
             }
         ),
-        None => println!("switchboard: huge pages: not reported by this system"),
+        None => tracing::info!("huge pages: not reported by this system"),
     }
     Ok(())
 }
@@ -801,7 +823,7 @@ pub(crate) fn wait(
     while !signalled.load(Ordering::Acquire) {
         if drain.is_some_and(|d| d.load(Ordering::Acquire)) {
             if workers.iter().all(|t| t.is_finished()) {
-                println!("switchboard: drained: every connection was asked to reconnect; stopping");
+                tracing::info!("drained: every connection was asked to reconnect; stopping");
                 break;
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -812,10 +834,10 @@ pub(crate) fn wait(
         }
         if last_stats.elapsed() >= STATS_EVERY {
             last_stats = Instant::now();
-            println!("switchboard: stats: {}", process_stats());
+            tracing::info!("stats: {}", process_stats());
         }
         if workers.iter().any(|t| t.is_finished()) {
-            eprintln!("switchboard: a gateway worker stopped unexpectedly; shutting down");
+            tracing::warn!("a gateway worker stopped unexpectedly; shutting down");
             break;
         }
         std::thread::sleep(Duration::from_millis(50));
@@ -831,8 +853,8 @@ pub(crate) fn stop_workers(stop: &AtomicBool, inboxes: &[WorkerInbox], workers: 
     for t in workers {
         match t.join() {
             Ok(Ok(_stats)) => {}
-            Ok(Err(e)) => eprintln!("switchboard: gateway worker: {e}"),
-            Err(_) => eprintln!("switchboard: a gateway worker panicked"),
+            Ok(Err(e)) => tracing::warn!("gateway worker: {e}"),
+            Err(_) => tracing::warn!("a gateway worker panicked"),
         }
     }
 }
@@ -850,8 +872,8 @@ pub fn serve(config: Config, source: crate::control::ConfigSource) -> Result<(),
         config.workers()
     } else {
         if inherited.len() != config.workers() {
-            println!(
-                "switchboard: {} gateway worker(s), one per listener given (the configuration asks for {})",
+            tracing::info!(
+                "{} gateway worker(s), one per listener given (the configuration asks for {})",
                 inherited.len(),
                 config.workers()
             );
@@ -859,7 +881,12 @@ pub fn serve(config: Config, source: crate::control::ConfigSource) -> Result<(),
         inherited.len()
     };
     let tls = load_tls(&config)?;
-    let control = crate::control::Control::new(&config, source, Arc::clone(&tls));
+    let control = crate::control::Control::new(
+        crate::control::Role::Serve,
+        &config,
+        source,
+        Some(Arc::clone(&tls)),
+    );
     let map = PartitionMap::even(config.router.partitions, shards as u16);
     let mut opened = vec![];
     let mut reports = vec![];
@@ -919,22 +946,7 @@ pub fn serve(config: Config, source: crate::control::ConfigSource) -> Result<(),
     }
     let stop = Arc::new(AtomicBool::new(false));
     let tee_stop = Arc::new(AtomicBool::new(false));
-    let tee = if config.tee.enabled {
-        let t = crate::tee::Tee::start(
-            &config.tee,
-            config.router.partitions,
-            Arc::clone(&control.tee_sample_percent),
-            &tee_stop,
-        )?;
-        println!(
-            "switchboard: tee: mirroring {} % of users to {} shadow router(s)",
-            config.tee.sample_percent,
-            config.tee.cluster.routers.len()
-        );
-        Some(t)
-    } else {
-        None
-    };
+    let tee = crate::tee::start_configured(&config, &control, &tee_stop)?;
     let r = Arc::clone(&routes);
     let drain = Arc::new(AtomicBool::new(false));
     let drain_total = config.upgrade.drain_per_sec;
@@ -958,13 +970,7 @@ pub fn serve(config: Config, source: crate::control::ConfigSource) -> Result<(),
                     batches: ShardBatches::default(),
                 }),
             };
-            match &tee {
-                Some(t) => Box::new(crate::tee::TeeLink {
-                    inner: link,
-                    tee: Arc::clone(t),
-                }),
-                None => link,
-            }
+            crate::tee::wrap(&tee, link)
         },
         &stop,
         &tuned_tx,
@@ -992,10 +998,14 @@ pub fn serve(config: Config, source: crate::control::ConfigSource) -> Result<(),
             control: Some(Arc::clone(&control)),
             activity: None,
             tee: tee.clone(),
+            queues: Some(Arc::new(ServeQueues {
+                routes: Arc::clone(&routes),
+                tee: tee.clone(),
+            })),
         },
     )?;
-    println!(
-        "switchboard: listening on {addr} ({workers} gateway workers, {shards} router shards{}, data in {})",
+    tracing::info!(
+        "listening on {addr} ({workers} gateway workers, {shards} router shards{}, data in {})",
         if inline { " in the same thread" } else { "" },
         config.data_dir.display()
     );
@@ -1011,7 +1021,7 @@ pub fn serve(config: Config, source: crate::control::ConfigSource) -> Result<(),
     );
     // The admin port goes first: a process taking over binds it once the logs are free.
     drop(_operations);
-    println!("switchboard: stopping: closing connections, flushing logs");
+    tracing::info!("stopping: closing connections, flushing logs");
     stop_workers(&stop, &inboxes, worker_threads);
     tee_stop.store(true, Ordering::Release);
     for tx in &routes.shards {
@@ -1020,6 +1030,6 @@ pub fn serve(config: Config, source: crate::control::ConfigSource) -> Result<(),
     for t in shard_threads {
         let _ = t.join();
     }
-    println!("switchboard: stopped");
+    tracing::info!("stopped");
     Ok(())
 }

@@ -131,21 +131,21 @@ impl Sms {
                                         ok = true;
                                         break;
                                     }
-                                    Ok(r) => eprintln!(
-                                        "switchboard: sms to {phone}: attempt {}: HTTP {}",
+                                    Ok(r) => tracing::warn!(
+                                        "sms to {phone}: attempt {}: HTTP {}",
                                         attempt + 1,
                                         r.status()
                                     ),
-                                    Err(e) => eprintln!(
-                                        "switchboard: sms to {phone}: attempt {}: {e}",
+                                    Err(e) => tracing::warn!(
+                                        "sms to {phone}: attempt {}: {e}",
                                         attempt + 1
                                     ),
                                 }
                                 std::thread::sleep(Duration::from_millis(100 << attempt.min(6)));
                             }
                             if !ok {
-                                eprintln!(
-                                    "switchboard: sms to {phone}: gave up after {} attempts",
+                                tracing::warn!(
+                                    "sms to {phone}: gave up after {} attempts",
                                     c.retries + 1
                                 );
                             }
@@ -166,15 +166,15 @@ impl Sms {
                 let line = format!("{} {phone} {pin}\n", crate::serve::unix_ms());
                 let mut f = file.lock().unwrap_or_else(|p| p.into_inner());
                 if let Err(e) = f.write_all(line.as_bytes()).and_then(|()| f.flush()) {
-                    eprintln!("switchboard: sms log: {e}");
+                    tracing::warn!("sms log: {e}");
                 }
-                eprintln!("switchboard: sms to {phone}: PIN {pin}");
+                tracing::info!("sms to {phone}: PIN {pin}");
             }
             Sms::Http { tx, dropped } => match tx.try_send((phone, pin)) {
                 Ok(()) => {}
                 Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
                     let n = dropped.fetch_add(1, Ordering::Relaxed) + 1;
-                    eprintln!("switchboard: sms to {phone}: queue full, dropped ({n} so far)");
+                    tracing::warn!("sms to {phone}: queue full, dropped ({n} so far)");
                 }
             },
         }

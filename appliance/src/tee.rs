@@ -19,7 +19,7 @@
 //! ```
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -88,6 +88,17 @@ pub struct Tee {
 }
 
 impl Tee {
+    /// Frames waiting for each shadow router: ("shadow router N", length).
+    pub fn queued(&self) -> Vec<(String, usize)> {
+        let mut q: Vec<(String, usize)> = self
+            .queues
+            .iter()
+            .map(|(id, tx)| (format!("shadow router {id}"), tx.queued()))
+            .collect();
+        q.sort();
+        q
+    }
+
     /// Starts one dialling thread per shadow router (they redial for ever, until
     /// `stop`).
     pub fn start(
@@ -107,7 +118,7 @@ impl Tee {
             let tls = crate::roles::link_tls_to(&cluster, &node)?;
             let (secret, batch, stop) = (
                 cluster.secret.clone(),
-                cluster.link_batch_bytes,
+                Arc::new(AtomicUsize::new(cluster.link_batch_bytes)),
                 Arc::clone(stop),
             );
             std::thread::Builder::new()
@@ -161,6 +172,40 @@ impl Tee {
 }
 
 /// A worker's link to its routers with the tee in front of it.
+/// Starts the tee when `[tee] enabled` (`serve` and `switchboard gateway`).
+pub fn start_configured(
+    config: &crate::config::Config,
+    control: &crate::control::Control,
+    stop: &Arc<AtomicBool>,
+) -> Result<Option<Arc<Tee>>, String> {
+    if !config.tee.enabled {
+        return Ok(None);
+    }
+    let t = Tee::start(
+        &config.tee,
+        config.router.partitions,
+        Arc::clone(&control.tee_sample_percent),
+        stop,
+    )?;
+    tracing::info!(
+        "tee: mirroring {} % of users to {} shadow router(s)",
+        config.tee.sample_percent,
+        config.tee.cluster.routers.len()
+    );
+    Ok(Some(t))
+}
+
+/// A worker's link to its routers, mirrored through the tee when there is one.
+pub fn wrap(tee: &Option<Arc<Tee>>, link: Box<dyn RouterLink>) -> Box<dyn RouterLink> {
+    match tee {
+        Some(t) => Box::new(TeeLink {
+            inner: link,
+            tee: Arc::clone(t),
+        }),
+        None => link,
+    }
+}
+
 pub struct TeeLink {
     pub inner: Box<dyn RouterLink>,
     pub tee: Arc<Tee>,

@@ -293,3 +293,108 @@ fn a_certificate_rotates_on_sighup_while_clients_stay_connected() {
     let (_, _, id, _) = deliver(&mut cb);
     assert_eq!(id, 2);
 }
+
+/// Lines printed so far that contain `needle`.
+fn count(s: &Server, needle: &str) -> usize {
+    s.p.lines
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|l| l.contains(needle))
+        .count()
+}
+
+#[test]
+fn the_log_level_and_the_alert_rules_change_while_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let cfg = dir.path().join("c.toml");
+    let base = "workers = 1\nshards = 1\n[admin]\nlisten = \"127.0.0.1:0\"\n";
+    std::fs::write(&cfg, base).unwrap();
+    let s = Server::start(&data, &cfg);
+    let fp = s
+        .saw("fingerprint ")
+        .split_whitespace()
+        .last()
+        .unwrap()
+        .to_string();
+    let sms = data.join("sms.log");
+
+    // The level is a knob that takes names; a bad one is refused with the names.
+    assert_eq!(stdout(&s.cli(&["knob", "get", "log_level"])).trim(), "info");
+    let o = s.cli(&["knob", "set", "log_level", "loud"]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("one of error, warn, info, debug, trace"),
+        "{}",
+        stderr(&o)
+    );
+    // A knob of another role is named as such.
+    let o = s.cli(&["knob", "set", "link_batch_bytes", "4096"]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("does not apply to a serve process"),
+        "{}",
+        stderr(&o)
+    );
+
+    // At info, a login and a closed connection print nothing.
+    let (_ca, _) = common::register(&s.addr, &fp, &sms, phone(15550000021));
+    drop(TcpStream::connect(&s.addr).unwrap());
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(count(&s, "switchboard: debug: "), 0);
+
+    // At debug, both do.
+    let o = s.cli(&["knob", "set", "log_level", "debug"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o).trim(), "log_level: info -> debug");
+    s.saw("knob log_level: info -> debug");
+    let (_cb, _) = common::register(&s.addr, &fp, &sms, phone(15550000022));
+    s.saw("debug: shard 0: +15550000022 logged in on connection");
+    drop(TcpStream::connect(&s.addr).unwrap());
+    s.saw("closed: ");
+
+    // Back to warn: quiet again.
+    assert!(s
+        .cli(&["knob", "set", "log_level", "warn"])
+        .status
+        .success());
+    let seen = count(&s, "switchboard: debug: ");
+    let (_cc, _) = common::register(&s.addr, &fp, &sms, phone(15550000023));
+    drop(TcpStream::connect(&s.addr).unwrap());
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(count(&s, "switchboard: debug: "), seen);
+
+    // A rule added by a reload fires (three clients are connected)...
+    std::fs::write(
+        &cfg,
+        format!(
+            "{base}[log]\nlevel = \"info\"\n[[alerts.rule]]\nname = \"busy\"\nmetric = \"switchboard_gateway_connections\"\nabove = 0\n"
+        ),
+    )
+    .unwrap();
+    s.hup();
+    let l = s.saw("switchboard: reloaded: ");
+    assert!(l.contains("knobs: log_level warn -> info"), "{l}");
+    assert!(l.contains("alert rules: 1 in force"), "{l}");
+    s.saw("alert firing: {\"alert\":\"busy\"");
+    // ...a rule naming no metric is refused, the running ones stay...
+    std::fs::write(
+        &cfg,
+        format!("{base}[[alerts.rule]]\nname = \"x\"\nmetric = \"no_such\"\nabove = 0\n"),
+    )
+    .unwrap();
+    let o = s.cli(&["reload"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("no_such"), "{}", stderr(&o));
+    // ...and removing it ends the alert.
+    std::fs::write(&cfg, base).unwrap();
+    let o = s.cli(&["reload"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("alert rules: 0 in force"),
+        "{}",
+        stdout(&o)
+    );
+    s.saw("alert busy: its rule was removed by a reload");
+}

@@ -345,3 +345,292 @@ fn links_run_over_tls_when_configured() {
         p.kill();
     }
 }
+
+/// `switchboard ARGS --admin ADMIN --data DATA`: (success, stdout, stderr).
+fn admin_cli(admin: &str, data: &std::path::Path, args: &[&str]) -> (bool, String, String) {
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .args(args)
+        .args(["--admin", admin, "--data"])
+        .arg(data)
+        .output()
+        .unwrap();
+    (
+        o.status.success(),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn the_split_roles_have_their_knobs_and_reload() {
+    let dir = tempfile::tempdir().unwrap();
+    let routers = [(0, format!("127.0.0.1:{}", free_port()), "0-15")];
+    let cfg = config(dir.path(), &routers, "127.0.0.1", None);
+    let base = std::fs::read_to_string(&cfg).unwrap();
+    let admin = "[admin]\nlisten = \"127.0.0.1:0\"\n";
+    std::fs::write(&cfg, format!("{base}{admin}")).unwrap();
+    let (d0, dg) = (dir.path().join("r0"), dir.path().join("gw"));
+    let run = |args: &[&str], data: &std::path::Path| {
+        let mut a: Vec<&std::ffi::OsStr> = args.iter().map(|s| s.as_ref()).collect();
+        a.extend(["--config".as_ref(), cfg.as_os_str(), "--data".as_ref()]);
+        a.push(data.as_os_str());
+        Printed::run(&a)
+    };
+    let r0 = run(&["router", "--id", "0"], &d0);
+    r0.line("router 0 listening", T);
+    let gw = run(&["gateway", "--id", "1", "--listen", "127.0.0.1:0"], &dg);
+    let addr = gw.word_after("switchboard: gateway 1 listening on ");
+    let fp = gw.word_after("certificate sha256 fingerprint ");
+    let (ra, ga) = (
+        r0.word_after("admin api on http://"),
+        gw.word_after("admin api on http://"),
+    );
+
+    // Each role lists the knobs that apply to it and names the others.
+    let (ok, list, _) = admin_cli(&ra, &d0, &["knob", "list"]);
+    assert!(ok);
+    for k in ["flush_interval_us", "link_batch_bytes", "log_level"] {
+        assert!(list.contains(k), "{list}");
+    }
+    assert!(!list.contains("accepts_per_sec"), "{list}");
+    let (ok, _, err) = admin_cli(&ra, &d0, &["knob", "set", "accepts_per_sec", "5"]);
+    assert!(
+        !ok && err.contains("does not apply to a router process"),
+        "{err}"
+    );
+    let (ok, list, _) = admin_cli(&ga, &dg, &["knob", "list"]);
+    assert!(ok);
+    for k in ["accepts_per_sec", "outbound_bytes_max", "link_batch_bytes"] {
+        assert!(list.contains(k), "{list}");
+    }
+    assert!(!list.contains("flush_interval_us"), "{list}");
+
+    // The link's batch size and the log level, changed on the running gateway.
+    for (k, v) in [("link_batch_bytes", "2048"), ("log_level", "debug")] {
+        let (ok, out, err) = admin_cli(&ga, &dg, &["knob", "set", k, v]);
+        assert!(ok, "{err}");
+        assert!(out.contains(&format!("-> {v}")), "{out}");
+    }
+    let (a, b) = (phone_on(0, 0), phone_on(0, 1));
+    let (mut ca, _) = register(&addr, &fp, &d0.join("sms.log"), a);
+    let (mut cb, _) = register(&addr, &fp, &d0.join("sms.log"), b);
+    ca.send(b, 1, b"batched").unwrap();
+    let (seq, _, id, _) = deliver(&mut cb);
+    assert_eq!(id, 1);
+    cb.ack(seq).unwrap();
+    gw.line("debug: link batch: ", T);
+    gw.line("(link_batch_bytes 2048)", T);
+
+    // SIGHUP: the router takes its storage knob from the file, the gateway its
+    // certificate and knobs (back to the file's values).
+    std::fs::write(
+        &cfg,
+        format!(
+            "{}{admin}",
+            base.replace(
+                "prefault = false\n",
+                "prefault = false\ngroup_interval_us = 5000\n"
+            )
+        ),
+    )
+    .unwrap();
+    for p in [&r0, &gw] {
+        // SAFETY: sending SIGHUP to our own child process.
+        unsafe { libc::kill(p.child.id() as i32, libc::SIGHUP) };
+    }
+    let l = r0.line("switchboard: reloaded: ", T);
+    assert!(l.contains("flush_interval_us 1000 -> 5000"), "{l}");
+    let l = gw.line("switchboard: reloaded: ", T);
+    assert!(l.contains("certificate reloaded"), "{l}");
+    assert!(l.contains("link_batch_bytes 2048 -> 65536"), "{l}");
+    assert!(l.contains("log_level debug -> info"), "{l}");
+    let (_, v, _) = admin_cli(&ra, &d0, &["knob", "get", "flush_interval_us"]);
+    assert_eq!(v.trim(), "5000");
+    // Messages still flow.
+    ca.send(b, 2, b"after the reload").unwrap();
+    let (_, _, id, _) = deliver(&mut cb);
+    assert_eq!(id, 2);
+}
+
+#[test]
+fn link_queues_are_measured_and_alerted_on_while_a_router_is_away() {
+    let dir = tempfile::tempdir().unwrap();
+    let routers = [(0, format!("127.0.0.1:{}", free_port()), "0-15")];
+    let cfg = config(dir.path(), &routers, "127.0.0.1", None);
+    let base = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(
+        &cfg,
+        format!(
+            "{base}[admin]\nlisten = \"127.0.0.1:0\"\n[[alerts.rule]]\nname = \"link backlog\"\nmetric = \"switchboard_link_queue\"\nabove = 3\n"
+        ),
+    )
+    .unwrap();
+    let cfg = cfg.to_str().unwrap();
+    let (d0, dg) = (dir.path().join("r0"), dir.path().join("gw"));
+    let router_args = ["router", "--id", "0", "--config", cfg, "--data"];
+    let start_router = || {
+        let mut a: Vec<&std::ffi::OsStr> = router_args.iter().map(|s| s.as_ref()).collect();
+        a.push(d0.as_os_str());
+        let p = Printed::run(&a);
+        p.line("router 0 listening", T);
+        p
+    };
+    let r0 = start_router();
+    let ra = r0.word_after("admin api on http://");
+    let mut a: Vec<&std::ffi::OsStr> = ["gateway", "--id", "1", "--listen", "127.0.0.1:0"]
+        .iter()
+        .map(|s| s.as_ref())
+        .collect();
+    a.extend([
+        "--config".as_ref(),
+        cfg.as_ref(),
+        "--data".as_ref(),
+        dg.as_os_str(),
+    ]);
+    let gw = Printed::run(&a);
+    let addr = gw.word_after("switchboard: gateway 1 listening on ");
+    let fp = gw.word_after("certificate sha256 fingerprint ");
+    let ga = gw.word_after("admin api on http://");
+    let (a, b) = (phone_on(0, 0), phone_on(0, 1));
+    let (mut ca, _) = register(&addr, &fp, &d0.join("sms.log"), a);
+    let (mut cb, _) = register(&addr, &fp, &d0.join("sms.log"), b);
+
+    // Idle: every queue is measured and empty.
+    let m = admin_get(&ra, &d0, "/metrics");
+    assert_eq!(
+        series(&m, "switchboard_shard_inbox{shard=\"0\"}"),
+        Some(0),
+        "{m}"
+    );
+    assert_eq!(
+        series(&m, "switchboard_link_queue{link=\"gateway 1\"}"),
+        Some(0),
+        "{m}"
+    );
+    let m = admin_get(&ga, &dg, "/metrics");
+    assert_eq!(
+        series(&m, "switchboard_link_queue{link=\"router 0\"}"),
+        Some(0),
+        "{m}"
+    );
+
+    // The router goes away: five messages wait in the gateway's queue for it, the
+    // gauge says exactly that, and the alert on it fires.
+    drop(r0);
+    gw.line("link to router 0 down", T);
+    for id in 1..=5 {
+        ca.send(b, id, b"held").unwrap();
+    }
+    let deadline = Instant::now() + T;
+    loop {
+        let m = admin_get(&ga, &dg, "/metrics");
+        if series(&m, "switchboard_link_queue{link=\"router 0\"}") == Some(5) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{m}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    gw.line("alert firing: {\"alert\":\"link backlog\"", T);
+
+    // Back: the queue drains, the alert resolves, every message is delivered.
+    let _r0 = start_router();
+    for id in 1..=5 {
+        let (seq, _, got, _) = deliver(&mut cb);
+        assert_eq!(got, id);
+        cb.ack(seq).unwrap();
+    }
+    gw.line("alert resolved: {\"alert\":\"link backlog\"", T);
+    let m = admin_get(&ga, &dg, "/metrics");
+    assert_eq!(
+        series(&m, "switchboard_link_queue{link=\"router 0\"}"),
+        Some(0),
+        "{m}"
+    );
+}
+
+/// The sum of a metric over its label sets.
+fn metric_sum(text: &str, name: &str) -> u64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, v) = l.rsplit_once(' ')?;
+            (series.split('{').next()? == name).then(|| v.parse::<u64>().ok())?
+        })
+        .sum()
+}
+
+#[test]
+fn a_split_gateway_tees_its_traffic_to_a_shadow_router() {
+    let dir = tempfile::tempdir().unwrap();
+    let shadow_dir = dir.path().join("shadow");
+    std::fs::create_dir_all(&shadow_dir).unwrap();
+    let shadow_port = free_port();
+    let shadow_cfg = config(
+        &shadow_dir,
+        &[(1, format!("127.0.0.1:{shadow_port}"), "0-15")],
+        "127.0.0.1",
+        None,
+    );
+    let text =
+        std::fs::read_to_string(&shadow_cfg).unwrap() + "[admin]\nlisten = \"127.0.0.1:0\"\n";
+    std::fs::write(&shadow_cfg, text).unwrap();
+    let sd = shadow_dir.join("data");
+    let shadow = router(None, shadow_cfg.to_str().unwrap(), 1, &sd);
+    let sa = shadow.listen_addr("switchboard: admin api on http://");
+
+    let routers = [(0, format!("127.0.0.1:{}", free_port()), "0-15")];
+    let cfg = config(dir.path(), &routers, "127.0.0.1", None);
+    let text = std::fs::read_to_string(&cfg).unwrap()
+        + &format!(
+            "[admin]\nlisten = \"127.0.0.1:0\"\n[tee]\nenabled = true\nsample_percent = 100\n[tee.cluster]\nsecret = \"{SECRET}\"\n\
+             [[tee.cluster.router]]\nid = 1\naddress = \"127.0.0.1:{shadow_port}\"\npartitions = \"0-15\"\n"
+        );
+    std::fs::write(&cfg, text).unwrap();
+    let cfg = cfg.to_str().unwrap();
+    let (d0, dg) = (dir.path().join("r0"), dir.path().join("gw"));
+    let _r0 = router(None, cfg, 0, &d0);
+    let gw = gateway(None, cfg, "127.0.0.1:0", &dg);
+    assert!(gw
+        .lines
+        .iter()
+        .any(|l| l.contains("tee: mirroring 100 % of users to 1 shadow router(s)")));
+    let ga = gw.listen_addr("switchboard: admin api on http://");
+    let (addr, fp) = (
+        gw.listen_addr("switchboard: gateway 1 listening on "),
+        gw.fingerprint(),
+    );
+    let (a, b) = (phone_on(0, 0), phone_on(0, 1));
+    let (mut ca, _) = register(&addr, &fp, &d0.join("sms.log"), a);
+    let (mut cb, _) = register(&addr, &fp, &d0.join("sms.log"), b);
+    for id in 1..=10 {
+        ca.send(b, id, b"mirrored").unwrap();
+        let (seq, _, got, _) = deliver(&mut cb);
+        assert_eq!(got, id);
+        cb.ack(seq).unwrap();
+    }
+    // Every request the gateway made was offered to the tee; the shadow got each one
+    // the tee sent.
+    let deadline = Instant::now() + T;
+    loop {
+        let g = admin_get(&ga, &dg, "/metrics");
+        let (sent, dropped) = (
+            metric_sum(&g, "switchboard_tee_sent_total"),
+            metric_sum(&g, "switchboard_tee_dropped_total"),
+        );
+        let requests = metric_sum(&g, "switchboard_gateway_requests_total");
+        let shadow_got = metric_sum(
+            &admin_get(&sa, &sd, "/metrics"),
+            "switchboard_router_requests_total",
+        );
+        if sent > 0 && sent + dropped == requests && shadow_got == sent {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "sent {sent} dropped {dropped} requests {requests} shadow {shadow_got}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let g = admin_get(&ga, &dg, "/knobs/tee_sample_percent");
+    assert_eq!(g.trim(), "100");
+}

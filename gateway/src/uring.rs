@@ -991,6 +991,11 @@ impl State {
                 if s.conn.tls_handshaking() {
                     self.stats.handshakes_failed += 1;
                 }
+                tracing::debug!(
+                    "connection {} closed: {:?}",
+                    s.conn.id().0,
+                    s.conn.ended().expect("ended")
+                );
                 self.slots[slot as usize] = None;
                 self.free.push(slot);
                 self.stats.open -= 1;

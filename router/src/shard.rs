@@ -256,10 +256,7 @@ impl Shard {
     pub fn tick(&mut self, now_ms: u64, out: &mut Vec<FromRouter>) {
         if let Some(us) = self.flush_knob.as_mut().and_then(|k| k()) {
             if let Err(e) = self.log.set_group_interval_us(us) {
-                eprintln!(
-                    "switchboard: shard {}: flush interval not changed: {e}",
-                    self.id
-                );
+                tracing::warn!("shard {}: flush interval not changed: {e}", self.id);
             }
         }
         self.release(out);
@@ -496,6 +493,10 @@ impl Shard {
             .is_some_and(|h| key_matches(h, &key));
         if !ok {
             self.stats.auth_failures += 1;
+            tracing::debug!(
+                "shard {}: login of {phone} refused: wrong key or unknown",
+                self.id
+            );
             return Self::reply(
                 out,
                 conn,
@@ -519,6 +520,11 @@ impl Shard {
         }
         self.stats.logins += 1;
         let pending = self.log.pending_count(uid(phone)).0.min(u32::MAX as u64) as u32;
+        tracing::debug!(
+            "shard {}: {phone} logged in on connection {} ({pending} pending)",
+            self.id,
+            conn.0
+        );
         self.sessions.insert(
             phone,
             Session {

@@ -350,3 +350,29 @@ impl Printed {
             .to_string()
     }
 }
+
+/// `GET path` on an admin API, with the token from `data/admin.token`: the body.
+pub fn admin_get(admin: &str, data: &Path, path: &str) -> String {
+    let token = std::fs::read_to_string(data.join("admin.token")).unwrap();
+    let mut s = std::net::TcpStream::connect(admin).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n",
+        token.trim()
+    )
+    .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    text.split_once("\r\n\r\n")
+        .map_or(text.clone(), |(_, b)| b.to_string())
+}
+
+/// The value of one series of a Prometheus text (`name{labels}`), if present.
+pub fn series(text: &str, name_and_labels: &str) -> Option<u64> {
+    text.lines().find_map(|l| {
+        l.strip_prefix(name_and_labels)?
+            .strip_prefix(' ')?
+            .parse()
+            .ok()
+    })
+}
