@@ -49,6 +49,11 @@ pub enum Command {
         listen: Option<std::net::SocketAddr>,
         #[arg(long)]
         data: Option<PathBuf>,
+        /// Upgrade: take the listening sockets over from the gateway running with the
+        /// same data directory (it drains its connections with a reconnect reason at
+        /// `upgrade.drain_per_sec`; both serve their own connections meanwhile).
+        #[arg(long)]
+        takeover: bool,
     },
     /// Runs a router of a split deployment: one shard and its log, links on its private address.
     Router {
@@ -349,9 +354,12 @@ pub fn main() -> ExitCode {
             config,
             listen,
             data,
-        } => role(&config, listen, data, |c, s| run_gateway(c, id, s)),
+            takeover,
+        } => role(&config, listen, data, takeover, |c, s| {
+            run_gateway(c, id, s)
+        }),
         Command::Router { id, config, data } => {
-            role(&config, None, data, |c, s| run_router(c, id, s))
+            role(&config, None, data, false, |c, s| run_router(c, id, s))
         }
         Command::Tune(t) => crate::tune::run(t),
         Command::Serve {
@@ -429,13 +437,14 @@ fn role(
     path: &std::path::Path,
     listen: Option<std::net::SocketAddr>,
     data: Option<PathBuf>,
+    takeover: bool,
     run: impl FnOnce(crate::config::Config, crate::control::ConfigSource) -> Result<(), String>,
 ) -> ExitCode {
     let source = crate::control::ConfigSource {
         path: Some(path.to_path_buf()),
         listen,
         data,
-        takeover: false,
+        takeover,
     };
     let c = match source.load() {
         Ok(c) => c,

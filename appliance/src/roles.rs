@@ -37,9 +37,11 @@ use crate::sms::Sms;
 struct RouterRoutes {
     me: u16,
     map: PartitionMap,
-    /// The link writer of each connected gateway, by gateway id, with the link's token
-    /// (a gateway that reconnects replaces its older link).
-    gateways: Mutex<HashMap<u8, (u64, LinkSender)>>,
+    /// The link writer of each connected gateway process, by its connections'
+    /// `ConnId::origin` (gateway id and upgrade epoch: while a new process takes over,
+    /// old and new each have theirs), with the link's token (a gateway process that
+    /// reconnects replaces its older link).
+    gateways: Mutex<HashMap<u16, (u64, LinkSender)>>,
     /// Outbound links to the other routers (receipts for their users).
     peers: HashMap<u16, LinkSender>,
     sms: Sms,
@@ -53,12 +55,11 @@ impl Dispatch for RouterRoutes {
         for o in out.drain(..) {
             let sent = match o {
                 FromRouter::ToClient { conn, msg } => {
-                    let gw = (conn.0 >> 56) as u8;
                     let tx = self
                         .gateways
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
-                        .get(&gw)
+                        .get(&conn.origin())
                         .map(|(_, tx)| tx.clone());
                     // Blocks (without the lock) when the gateway's link is full: the shard
                     // slows down with it, and a reply is never dropped while its gateway
@@ -87,6 +88,24 @@ impl Dispatch for RouterRoutes {
     }
 }
 
+/// A gateway process by its origin: `gateway 1`, or `gateway 1 (epoch 2)` for a process
+/// that took over from another.
+fn origin_name(origin: u16) -> String {
+    let (g, epoch) = (ConnId::gateway_of_origin(origin), origin & 3);
+    if epoch == 0 {
+        format!("gateway {g}")
+    } else {
+        format!("gateway {g} (epoch {epoch})")
+    }
+}
+
+fn peer_name(kind: PeerKind, id: u16) -> String {
+    match kind {
+        PeerKind::Gateway => origin_name(id),
+        _ => format!("{kind:?} {id}").to_lowercase(),
+    }
+}
+
 /// A router's queues: its shard's inbox, its links to gateways and to other routers.
 struct RouterQueues {
     id: u16,
@@ -106,7 +125,7 @@ impl crate::admin::Queues for RouterQueues {
             .lock()
             .unwrap_or_else(|p| p.into_inner());
         let mut q: Vec<(String, usize)> = (gateways.iter())
-            .map(|(g, (_, tx))| (format!("gateway {g}"), tx.queued()))
+            .map(|(g, (_, tx))| (origin_name(*g), tx.queued()))
             .chain((self.routes.peers.iter()).map(|(r, tx)| (format!("router {r}"), tx.queued())))
             .collect();
         q.sort();
@@ -131,7 +150,8 @@ fn serve_link(
             return;
         }
     };
-    let gateway = (kind == PeerKind::Gateway).then_some(id as u8);
+    // A gateway announces its origin (gateway id and upgrade epoch).
+    let gateway = (kind == PeerKind::Gateway).then_some(id);
     let Ok((tx, rx)) = link_channel(cluster.link_queue) else {
         return;
     };
@@ -143,21 +163,22 @@ fn serve_link(
             .unwrap_or_else(|p| p.into_inner())
             .insert(g, (token, tx.clone()));
     }
-    tracing::info!("link from {kind:?} {id} ({peer_addr:?}) authenticated");
+    let name = peer_name(kind, id);
+    tracing::info!("link from {name} ({peer_addr:?}) authenticated");
     let never = AtomicBool::new(false);
     let ended = link.run(&rx, &routes.batch, &never, |m| {
         let msg = match (m, gateway) {
             (LinkMsg::Req(r), _) => ShardMsg::Req(r),
             (LinkMsg::Attach { conn, user }, Some(_)) => ShardMsg::Attach(conn, user),
             (other, _) => {
-                tracing::warn!("link from {kind:?} {id}: unexpected {other:?}; closing");
+                tracing::warn!("link from {name}: unexpected {other:?}; closing");
                 return false;
             }
         };
         shard.send(msg)
     });
     if let Err(e) = ended {
-        tracing::warn!("link from {kind:?} {id}: {e}");
+        tracing::warn!("link from {name}: {e}");
     }
     drop(tx);
     if let Some(g) = gateway {
@@ -168,7 +189,7 @@ fn serve_link(
             drop(gws);
             let _ = shard.send(ShardMsg::GatewayGone(g));
         }
-        tracing::info!("link from gateway {g} closed");
+        tracing::info!("link from {name} closed");
     }
 }
 
@@ -488,6 +509,11 @@ impl GatewayRoutes {
 
 pub fn gateway(config: Config, id: u8, source: ConfigSource) -> Result<(), String> {
     let signalled = serve::start(&config)?;
+    // First the listeners: a takeover makes the running gateway start draining.
+    let takeover = source.takeover;
+    let (inherited, epoch) = serve::inherit_listeners(&config, takeover)?;
+    // What this process's connections carry, and what its links announce.
+    let origin = ((id as u16) << 2) | epoch as u16;
     let cluster = config.cluster.validate(config.router.partitions)?;
     let me = cluster
         .gateways
@@ -497,7 +523,7 @@ pub fn gateway(config: Config, id: u8, source: ConfigSource) -> Result<(), Strin
         .clone();
     let tls = serve::load_tls(&config)?;
     let control = Control::new(Role::Gateway, &config, source, Some(Arc::clone(&tls)));
-    let workers = config.workers();
+    let workers = serve::worker_count(&config, &inherited);
     let (inboxes, ends) = serve::worker_channels(workers)?;
     let stop = Arc::new(AtomicBool::new(false));
     let link_stop = Arc::new(AtomicBool::new(false));
@@ -531,7 +557,7 @@ pub fn gateway(config: Config, id: u8, source: ConfigSource) -> Result<(), Strin
                     secret,
                     node_tls,
                     PeerKind::Gateway,
-                    id as u16,
+                    origin,
                     qrx,
                     batch,
                     stop,
@@ -574,10 +600,13 @@ pub fn gateway(config: Config, id: u8, source: ConfigSource) -> Result<(), Strin
         sessions,
         workers: inboxes.clone(),
     });
-    let tee = crate::tee::start_configured(&config, &control, &link_stop)?;
+    let tee = crate::tee::start_configured(&config, &control, &link_stop, origin)?;
     let (tuned_tx, tuned_rx) = mpsc::channel();
     let r = Arc::clone(&routes);
-    let (worker_threads, addr, worker_cells, _copies) = serve::spawn_workers(
+    let drain = Arc::new(AtomicBool::new(false));
+    let drain_total = config.upgrade.drain_per_sec;
+    let per_worker = drain_total.div_ceil(workers as u64).min(u32::MAX as u64) as u32;
+    let (worker_threads, addr, worker_cells, copies) = serve::spawn_workers(
         &config,
         &tls,
         id,
@@ -586,11 +615,36 @@ pub fn gateway(config: Config, id: u8, source: ConfigSource) -> Result<(), Strin
         &stop,
         &tuned_tx,
         Some(&control),
-        serve::Handover::default(),
+        serve::Handover {
+            inherited,
+            epoch,
+            drain: Some((Arc::clone(&drain), per_worker)),
+        },
+    )?;
+    serve::offer_takeover(
+        serve::takeover_path(&config),
+        copies,
+        epoch,
+        Arc::clone(&drain),
+        inboxes.clone(),
+        drain_total,
     )?;
     drop(tuned_tx);
     serve::ready(&config, tuned_rx, workers)?;
-    let _operations = serve::start_operations(
+    let listening = || {
+        tracing::info!(
+            "gateway {id} listening on {addr} ({workers} workers, {} routers)",
+            cluster.routers.len()
+        );
+        let _ = io::stdout().flush();
+    };
+    if takeover {
+        // The admin address is the running process's until it has drained (the workers
+        // serve meanwhile).
+        listening();
+        serve::wait_for_admin_address(&config, &signalled);
+    }
+    let operations = serve::start_operations(
         &config,
         crate::admin::Sources {
             workers: worker_cells,
@@ -605,19 +659,19 @@ pub fn gateway(config: Config, id: u8, source: ConfigSource) -> Result<(), Strin
             })),
         },
     )?;
-    tracing::info!(
-        "gateway {id} listening on {addr} ({workers} workers, {} routers)",
-        cluster.routers.len()
-    );
-    let _ = io::stdout().flush();
+    if !takeover {
+        listening();
+    }
     serve::wait(
         &signalled,
         &worker_threads,
         &|| {
             let _ = serve::reload_logged(&control);
         },
-        None,
+        Some(&drain),
     );
+    // The admin address goes first: a process taking over binds it next.
+    drop(operations);
     tracing::info!("stopping: closing connections");
     serve::stop_workers(&stop, &inboxes, worker_threads);
     // Let the last requests (Closed notices) go out before the links stop.

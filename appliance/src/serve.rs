@@ -101,8 +101,8 @@ pub(crate) enum ShardMsg {
     Batch(Vec<ToRouter>),
     /// A gateway re-attaches a logged-in connection after its link came back.
     Attach(ConnId, Phone),
-    /// A gateway's link is gone: drop its sessions.
-    GatewayGone(u8),
+    /// A gateway process's link is gone: drop its sessions (by `ConnId::origin`).
+    GatewayGone(u16),
     Stop,
 }
 
@@ -557,6 +557,7 @@ pub(crate) fn spawn_workers(
     ),
     String,
 > {
+    let epoch = handover.epoch;
     let mut listeners = handover.inherited;
     if listeners.is_empty() {
         listeners.push(
@@ -581,7 +582,7 @@ pub(crate) fn spawn_workers(
     for (w, (listener, (rx, fd))) in listeners.into_iter().zip(ends).enumerate() {
         let cfg = WorkerConfig {
             gateway: gateway_id,
-            worker: w as u8,
+            worker: uring::worker_byte(epoch, w),
             conns_max: config.gateway.conns_per_worker,
             accepts_per_sec: config.gateway.accepts_per_sec,
             buffers: config.gateway.buffers,
@@ -628,52 +629,77 @@ pub(crate) fn spawn_workers(
     Ok((threads, addr, cells, copies))
 }
 
-/// Listeners taken over from an earlier process (or systemd), and the flag that makes
-/// the workers drain (and the rate, per worker) when a later process takes them.
+/// Listeners taken over from an earlier process (or systemd), the process's upgrade
+/// epoch (in every connection id; see `gateway::uring::worker_byte`), and the flag that
+/// makes the workers drain (and the rate, per worker) when a later process takes them.
 #[derive(Default)]
 pub(crate) struct Handover {
     pub inherited: Vec<std::net::TcpListener>,
+    pub epoch: u8,
     pub drain: Option<(Arc<AtomicBool>, u32)>,
 }
 
-/// Where a running `serve` hands its listeners to its successor.
+/// Where a running process hands its listeners to its successor.
 pub(crate) fn takeover_path(config: &Config) -> std::path::PathBuf {
     config.data_dir.join("takeover.sock")
 }
 
-/// A new process's listeners: from the running one (`--takeover`: over its takeover
-/// socket, which also makes it start draining), or from systemd, or none.
-fn inherit_listeners(
+/// A new process's listeners and epoch: from the running one (`--takeover`: over its
+/// takeover socket, which also makes it start draining; the epoch after its), or from
+/// systemd, or none (epoch 0).
+pub(crate) fn inherit_listeners(
     config: &Config,
     takeover: bool,
-) -> Result<Vec<std::net::TcpListener>, String> {
+) -> Result<(Vec<std::net::TcpListener>, u8), String> {
     if !takeover {
         let l = gateway::handover::systemd_listeners();
         if !l.is_empty() {
             tracing::info!("{} listener(s) from systemd socket activation", l.len());
         }
-        return Ok(l);
+        return Ok((l, 0));
     }
     let path = takeover_path(config);
     let sock = std::os::unix::net::UnixStream::connect(&path).map_err(|e| {
         format!(
-            "takeover: {}: {e} (is a switchboard serve running with this data directory?)",
+            "takeover: {}: {e} (is a switchboard process running with this data directory?)",
             path.display()
         )
     })?;
-    let fds = gateway::handover::recv_fds(&sock).map_err(|e| format!("takeover: {e}"))?;
+    let (fds, epoch) = gateway::handover::recv_fds(&sock).map_err(|e| format!("takeover: {e}"))?;
     tracing::info!(
         "took over {} listener(s) from the running process; it drains its connections",
         fds.len()
     );
-    Ok(fds.into_iter().map(std::net::TcpListener::from).collect())
+    Ok((
+        fds.into_iter().map(std::net::TcpListener::from).collect(),
+        (epoch + 1) & 3,
+    ))
+}
+
+/// How many gateway workers: one per inherited listener (more would need listeners of
+/// their own on the same port, which only SO_REUSEPORT sockets made that way allow), or
+/// as configured.
+pub(crate) fn worker_count(config: &Config, inherited: &[std::net::TcpListener]) -> usize {
+    if inherited.is_empty() {
+        return config.workers();
+    }
+    if inherited.len() != config.workers() {
+        tracing::info!(
+            "{} gateway worker(s), one per listener given (the configuration asks for {})",
+            inherited.len(),
+            config.workers()
+        );
+    }
+    inherited.len()
 }
 
 /// Serves the takeover socket: the first process to connect gets copies of the
-/// listeners, then this one drains (`drain` set, workers woken).
-fn offer_takeover(
+/// listeners and this process's epoch, then this one drains (`drain` set, workers
+/// woken).
+pub(crate) fn offer_takeover(
     path: std::path::PathBuf,
     listeners: Vec<std::net::TcpListener>,
+    epoch: u8,
     drain: Arc<AtomicBool>,
     inboxes: Vec<WorkerInbox>,
     per_sec: u64,
@@ -692,7 +718,7 @@ fn offer_takeover(
             for c in ul.incoming() {
                 let Ok(c) = c else { continue };
                 let fds: Vec<_> = listeners.iter().map(|l| l.as_raw_fd()).collect();
-                match gateway::handover::send_fds(&c, &fds) {
+                match gateway::handover::send_fds(&c, &fds, epoch) {
                     Ok(()) => {
                         tracing::info!(
                             "handed the listeners to a new process; draining connections at {per_sec}/s"
@@ -710,6 +736,36 @@ fn offer_takeover(
         })
         .map_err(|e| e.to_string())?;
     Ok(())
+}
+
+/// After a takeover: waits (at most [`TAKEOVER_WAIT`]) until the running process has
+/// drained and released the admin API's address, so this one can serve it.
+pub(crate) fn wait_for_admin_address(config: &Config, signalled: &AtomicBool) {
+    if !config.admin.enabled {
+        return;
+    }
+    let addr = config.admin.listen.unwrap_or_else(|| {
+        crate::admin::DEFAULT_LISTEN
+            .parse()
+            .expect("a valid default address")
+    });
+    let started = Instant::now();
+    let mut said = false;
+    while !signalled.load(Ordering::Acquire) && started.elapsed() < TAKEOVER_WAIT {
+        match std::net::TcpListener::bind(addr) {
+            Ok(_) => return,
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
+                if !said {
+                    tracing::info!(
+                        "admin api: {addr} is the draining process's until it stops; waiting"
+                    );
+                    said = true;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(_) => return, // start_operations says what is wrong
+        }
+    }
 }
 
 /// Reloads the configuration and says what happened (SIGHUP, `POST /reload`).
@@ -864,22 +920,9 @@ pub fn serve(config: Config, source: crate::control::ConfigSource) -> Result<(),
     let signalled = start(&config)?;
     // First the listeners (a takeover makes the old process start draining and, once
     // done, release the logs this one opens next).
-    let inherited = inherit_listeners(&config, takeover)?;
+    let (inherited, epoch) = inherit_listeners(&config, takeover)?;
     let shards = config.shards();
-    // One worker per inherited listener: more would need listeners of their own on
-    // the same port, which only SO_REUSEPORT sockets made that way allow.
-    let workers = if inherited.is_empty() {
-        config.workers()
-    } else {
-        if inherited.len() != config.workers() {
-            tracing::info!(
-                "{} gateway worker(s), one per listener given (the configuration asks for {})",
-                inherited.len(),
-                config.workers()
-            );
-        }
-        inherited.len()
-    };
+    let workers = worker_count(&config, &inherited);
     let tls = load_tls(&config)?;
     let control = crate::control::Control::new(
         crate::control::Role::Serve,
@@ -946,7 +989,8 @@ pub fn serve(config: Config, source: crate::control::ConfigSource) -> Result<(),
     }
     let stop = Arc::new(AtomicBool::new(false));
     let tee_stop = Arc::new(AtomicBool::new(false));
-    let tee = crate::tee::start_configured(&config, &control, &tee_stop)?;
+    // Gateway id 0 in the all-in-one process.
+    let tee = crate::tee::start_configured(&config, &control, &tee_stop, epoch as u16)?;
     let r = Arc::clone(&routes);
     let drain = Arc::new(AtomicBool::new(false));
     let drain_total = config.upgrade.drain_per_sec;
@@ -977,12 +1021,14 @@ pub fn serve(config: Config, source: crate::control::ConfigSource) -> Result<(),
         Some(&control),
         Handover {
             inherited,
+            epoch,
             drain: Some((Arc::clone(&drain), per_worker)),
         },
     )?;
     offer_takeover(
         takeover_path(&config),
         copies,
+        epoch,
         Arc::clone(&drain),
         inboxes.clone(),
         drain_total,

@@ -100,12 +100,14 @@ impl Tee {
     }
 
     /// Starts one dialling thread per shadow router (they redial for ever, until
-    /// `stop`).
+    /// `stop`). `origin`: what this process's connection ids carry (`ConnId::origin`),
+    /// announced to the shadow as a gateway's link does.
     pub fn start(
         config: &TeeConfig,
         partitions: u32,
         sample_percent: Arc<AtomicU64>,
         stop: &Arc<AtomicBool>,
+        origin: u16,
     ) -> Result<Arc<Tee>, String> {
         let cluster = config
             .cluster
@@ -131,7 +133,7 @@ impl Tee {
                         secret,
                         tls,
                         PeerKind::Gateway,
-                        0,
+                        origin,
                         rx,
                         batch,
                         stop,
@@ -177,6 +179,7 @@ pub fn start_configured(
     config: &crate::config::Config,
     control: &crate::control::Control,
     stop: &Arc<AtomicBool>,
+    origin: u16,
 ) -> Result<Option<Arc<Tee>>, String> {
     if !config.tee.enabled {
         return Ok(None);
@@ -186,6 +189,7 @@ pub fn start_configured(
         config.router.partitions,
         Arc::clone(&control.tee_sample_percent),
         stop,
+        origin,
     )?;
     tracing::info!(
         "tee: mirroring {} % of users to {} shadow router(s)",

@@ -1,7 +1,9 @@
 //! Upgrading a running `switchboard serve`: a new process takes the listening socket
 //! over (`serve --takeover`) while a client keeps sending; the old process drains its
 //! connections with `Reconnect` at the configured rate, releases its logs and exits;
-//! every client reconnects and every message the server acknowledged is delivered.
+//! every client reconnects and every message the server acknowledged is delivered. The
+//! same for a split deployment's gateway (`gateway --takeover`), whose old and new
+//! processes both serve while the old one drains.
 
 mod common;
 
@@ -263,4 +265,147 @@ fn which(name: &str) -> Result<std::path::PathBuf, ()> {
         .map(|d| d.join(name))
         .find(|p| p.is_file())
         .ok_or(())
+}
+
+/// `switchboard gateway --id 1` of a one-router cluster (`extra`: `--takeover`).
+fn split_gateway(cfg: &Path, data: &Path, listen: &str, extra: &[&str]) -> Proc {
+    let mut args: Vec<&std::ffi::OsStr> = ["gateway", "--id", "1", "--listen", listen, "--config"]
+        .into_iter()
+        .map(std::ffi::OsStr::new)
+        .collect();
+    args.extend([cfg.as_os_str(), "--data".as_ref(), data.as_os_str()]);
+    args.extend(extra.iter().map(std::ffi::OsStr::new));
+    Proc::run(&args)
+}
+
+/// Waits for `Reconnect` on a client of the old gateway.
+fn told_to_reconnect(c: &mut Client, who: Phone) {
+    match c.wait_for(Duration::from_secs(30), |_| false) {
+        Err(ClientError::Closed {
+            code: ErrorCode::Reconnect,
+            ..
+        }) => {}
+        other => panic!("{who}: {other:?}"),
+    }
+}
+
+/// A split gateway upgraded: the new process takes the listener, and while the old one
+/// drains, the connections of both are served at once (each process has its own links
+/// to the router, its connections their own ids), so a client still on the old process
+/// and one already on the new exchange messages both ways.
+#[test]
+fn a_split_gateway_hands_over_and_both_serve_while_the_old_drains() {
+    let dir = tempfile::tempdir().unwrap();
+    let routers = [(0, format!("127.0.0.1:{}", common::free_port()), "0-15")];
+    let cfg = common::config(dir.path(), &routers, "127.0.0.1", None);
+    // The router without an admin API; the gateway's on a fixed port, which the new
+    // process gets once the old one has drained.
+    let admin_port = common::free_port();
+    let base = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(&cfg, format!("{base}[admin]\nenabled = false\n")).unwrap();
+    let (d0, dg) = (dir.path().join("r0"), dir.path().join("gw"));
+    let _r0 = common::router(None, cfg.to_str().unwrap(), 0, &d0);
+    let cfg = dir.path().join("gateway.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "{base}[upgrade]\ndrain_per_sec = 1\n[admin]\nlisten = \"127.0.0.1:{admin_port}\"\n"
+        ),
+    )
+    .unwrap();
+    let old = split_gateway(&cfg, &dg, "127.0.0.1:0", &[]);
+    let addr = old.word_after("switchboard: gateway 1 listening on ");
+    let fp = old.word_after("certificate sha256 fingerprint ");
+    old.line(&format!("admin api on http://127.0.0.1:{admin_port}"), T);
+    let sms = d0.join("sms.log");
+    let olds: Vec<(Client, Key, Phone)> = (0..4)
+        .map(|i| {
+            let p = common::phone_on(0, i);
+            let (c, k) = common::register(&addr, &fp, &sms, p);
+            (c, k, p)
+        })
+        .collect();
+
+    // The new process: same port, same data directory.
+    let new = split_gateway(&cfg, &dg, &addr, &["--takeover"]);
+    new.line("took over 1 listener(s)", T);
+    new.line("switchboard: gateway 1 listening on ", T);
+    old.line("draining connections at 1/s", T);
+    let p_new = common::phone_on(0, 10);
+    let (mut cn, _) = common::register(&addr, &fp, &sms, p_new);
+
+    // Every old client not drained yet: a message to the new client (its server
+    // acknowledgement comes back over the old process's link), and one back.
+    let mut both_ways = 0;
+    let mut olds: Vec<(Option<Client>, Key, Phone)> =
+        olds.into_iter().map(|(c, k, p)| (Some(c), k, p)).collect();
+    let mut acked = BTreeSet::new();
+    for (i, (c, _, p)) in olds.iter_mut().enumerate() {
+        let id = 100 + i as u64;
+        let co = c.as_mut().unwrap();
+        let sent = co
+            .send(p_new, id, b"from the old process")
+            .and_then(|_| co.wait_for(T, |m| matches!(m, Incoming::ServerAck { .. })));
+        match sent {
+            Ok(_) => {
+                acked.insert(id);
+            }
+            Err(ClientError::Closed {
+                code: ErrorCode::Reconnect,
+                ..
+            }) => {
+                *c = None;
+                continue;
+            }
+            Err(e) => panic!("{p}: {e:?}"),
+        }
+        cn.send(*p, 1, b"from the new process").unwrap();
+        match co.wait_for(T, |m| matches!(m, Incoming::Deliver { .. })) {
+            Ok(Incoming::Deliver { seq, msg_id: 1, .. }) => {
+                co.ack(seq).unwrap();
+                both_ways += 1;
+            }
+            Err(ClientError::Closed {
+                code: ErrorCode::Reconnect,
+                ..
+            }) => *c = None,
+            other => panic!("{p}: {other:?}"),
+        }
+    }
+    assert!(
+        both_ways >= 1,
+        "no old connection lived long enough to test\nold: {:?}\nnew: {:?}",
+        old.lines.lock().unwrap(),
+        new.lines.lock().unwrap()
+    );
+    // The new client got every message the old ones had acknowledged.
+    let mut got = BTreeSet::new();
+    while got.len() < acked.len() {
+        match cn.wait_for(T, |m| matches!(m, Incoming::Deliver { .. })) {
+            Ok(Incoming::Deliver { seq, msg_id, .. }) => {
+                got.insert(msg_id);
+                cn.ack(seq).unwrap();
+            }
+            other => panic!("new client after {got:?} of {acked:?}: {other:?}"),
+        }
+    }
+    assert_eq!(got, acked);
+
+    // The old process drains everyone, stops, and hands the admin address over.
+    for (c, _, p) in olds.iter_mut() {
+        if let Some(mut c) = c.take() {
+            told_to_reconnect(&mut c, *p);
+        }
+    }
+    old.line("drained: every connection was asked to reconnect", T);
+    new.line(&format!("admin api on http://127.0.0.1:{admin_port}"), T);
+    // Everyone comes back through the new process.
+    for (_, k, p) in &olds {
+        let mut c = relogin(&addr, &fp, *p, *k);
+        cn.send(*p, 2, b"welcome back").unwrap();
+        match c.wait_for(T, |m| matches!(m, Incoming::Deliver { .. })) {
+            Ok(Incoming::Deliver { msg_id: 2, .. }) => {}
+            other => panic!("{p}: {other:?}"),
+        }
+    }
 }

@@ -11,8 +11,9 @@ use std::os::unix::net::UnixStream;
 /// Most descriptors one hand-over carries (one listener per worker; workers ≤ 64).
 pub const FDS_MAX: usize = 64;
 
-/// Sends `fds` (with one byte of data) over `sock`.
-pub fn send_fds(sock: &UnixStream, fds: &[RawFd]) -> io::Result<()> {
+/// Sends `fds` with one byte of data, `tag` (the appliance's: the sender's upgrade
+/// epoch), over `sock`.
+pub fn send_fds(sock: &UnixStream, fds: &[RawFd], tag: u8) -> io::Result<()> {
     if fds.is_empty() || fds.len() > FDS_MAX {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
@@ -23,7 +24,7 @@ pub fn send_fds(sock: &UnixStream, fds: &[RawFd]) -> io::Result<()> {
     // SAFETY: CMSG_SPACE/CMSG_LEN only compute sizes.
     let (space, len) = unsafe { (libc::CMSG_SPACE(bytes as u32), libc::CMSG_LEN(bytes as u32)) };
     let mut control = vec![0u8; space as usize];
-    let mut byte = [b'L'];
+    let mut byte = [tag];
     let mut iov = libc::iovec {
         iov_base: byte.as_mut_ptr().cast(),
         iov_len: 1,
@@ -48,8 +49,8 @@ pub fn send_fds(sock: &UnixStream, fds: &[RawFd]) -> io::Result<()> {
     Ok(())
 }
 
-/// Receives descriptors sent by [`send_fds`]; they are owned (closed on drop).
-pub fn recv_fds(sock: &UnixStream) -> io::Result<Vec<OwnedFd>> {
+/// Receives descriptors sent by [`send_fds`] (owned: closed on drop), and the tag.
+pub fn recv_fds(sock: &UnixStream) -> io::Result<(Vec<OwnedFd>, u8)> {
     let bytes = FDS_MAX * std::mem::size_of::<RawFd>();
     // SAFETY: only computes a size.
     let space = unsafe { libc::CMSG_SPACE(bytes as u32) };
@@ -92,7 +93,7 @@ pub fn recv_fds(sock: &UnixStream) -> io::Result<Vec<OwnedFd>> {
     if out.is_empty() {
         return Err(io::Error::other("the peer sent no descriptors"));
     }
-    Ok(out)
+    Ok((out, byte[0]))
 }
 
 /// Listeners systemd passed (socket activation: `LISTEN_PID` is this process,
@@ -138,13 +139,13 @@ mod tests {
         // A client connects before the hand-over: it waits in the accept queue.
         let _early = std::net::TcpStream::connect(addr).unwrap();
         let (a, b) = UnixStream::pair().unwrap();
-        send_fds(&a, &[l.as_raw_fd()]).unwrap();
+        send_fds(&a, &[l.as_raw_fd()], 3).unwrap();
         drop(l); // the old side's copy goes; the socket lives on in the new one
-        let got = recv_fds(&b).unwrap();
-        assert_eq!(got.len(), 1);
+        let (got, tag) = recv_fds(&b).unwrap();
+        assert_eq!((got.len(), tag), (1, 3));
         let l2 = TcpListener::from(got.into_iter().next().unwrap());
         assert_eq!(l2.local_addr().unwrap(), addr);
         let (_conn, _) = l2.accept().unwrap(); // the early client, not reset
-        assert!(send_fds(&a, &[]).is_err());
+        assert!(send_fds(&a, &[], 0).is_err());
     }
 }

@@ -36,7 +36,7 @@ use crate::live::{Follower, Live};
 pub struct WorkerConfig {
     /// Gateway id (top 8 bits of every `ConnId`).
     pub gateway: u8,
-    /// Worker index (next 8 bits).
+    /// Worker byte of its connections' ids (next 8 bits; see [`worker_byte`]).
     pub worker: u8,
     pub ring_entries: u32,
     /// Buffers in the provided-buffer ring (power of two, ≤ 32,768) and their size.
@@ -136,13 +136,26 @@ pub fn reuseport_listener(addr: SocketAddr, backlog: i32) -> io::Result<TcpListe
     Ok(s.into())
 }
 
-/// ConnId layout: gateway (8 bits) | worker (8) | generation (16) | slot (32).
+/// ConnId layout: gateway (8 bits) | worker byte (8: upgrade epoch, 2, and worker
+/// index, 6; see [`worker_byte`]) | generation (16) | slot (32).
 pub fn conn_id(gateway: u8, worker: u8, gen: u16, slot: u32) -> ConnId {
     ConnId(((gateway as u64) << 56) | ((worker as u64) << 48) | ((gen as u64) << 32) | slot as u64)
 }
 
+/// Workers per gateway process at most (the worker index has 6 bits).
+pub const WORKERS_MAX: usize = 64;
+
+/// A worker's byte of its connections' ids: the process's upgrade epoch (0 to 3: a
+/// process taking over from another uses the next, so the connections of the two never
+/// share an id) and the worker's index.
+pub fn worker_byte(epoch: u8, worker: usize) -> u8 {
+    debug_assert!(worker < WORKERS_MAX);
+    ((epoch & 3) << 6) | (worker as u8 & 0x3f)
+}
+
+/// The index of the worker holding a connection.
 pub fn worker_of(id: ConnId) -> u8 {
-    (id.0 >> 48) as u8
+    (id.0 >> 48) as u8 & 0x3f
 }
 
 const OP_ACCEPT: u64 = 1;
@@ -642,12 +655,14 @@ impl Worker {
                 while let Ok(batch) = self.link.replies.try_recv() {
                     for (id, msg) in batch {
                         let slot = id.0 as u32;
-                        let gen = (id.0 >> 32) as u16;
+                        // The whole id: a reply for a connection of another process
+                        // (an upgrade's other epoch) or an earlier one in the slot is
+                        // dropped.
                         if let Some(s) = st
                             .slots
                             .get_mut(slot as usize)
                             .and_then(|s| s.as_mut())
-                            .filter(|s| s.gen == gen)
+                            .filter(|s| s.conn.id() == id)
                         {
                             st.stats.replies += 1;
                             if s.conn.queue(&msg, now, &mut st.to_router) {

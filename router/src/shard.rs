@@ -299,11 +299,11 @@ impl Shard {
         self.release(out);
     }
 
-    /// A gateway's link is gone: its connections' sessions end (the phones reconnect,
-    /// here or through another gateway). `gateway` is the top byte of its `ConnId`s.
-    pub fn gateway_gone(&mut self, gateway: u8) {
-        self.sessions
-            .retain(|_, s| (s.conn.0 >> 56) as u8 != gateway);
+    /// A gateway process's link is gone: its connections' sessions end (the phones
+    /// reconnect, here or through another gateway). `origin` is its connections'
+    /// [`ConnId::origin`] (gateway id and upgrade epoch).
+    pub fn gateway_gone(&mut self, origin: u16) {
+        self.sessions.retain(|_, s| s.conn.origin() != origin);
     }
 
     /// Flushes the log and stops its threads.

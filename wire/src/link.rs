@@ -9,10 +9,25 @@ use crate::error::ErrorCode;
 use crate::frame::{Frame, ReceiptKind};
 use crate::types::{Key, Phone, Pin};
 
-/// A client connection on some gateway: gateway id in the top 16 bits, the gateway's
-/// own number for the connection below. Opaque to the router.
+/// A client connection on some gateway process. Layout: gateway id (8 bits) | the
+/// process's upgrade epoch (2 bits) | worker (6 bits) | generation (16) | slot (32).
+/// The router reads only [`ConnId::origin`]: which gateway process holds it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ConnId(pub u64);
+
+impl ConnId {
+    /// The gateway process the connection lives on: gateway id and upgrade epoch (the
+    /// top 10 bits). While a new gateway process takes over from the old one both run
+    /// with the same gateway id and different epochs, each with its own router links.
+    pub fn origin(self) -> u16 {
+        (self.0 >> 54) as u16
+    }
+
+    /// The gateway id of an [`ConnId::origin`].
+    pub fn gateway_of_origin(origin: u16) -> u8 {
+        (origin >> 2) as u8
+    }
+}
 
 /// A request for the router that owns the user named in it.
 #[derive(Clone, Debug, PartialEq, Eq)]
