@@ -13,6 +13,7 @@
 //! with `webhook` set, POSTed (JSON) from a separate thread, so a slow or dead webhook
 //! never delays the reporter.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -145,8 +146,24 @@ pub struct Activity {
 pub type ActivityCell = Arc<Mutex<Activity>>;
 
 /// Host and process counters read from `/proc` (cumulative ones become rates).
-fn host_sample() -> Vec<(&'static str, f64, bool)> {
-    let mut out = vec![];
+/// `/proc/net/snmp` and `/proc/net/netstat` keep a protocol's figures as two lines
+/// starting with `prefix`: the names, then the values.
+fn paired<'a>(text: &'a str, prefix: &str) -> Vec<(&'a str, &'a str)> {
+    let lines: Vec<&str> = text.lines().filter(|l| l.starts_with(prefix)).collect();
+    match lines[..] {
+        [names, values] => names
+            .split_whitespace()
+            .zip(values.split_whitespace())
+            .skip(1)
+            .collect(),
+        _ => vec![],
+    }
+}
+
+/// The host's and the process's figures: (name, value, is a counter).
+fn host_sample() -> Vec<(Cow<'static, str>, f64, bool)> {
+    let mut out: Vec<(Cow<'static, str>, f64, bool)> = vec![];
+    let mut push = |name: &'static str, v: f64, counter: bool| out.push((name.into(), v, counter));
     let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
     let stat = read("/proc/stat");
     let ticks = |idx: usize| -> f64 {
@@ -157,86 +174,88 @@ fn host_sample() -> Vec<(&'static str, f64, bool)> {
             .unwrap_or(0.0)
     };
     // user+nice, system, idle, iowait, irq+softirq, steal (jiffies per second).
-    out.push(("host_cpu_user", ticks(1) + ticks(2), true));
-    out.push(("host_cpu_system", ticks(3), true));
-    out.push(("host_cpu_idle", ticks(4), true));
-    out.push(("host_cpu_iowait", ticks(5), true));
-    out.push(("host_cpu_irq", ticks(6) + ticks(7), true));
-    out.push(("host_cpu_steal", ticks(8), true));
-    let field = |text: &str, key: &str, idx: usize| -> Option<f64> {
+    push("host_cpu_user", ticks(1) + ticks(2), true);
+    push("host_cpu_system", ticks(3), true);
+    push("host_cpu_idle", ticks(4), true);
+    push("host_cpu_iowait", ticks(5), true);
+    push("host_cpu_irq", ticks(6) + ticks(7), true);
+    push("host_cpu_steal", ticks(8), true);
+    let field = |text: &str, key: &str| -> Option<f64> {
         text.lines()
             .find(|l| l.split_whitespace().next() == Some(key))
-            .and_then(|l| l.split_whitespace().nth(idx))
+            .and_then(|l| l.split_whitespace().nth(1))
             .and_then(|v| v.parse().ok())
     };
-    for (name, key, cumulative) in [
-        ("host_context_switches", "ctxt", true),
-        ("host_interrupts", "intr", true),
-        ("host_softirqs", "softirq", true),
-        ("host_procs_running", "procs_running", false),
-        ("host_procs_blocked", "procs_blocked", false),
+    let (vm, mem, status) = (
+        read("/proc/vmstat"),
+        read("/proc/meminfo"),
+        read("/proc/self/status"),
+    );
+    for (text, name, key, counter) in [
+        (&stat, "host_context_switches", "ctxt", true),
+        (&stat, "host_interrupts", "intr", true),
+        (&stat, "host_softirqs", "softirq", true),
+        (&stat, "host_procs_running", "procs_running", false),
+        (&stat, "host_procs_blocked", "procs_blocked", false),
+        (&vm, "host_page_faults", "pgfault", true),
+        (&vm, "host_major_page_faults", "pgmajfault", true),
+        (&vm, "host_thp_faults", "thp_fault_alloc", true),
+        (&mem, "host_anon_huge_pages_kb", "AnonHugePages:", false),
+        (&mem, "host_huge_pages_total", "HugePages_Total:", false),
+        (&mem, "host_mem_available_kb", "MemAvailable:", false),
+        // The process: resident memory.
+        (&status, "process_rss_kb", "VmRSS:", false),
     ] {
-        if let Some(v) = field(&stat, key, 1) {
-            out.push((name, v, cumulative));
+        if let Some(v) = field(text, key) {
+            push(name, v, counter);
         }
     }
-    let vm = read("/proc/vmstat");
-    for (name, key) in [
-        ("host_page_faults", "pgfault"),
-        ("host_major_page_faults", "pgmajfault"),
-        ("host_thp_faults", "thp_fault_alloc"),
-    ] {
-        if let Some(v) = field(&vm, key, 1) {
-            out.push((name, v, true));
+    // TCP (`netstat -s`): connections, and the accept queue's overflows and drops.
+    let (snmp, netstat) = (read("/proc/net/snmp"), read("/proc/net/netstat"));
+    let tcp = paired(&snmp, "Tcp:").into_iter();
+    for (n, v) in tcp.chain(paired(&netstat, "TcpExt:")) {
+        let (name, counter) = match n {
+            "CurrEstab" => ("host_tcp_established", false),
+            "PassiveOpens" => ("host_tcp_passive_opens", true),
+            "RetransSegs" => ("host_tcp_retransmits", true),
+            "InErrs" => ("host_tcp_in_errors", true),
+            "OutRsts" => ("host_tcp_resets_sent", true),
+            "ListenOverflows" => ("host_tcp_listen_overflows", true),
+            "ListenDrops" => ("host_tcp_listen_drops", true),
+            "SyncookiesSent" => ("host_tcp_syncookies_sent", true),
+            _ => continue,
+        };
+        if let Ok(v) = v.parse() {
+            push(name, v, counter);
         }
     }
-    let mem = read("/proc/meminfo");
-    for (name, key) in [
-        ("host_anon_huge_pages_kb", "AnonHugePages:"),
-        ("host_huge_pages_total", "HugePages_Total:"),
-        ("host_mem_available_kb", "MemAvailable:"),
-    ] {
-        if let Some(v) = field(&mem, key, 1) {
-            out.push((name, v, false));
-        }
-    }
-    let snmp = read("/proc/net/snmp");
-    let tcp: Vec<&str> = snmp.lines().filter(|l| l.starts_with("Tcp:")).collect();
-    if let [names, values] = tcp[..] {
-        for (n, v) in names.split_whitespace().zip(values.split_whitespace()) {
-            let (name, cumulative) = match n {
-                "CurrEstab" => ("host_tcp_established", false),
-                "PassiveOpens" => ("host_tcp_passive_opens", true),
-                "RetransSegs" => ("host_tcp_retransmits", true),
-                "InErrs" => ("host_tcp_in_errors", true),
-                "OutRsts" => ("host_tcp_resets_sent", true),
-                _ => continue,
-            };
-            if let Ok(v) = v.parse() {
-                out.push((name, v, cumulative));
-            }
-        }
-    }
-    // The process: resident memory, threads, their CPU and run-queue wait (ns).
-    let status = read("/proc/self/status");
-    if let Some(kb) = field(&status, "VmRSS:", 1) {
-        out.push(("process_rss_kb", kb, false));
-    }
+    // The process's threads: CPU and run-queue wait (ns, from schedstat), in all and
+    // per thread name (`gateway-0`, `shard-1`, `link-router-2`, ...; threads of one
+    // name added up).
     let (mut cpu_ns, mut wait_ns, mut threads) = (0.0, 0.0, 0.0);
+    let mut by_name: BTreeMap<String, (f64, f64)> = BTreeMap::new();
     if let Ok(tasks) = std::fs::read_dir("/proc/self/task") {
         for t in tasks.flatten() {
             let s = read(&t.path().join("schedstat").to_string_lossy());
             let mut it = s
                 .split_whitespace()
                 .map(|v| v.parse::<f64>().unwrap_or(0.0));
-            cpu_ns += it.next().unwrap_or(0.0);
-            wait_ns += it.next().unwrap_or(0.0);
+            let (cpu, wait) = (it.next().unwrap_or(0.0), it.next().unwrap_or(0.0));
+            let comm = read(&t.path().join("comm").to_string_lossy());
+            let e = by_name.entry(comm.trim().to_string()).or_default();
+            (e.0, e.1) = (e.0 + cpu, e.1 + wait);
+            cpu_ns += cpu;
+            wait_ns += wait;
             threads += 1.0;
         }
     }
-    out.push(("process_threads", threads, false));
-    out.push(("process_cpu_ns", cpu_ns, true));
-    out.push(("process_runqueue_wait_ns", wait_ns, true));
+    push("process_threads", threads, false);
+    push("process_cpu_ns", cpu_ns, true);
+    push("process_runqueue_wait_ns", wait_ns, true);
+    for (name, (cpu, wait)) in by_name {
+        out.push((format!("thread_cpu_ns:{name}").into(), cpu, true));
+        out.push((format!("thread_runqueue_wait_ns:{name}").into(), wait, true));
+    }
     out
 }
 
@@ -308,7 +327,7 @@ pub fn start(
     let thread = std::thread::Builder::new()
         .name("reporter".into())
         .spawn(move || {
-            let mut prev: BTreeMap<&'static str, f64> = BTreeMap::new();
+            let mut prev: BTreeMap<Cow<'static, str>, f64> = BTreeMap::new();
             let mut above_since: BTreeMap<String, Instant> = BTreeMap::new();
             let mut firing: BTreeMap<String, u64> = BTreeMap::new();
             let mut last_line = Instant::now() - Duration::from_secs(3600);
@@ -321,10 +340,10 @@ pub fn start(
                 let mut act = activity.lock().unwrap_or_else(|e| e.into_inner());
                 // A counter's first sample only sets its base: rates start with the
                 // second.
-                let all = metrics.iter().copied().chain(host);
-                for (name, value, counter) in all {
+                let all = (metrics.iter()).map(|&(n, v, c)| (Cow::Borrowed(n), v, c));
+                for (name, value, counter) in all.chain(host) {
                     let v = if counter {
-                        match prev.insert(name, value) {
+                        match prev.insert(name.clone(), value) {
                             Some(p) => (value - p).max(0.0),
                             None => continue,
                         }
@@ -453,6 +472,40 @@ mod tests {
         assert_eq!(a.s1, 0.0);
         assert!(a.s10 < 40.0 && a.s10 > 30.0, "{}", a.s10); // 100 × 0.9^10 ≈ 34.9
         assert!(a.s100 > 90.0, "{}", a.s100);
+    }
+
+    #[test]
+    fn the_host_sample_has_the_accept_queue_and_each_thread() {
+        let (tx, rx) = mpsc::channel::<()>();
+        let (up_tx, up) = mpsc::channel::<()>();
+        let t = std::thread::Builder::new()
+            .name("probe-thread".into())
+            .spawn(move || {
+                up_tx.send(()).unwrap(); // named by now
+                rx.recv()
+            })
+            .unwrap();
+        up.recv().unwrap();
+        let names: Vec<String> = host_sample()
+            .into_iter()
+            .map(|f| f.0.into_owned())
+            .collect();
+        tx.send(()).unwrap();
+        t.join().unwrap().unwrap();
+        for n in [
+            "thread_cpu_ns:probe-thread",
+            "thread_runqueue_wait_ns:probe-thread",
+            "host_tcp_listen_overflows",
+            "host_tcp_established",
+            "host_context_switches",
+            "process_rss_kb",
+        ] {
+            assert!(names.iter().any(|x| x == n), "{n} missing from {names:?}");
+        }
+        assert_eq!(
+            paired("Tcp: A B\nTcp: 1 2\nUdp: C\nUdp: 3\n", "Tcp:"),
+            [("A", "1"), ("B", "2")]
+        );
     }
 
     #[test]
