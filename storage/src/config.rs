@@ -60,6 +60,12 @@ pub struct LogConfig {
     /// A segment whose live bytes fall below this share of its used bytes is compacted.
     /// Default: 0.25. Range: 0.0 (never) to 0.9.
     pub compact_live_ratio: f64,
+    /// Run the log's background threads (flusher, segment preparer) at the lowest CPU
+    /// priority (Linux `SCHED_IDLE`), so a thread serving messages that wakes up takes
+    /// the CPU from them at once instead of waiting out their time slice (an `msync`, a
+    /// segment's pre-faulting). They still get every idle moment, and acknowledgements
+    /// still wait for durability. Default: true. Ignored where the system lacks it.
+    pub background_idle: bool,
 }
 
 impl Default for LogConfig {
@@ -77,6 +83,7 @@ impl Default for LogConfig {
             shard_bytes_max: 64 << 30,
             accounts_max: 10_000_000,
             compact_live_ratio: 0.25,
+            background_idle: true,
         }
     }
 }

@@ -104,14 +104,17 @@ pub(crate) struct Flusher {
 }
 
 impl Flusher {
-    pub fn start(shared: Arc<Shared>, interval: Duration) -> std::io::Result<Flusher> {
+    pub fn start(shared: Arc<Shared>, interval: Duration, idle: bool) -> std::io::Result<Flusher> {
         let (tx, rx) = mpsc::channel();
         shared
             .interval_us
             .store(interval.as_micros() as u64, Ordering::Relaxed);
         let handle = thread::Builder::new()
             .name("log-flusher".into())
-            .spawn(move || flusher_loop(&shared, &rx))?;
+            .spawn(move || {
+                background_priority(idle);
+                flusher_loop(&shared, &rx)
+            })?;
         Ok(Flusher { tx, handle })
     }
 
@@ -206,12 +209,18 @@ pub(crate) struct Preparer {
 }
 
 impl Preparer {
-    pub fn start(dir: PathBuf, bytes: u64, prefault: bool) -> std::io::Result<Preparer> {
+    pub fn start(
+        dir: PathBuf,
+        bytes: u64,
+        prefault: bool,
+        idle: bool,
+    ) -> std::io::Result<Preparer> {
         let (req_tx, req_rx) = mpsc::channel::<SegmentId>();
         let (tx, rx) = mpsc::channel();
         let handle = thread::Builder::new()
             .name("log-preparer".into())
             .spawn(move || {
+                background_priority(idle);
                 for id in req_rx {
                     if tx.send(Segment::create(&dir, id, bytes, prefault)).is_err() {
                         return;
@@ -239,4 +248,17 @@ impl Drop for Preparer {
             let _ = h.join();
         }
     }
+}
+
+/// Lowers the calling thread to the lowest CPU priority (`LogConfig::background_idle`):
+/// `SCHED_IDLE` on Linux; elsewhere left as it is.
+pub(crate) fn background_priority(idle: bool) {
+    #[cfg(target_os = "linux")]
+    if idle {
+        let p = libc::sched_param { sched_priority: 0 };
+        // SAFETY: a plain system call on the calling thread with a valid parameter.
+        unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &p) };
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = idle;
 }

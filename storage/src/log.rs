@@ -146,13 +146,19 @@ impl Log {
         accounts: AHashMap<Box<[u8]>, Account>,
     ) -> Result<Log, StorageError> {
         let shared = Arc::new(Shared::default());
-        let preparer = Preparer::start(dir.to_owned(), config.segment_bytes, config.prefault)
-            .map_err(StorageError::io("start preparer thread", dir))?;
+        let preparer = Preparer::start(
+            dir.to_owned(),
+            config.segment_bytes,
+            config.prefault,
+            config.background_idle,
+        )
+        .map_err(StorageError::io("start preparer thread", dir))?;
         let flusher = match config.durability {
             Durability::Group => Some(
                 Flusher::start(
                     Arc::clone(&shared),
                     Duration::from_micros(config.group_interval_us),
+                    config.background_idle,
                 )
                 .map_err(StorageError::io("start flusher thread", dir))?,
             ),
