@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -20,6 +19,8 @@ struct Server {
     p: common::Printed,
     addr: String,
     admin: String,
+    /// The certificate's fingerprint.
+    fp: String,
     data: PathBuf,
 }
 
@@ -37,6 +38,7 @@ impl Server {
         Server {
             addr: p.word_after("switchboard: listening on "),
             admin: p.word_after("switchboard: admin api on http://"),
+            fp: p.word_after("certificate sha256 fingerprint "),
             data: data.to_owned(),
             p,
         }
@@ -58,17 +60,8 @@ impl Server {
     }
 
     fn metric(&self, name: &str) -> u64 {
-        let token = std::fs::read_to_string(self.data.join("admin.token")).unwrap();
-        let mut s = TcpStream::connect(&self.admin).unwrap();
-        write!(
-            s,
-            "GET /metrics HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n",
-            token.trim()
-        )
-        .unwrap();
-        let mut text = String::new();
-        s.read_to_string(&mut text).unwrap();
-        text.lines()
+        common::admin_get(&self.admin, &self.data, "/metrics")
+            .lines()
             .filter(|l| l.starts_with(name) && l[name.len()..].starts_with('{'))
             .filter_map(|l| l.rsplit_once(' ')?.1.parse::<u64>().ok())
             .sum()
@@ -126,12 +119,7 @@ fn knobs_change_a_running_appliance_without_reconnects() {
     )
     .unwrap();
     let s = Server::start(&data, &cfg);
-    let fp = s
-        .saw("fingerprint ")
-        .split_whitespace()
-        .last()
-        .unwrap()
-        .to_string();
+    let fp = s.fp.clone();
     let sms = data.join("sms.log");
     let (a, b) = (phone(15550000001), phone(15550000002));
     let (mut ca, _) = common::register(&s.addr, &fp, &sms, a);
@@ -312,12 +300,7 @@ fn the_log_level_and_the_alert_rules_change_while_running() {
     let base = "workers = 1\nshards = 1\n[admin]\nlisten = \"127.0.0.1:0\"\n";
     std::fs::write(&cfg, base).unwrap();
     let s = Server::start(&data, &cfg);
-    let fp = s
-        .saw("fingerprint ")
-        .split_whitespace()
-        .last()
-        .unwrap()
-        .to_string();
+    let fp = s.fp.clone();
     let sms = data.join("sms.log");
 
     // The level is a knob that takes names; a bad one is refused with the names.
