@@ -41,6 +41,12 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static A: Counting = Counting;
 
+/// jemalloc's options as the appliance sets them (`appliance/src/main.rs`): transparent
+/// huge pages for its arenas and metadata.
+#[allow(non_upper_case_globals)]
+#[export_name = "_rjem_malloc_conf"]
+pub static malloc_conf: &[u8; 31] = b"thp:always,metadata_thp:always\0";
+
 const NOW: u64 = 1_800_000_000_000;
 const BODY: [u8; 36] = [0x42; 36]; // 100-byte records
 

@@ -3,7 +3,7 @@
 //! lock the writer waits on while appending.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Condvar, Mutex};
@@ -28,6 +28,8 @@ pub(crate) struct Shared {
     pub flushes: AtomicU64,
     pub flush_ns_max: AtomicU64,
     pub flush_ns_total: AtomicU64,
+    /// Directory syncs by the flusher (one before the first flush covering new segments).
+    pub dir_syncs: AtomicU64,
     /// The group-commit interval the flusher sleeps between flushes (µs); changed at
     /// run time by [`crate::Log::set_group_interval_us`]. `0` until the flusher starts.
     pub interval_us: AtomicU64,
@@ -104,7 +106,14 @@ pub(crate) struct Flusher {
 }
 
 impl Flusher {
-    pub fn start(shared: Arc<Shared>, interval: Duration, idle: bool) -> std::io::Result<Flusher> {
+    /// `dir`: the log's directory, synced before a new segment's first flush reports
+    /// anything in it durable (the preparer does not sync it in `group` mode).
+    pub fn start(
+        shared: Arc<Shared>,
+        interval: Duration,
+        dir: PathBuf,
+        idle: bool,
+    ) -> std::io::Result<Flusher> {
         let (tx, rx) = mpsc::channel();
         shared
             .interval_us
@@ -113,7 +122,7 @@ impl Flusher {
             .name("log-flusher".into())
             .spawn(move || {
                 background_priority(idle);
-                flusher_loop(&shared, &rx)
+                flusher_loop(&shared, &rx, &dir)
             })?;
         Ok(Flusher { tx, handle })
     }
@@ -133,9 +142,11 @@ impl Flusher {
 struct Mapped {
     map: Arc<MmapRaw>,
     end: Option<usize>,
+    /// Whether the directory has been synced since this segment was made.
+    dir_synced: bool,
 }
 
-fn flusher_loop(shared: &Shared, rx: &Receiver<Activation>) {
+fn flusher_loop(shared: &Shared, rx: &Receiver<Activation>, dir: &Path) {
     let mut maps: BTreeMap<SegmentId, Mapped> = BTreeMap::new();
     loop {
         let stopping = shared.stop.load(Ordering::Acquire);
@@ -144,7 +155,7 @@ fn flusher_loop(shared: &Shared, rx: &Receiver<Activation>) {
             thread::park_timeout(Duration::from_micros(us));
         }
         if !shared.failed.load(Ordering::Acquire) {
-            if let Err(e) = flush_once(shared, rx, &mut maps) {
+            if let Err(e) = flush_once(shared, rx, &mut maps, dir) {
                 shared.fail(format!("msync: {e}"));
             }
         }
@@ -158,6 +169,7 @@ fn flush_once(
     shared: &Shared,
     rx: &Receiver<Activation>,
     maps: &mut BTreeMap<SegmentId, Mapped>,
+    dir: &Path,
 ) -> std::io::Result<()> {
     // Load the position first: every activation sent before it was stored is now in
     // the channel.
@@ -173,6 +185,7 @@ fn flush_once(
             Mapped {
                 map: a.map,
                 end: None,
+                dir_synced: false,
             },
         );
     }
@@ -181,6 +194,16 @@ fn flush_once(
         return Ok(());
     }
     let started = Instant::now();
+    // New segments' directory entries first: a machine crash must not lose a file that
+    // holds anything reported durable.
+    let range = durable.segment()..=written.segment();
+    if maps.range(range.clone()).any(|(_, m)| !m.dir_synced) {
+        std::fs::File::open(dir)?.sync_all()?;
+        shared.dir_syncs.fetch_add(1, Ordering::Relaxed);
+        for (_, m) in maps.range_mut(range) {
+            m.dir_synced = true;
+        }
+    }
     for (&id, m) in maps.range(durable.segment()..=written.segment()) {
         let from = if id == durable.segment() {
             durable.offset() as usize
@@ -209,10 +232,12 @@ pub(crate) struct Preparer {
 }
 
 impl Preparer {
+    /// `sync_dir`: see [`Segment::create`].
     pub fn start(
         dir: PathBuf,
         bytes: u64,
         prefault: bool,
+        sync_dir: bool,
         idle: bool,
     ) -> std::io::Result<Preparer> {
         let (req_tx, req_rx) = mpsc::channel::<SegmentId>();
@@ -222,7 +247,8 @@ impl Preparer {
             .spawn(move || {
                 background_priority(idle);
                 for id in req_rx {
-                    if tx.send(Segment::create(&dir, id, bytes, prefault)).is_err() {
+                    let seg = Segment::create(&dir, id, bytes, prefault, sync_dir);
+                    if tx.send(seg).is_err() {
                         return;
                     }
                 }

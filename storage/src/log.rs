@@ -116,6 +116,8 @@ pub struct LogStats {
     pub flushes: u64,
     pub flush_us_max: u64,
     pub flush_us_total: u64,
+    /// Directory syncs by the flusher (`group`: before a new segment's first flush).
+    pub dir_syncs: u64,
 }
 
 pub struct Log {
@@ -150,6 +152,7 @@ impl Log {
             dir.to_owned(),
             config.segment_bytes,
             config.prefault,
+            config.durability == Durability::Always,
             config.background_idle,
         )
         .map_err(StorageError::io("start preparer thread", dir))?;
@@ -158,6 +161,7 @@ impl Log {
                 Flusher::start(
                     Arc::clone(&shared),
                     Duration::from_micros(config.group_interval_us),
+                    dir.to_owned(),
                     config.background_idle,
                 )
                 .map_err(StorageError::io("start flusher thread", dir))?,
@@ -673,6 +677,7 @@ impl Log {
             flushes: s.flushes.load(Ordering::Relaxed),
             flush_us_max: s.flush_ns_max.load(Ordering::Relaxed) / 1000,
             flush_us_total: s.flush_ns_total.load(Ordering::Relaxed) / 1000,
+            dir_syncs: s.dir_syncs.load(Ordering::Relaxed),
             ..self.stats.clone()
         }
     }

@@ -279,7 +279,7 @@ impl Log {
             let id = segments
                 .back()
                 .map_or(SegmentId(1), |s| SegmentId(s.seg.id.0 + 1));
-            let mut seg = Segment::create(dir, id, config.segment_bytes, config.prefault)
+            let mut seg = Segment::create(dir, id, config.segment_bytes, config.prefault, true)
                 .map_err(StorageError::io("create segment", dir.join(id.file_name())))?;
             let header = SegmentHeader {
                 version: FORMAT_VERSION,

@@ -29,7 +29,19 @@ pub(crate) struct Segment {
 impl Segment {
     /// Creates, preallocates and maps a new segment of `bytes`, all zeros.
     /// Runs on the preparer thread, never on the append path.
-    pub fn create(dir: &Path, id: SegmentId, bytes: u64, prefault: bool) -> io::Result<Segment> {
+    /// `sync_dir`: make the directory entry durable now (`durability = "always"`, and
+    /// the log's first segment); in `group` mode the flusher does it before anything in
+    /// the segment is reported durable, and `none` promises nothing across a machine
+    /// crash. (A directory sync waits for the file system's journal, which in `none`
+    /// mode can mean the writeback of everything dirty: it must not hold up the next
+    /// segment.)
+    pub fn create(
+        dir: &Path,
+        id: SegmentId,
+        bytes: u64,
+        prefault: bool,
+        sync_dir: bool,
+    ) -> io::Result<Segment> {
         let path = dir.join(id.file_name());
         let file = OpenOptions::new()
             .read(true)
@@ -38,8 +50,9 @@ impl Segment {
             .open(&path)?;
         let made = preallocate(&file, bytes).and_then(|()| {
             let map = MmapRaw::map_raw(&file)?;
-            // The directory entry must survive a machine crash before records go in.
-            File::open(dir)?.sync_all()?;
+            if sync_dir {
+                File::open(dir)?.sync_all()?;
+            }
             Ok(map)
         });
         let map = match made {

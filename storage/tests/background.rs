@@ -46,3 +46,44 @@ fn the_flusher_and_the_preparer_run_idle_by_default_and_normal_when_asked() {
         log.close().unwrap();
     }
 }
+
+#[test]
+fn in_group_mode_the_flusher_syncs_the_directory_of_new_segments_before_they_are_durable() {
+    use storage::{NewMessage, UserId};
+    for (durability, syncs) in [(Durability::Group, true), (Durability::None, false)] {
+        let dir = tempfile::tempdir().unwrap();
+        let config = LogConfig {
+            segment_bytes: 256 << 10,
+            durability,
+            prefault: false,
+            ..LogConfig::default()
+        };
+        let (mut log, _) = Log::open(dir.path(), config, 1_700_000_000_000).unwrap();
+        let to = UserId::new(7).unwrap();
+        let mut last = None;
+        for i in 0..10_000u64 {
+            let m = NewMessage {
+                recipient: to,
+                sender: to,
+                msg_id: i,
+                timestamp_ms: 1_700_000_000_000,
+                expiry_ms: None,
+                body: &[0x42; 36],
+            };
+            last = Some(log.append_message(&m).unwrap().lsn);
+        }
+        assert!(log.wait_durable(last.unwrap(), std::time::Duration::from_secs(10)));
+        let s = log.stats();
+        assert!(s.rollovers >= 2, "{s:?}");
+        if syncs {
+            // At least one sync, and never more than one per segment.
+            assert!(
+                (1..=s.rollovers + 1).contains(&s.dir_syncs),
+                "{durability:?}: {s:?}"
+            );
+        } else {
+            assert_eq!(s.dir_syncs, 0, "{durability:?}: {s:?}");
+        }
+        log.close().unwrap();
+    }
+}
