@@ -268,10 +268,20 @@ impl Preparer {
 }
 
 impl Drop for Preparer {
+    /// Stops the thread and removes the segment files it prepared that were never
+    /// started (no header yet, nothing in them), so the next open has no blank tail to
+    /// check byte by byte. (After a crash recovery removes them instead.)
     fn drop(&mut self) {
         self.tx = None;
         if let Some(h) = self.handle.take() {
             let _ = h.join();
+        }
+        while let Ok(prepared) = self.rx.try_recv() {
+            if let Ok(seg) = prepared {
+                let path = seg.path.clone();
+                drop(seg);
+                let _ = std::fs::remove_file(path);
+            }
         }
     }
 }

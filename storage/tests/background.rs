@@ -87,3 +87,36 @@ fn in_group_mode_the_flusher_syncs_the_directory_of_new_segments_before_they_are
         log.close().unwrap();
     }
 }
+
+#[test]
+fn a_clean_close_leaves_no_prepared_segment_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = LogConfig {
+        segment_bytes: 256 << 10,
+        durability: Durability::Group,
+        prefault: false,
+        ..LogConfig::default()
+    };
+    let (log, _) = Log::open(dir.path(), config.clone(), 1_700_000_000_000).unwrap();
+    // The preparer makes the next segment at once; wait until it is on disk.
+    let seg_files = || {
+        std::fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".seg"))
+            .count()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while seg_files() < 2 {
+        assert!(std::time::Instant::now() < deadline, "nothing prepared");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    log.close().unwrap();
+    assert_eq!(
+        seg_files(),
+        1,
+        "the prepared, never started segment is removed"
+    );
+    let (_log, report) = Log::open(dir.path(), config, 1_700_000_000_000).unwrap();
+    assert_eq!(report.blank_segments_removed, 0, "{report:?}");
+}
