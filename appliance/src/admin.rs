@@ -9,7 +9,7 @@
 use std::io::Write as _;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -630,17 +630,7 @@ pub fn render_activity(a: &crate::reporter::Activity) -> String {
 /// A running admin listener; stops when dropped.
 pub struct Admin {
     pub addr: SocketAddr,
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Drop for Admin {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Release);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
+    _task: crate::task::Task,
 }
 
 /// Binds the admin listener and serves it on its own thread.
@@ -652,28 +642,19 @@ pub fn start(config: &AdminConfig, token: String, src: Arc<Sources>) -> Result<A
         .server_addr()
         .to_ip()
         .ok_or("admin listener has no IP address")?;
-    let stop = Arc::new(AtomicBool::new(false));
-    let s = Arc::clone(&stop);
-    let thread = std::thread::Builder::new()
-        .name("admin".into())
-        .spawn(move || {
-            while !s.load(Ordering::Acquire) {
-                match server.recv_timeout(Duration::from_millis(200)) {
-                    Ok(Some(req)) => answer(req, &token, &src),
-                    Ok(None) => {}
-                    Err(e) => {
-                        tracing::warn!("admin: {e}");
-                        std::thread::sleep(Duration::from_millis(200));
-                    }
+    let task = crate::task::Task::spawn("admin", move |stop| {
+        while !stop.load(Ordering::Acquire) {
+            match server.recv_timeout(Duration::from_millis(200)) {
+                Ok(Some(req)) => answer(req, &token, &src),
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!("admin: {e}");
+                    std::thread::sleep(Duration::from_millis(200));
                 }
             }
-        })
-        .map_err(|e| e.to_string())?;
-    Ok(Admin {
-        addr,
-        stop,
-        thread: Some(thread),
-    })
+        }
+    })?;
+    Ok(Admin { addr, _task: task })
 }
 
 fn authorized(req: &tiny_http::Request, token: &str) -> bool {

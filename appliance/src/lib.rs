@@ -14,6 +14,7 @@
 //! - `roles` (Linux): `switchboard gateway` and `switchboard router`, the split deployment.
 //! - [`reporter`]: the activity reporter and the queue alerts.
 //! - [`logging`]: the appliance's log lines, at a level changeable while running.
+//! - [`task`]: a background thread stopped and joined when its owner drops it.
 //! - [`logcmd`]: `switchboard log`: operator commands on a shard's storage log.
 #![forbid(unsafe_code)]
 
@@ -35,6 +36,7 @@ pub mod serve;
 #[path = "serve_other.rs"]
 pub mod serve;
 pub mod sms;
+pub mod task;
 #[cfg(target_os = "linux")]
 pub mod tee;
 pub mod tune;

@@ -17,7 +17,7 @@ use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -271,20 +271,7 @@ fn alert_json(rule: &AlertRule, state: &str, value: f64) -> String {
 }
 
 /// A running reporter; stops when dropped.
-pub struct Reporter {
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Drop for Reporter {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Release);
-        if let Some(t) = self.thread.take() {
-            t.thread().unpark();
-            let _ = t.join();
-        }
-    }
-}
+pub type Reporter = crate::task::Task;
 
 /// Starts the reporter thread; `sources` are the admin API's own.
 pub fn start(
@@ -321,102 +308,93 @@ pub fn start(
             .map(|_| tx)
     });
     let webhook = webhook.transpose().map_err(|e| e.to_string())?;
-    let stop = Arc::new(AtomicBool::new(false));
-    let s = Arc::clone(&stop);
     let path = data_dir.join("activity.log");
-    let thread = std::thread::Builder::new()
-        .name("reporter".into())
-        .spawn(move || {
-            let mut prev: BTreeMap<Cow<'static, str>, f64> = BTreeMap::new();
-            let mut above_since: BTreeMap<String, Instant> = BTreeMap::new();
-            let mut firing: BTreeMap<String, u64> = BTreeMap::new();
-            let mut last_line = Instant::now() - Duration::from_secs(3600);
-            let started = Instant::now();
-            while !s.load(Ordering::Acquire) {
-                let now = Instant::now();
-                // The appliance's figures: gauges as values, counters as rates.
-                let metrics = crate::admin::metric_values(&sources);
-                let host = host_sample();
-                let mut act = activity.lock().unwrap_or_else(|e| e.into_inner());
-                // A counter's first sample only sets its base: rates start with the
-                // second.
-                let all = (metrics.iter()).map(|&(n, v, c)| (Cow::Borrowed(n), v, c));
-                for (name, value, counter) in all.chain(host) {
-                    let v = if counter {
-                        match prev.insert(name.clone(), value) {
-                            Some(p) => (value - p).max(0.0),
-                            None => continue,
-                        }
-                    } else {
-                        value
-                    };
-                    act.figures.entry(name.to_string()).or_default().add(v);
-                }
-                // Alerts on the raw value of their metric, by the rules in force (a
-                // reload replaces them; a removed rule's alert ends with it).
-                let rules = match &sources.control {
-                    Some(c) => c.alerts().rules,
-                    None => alerts.rules.clone(),
-                };
-                firing.retain(|name, _| {
-                    let kept = rules.iter().any(|r| &r.name == name);
-                    if !kept {
-                        tracing::info!("alert {name}: its rule was removed by a reload");
+    crate::task::Task::spawn("reporter", move |s| {
+        let mut prev: BTreeMap<Cow<'static, str>, f64> = BTreeMap::new();
+        let mut above_since: BTreeMap<String, Instant> = BTreeMap::new();
+        let mut firing: BTreeMap<String, u64> = BTreeMap::new();
+        let mut last_line = Instant::now() - Duration::from_secs(3600);
+        let started = Instant::now();
+        while !s.load(Ordering::Acquire) {
+            let now = Instant::now();
+            // The appliance's figures: gauges as values, counters as rates.
+            let metrics = crate::admin::metric_values(&sources);
+            let host = host_sample();
+            let mut act = activity.lock().unwrap_or_else(|e| e.into_inner());
+            // A counter's first sample only sets its base: rates start with the
+            // second.
+            let all = (metrics.iter()).map(|&(n, v, c)| (Cow::Borrowed(n), v, c));
+            for (name, value, counter) in all.chain(host) {
+                let v = if counter {
+                    match prev.insert(name.clone(), value) {
+                        Some(p) => (value - p).max(0.0),
+                        None => continue,
                     }
-                    kept
-                });
-                above_since.retain(|name, _| rules.iter().any(|r| &r.name == name));
-                for rule in &rules {
-                    let value = metrics
-                        .iter()
-                        .find(|(n, _, _)| *n == rule.metric)
-                        .map_or(0.0, |m| m.1);
-                    if value > rule.above {
-                        let since = *above_since.entry(rule.name.clone()).or_insert(now);
-                        if !firing.contains_key(&rule.name)
-                            && now.duration_since(since) >= Duration::from_secs(rule.for_s)
-                        {
-                            firing.insert(rule.name.clone(), started.elapsed().as_secs());
-                            let j = alert_json(rule, "firing", value);
-                            tracing::info!("alert firing: {j}");
-                            if let Some(tx) = &webhook {
-                                let _ = tx.try_send(j);
-                            }
-                        }
-                    } else {
-                        above_since.remove(&rule.name);
-                        if firing.remove(&rule.name).is_some() {
-                            let j = alert_json(rule, "resolved", value);
-                            tracing::info!("alert resolved: {j}");
-                            if let Some(tx) = &webhook {
-                                let _ = tx.try_send(j);
-                            }
-                        }
-                    }
-                }
-                act.firing = firing.clone();
-                // The activity log: every interval, every second while an alert fires.
-                let every = if firing.is_empty() {
-                    Duration::from_secs(config.interval_s)
                 } else {
-                    Duration::from_secs(1)
+                    value
                 };
-                if now.duration_since(last_line) >= every {
-                    last_line = now;
-                    let line = activity_line(&act, unix_s());
-                    drop(act);
-                    write_rolling(&path, &line, config.file_bytes_max);
-                } else {
-                    drop(act);
-                }
-                let next = now + Duration::from_secs(1);
-                std::thread::park_timeout(next.saturating_duration_since(Instant::now()));
+                act.figures.entry(name.to_string()).or_default().add(v);
             }
-        })
-        .map_err(|e| e.to_string())?;
-    Ok(Reporter {
-        stop,
-        thread: Some(thread),
+            // Alerts on the raw value of their metric, by the rules in force (a
+            // reload replaces them; a removed rule's alert ends with it).
+            let rules = match &sources.control {
+                Some(c) => c.alerts().rules,
+                None => alerts.rules.clone(),
+            };
+            firing.retain(|name, _| {
+                let kept = rules.iter().any(|r| &r.name == name);
+                if !kept {
+                    tracing::info!("alert {name}: its rule was removed by a reload");
+                }
+                kept
+            });
+            above_since.retain(|name, _| rules.iter().any(|r| &r.name == name));
+            for rule in &rules {
+                let value = metrics
+                    .iter()
+                    .find(|(n, _, _)| *n == rule.metric)
+                    .map_or(0.0, |m| m.1);
+                if value > rule.above {
+                    let since = *above_since.entry(rule.name.clone()).or_insert(now);
+                    if !firing.contains_key(&rule.name)
+                        && now.duration_since(since) >= Duration::from_secs(rule.for_s)
+                    {
+                        firing.insert(rule.name.clone(), started.elapsed().as_secs());
+                        let j = alert_json(rule, "firing", value);
+                        tracing::info!("alert firing: {j}");
+                        if let Some(tx) = &webhook {
+                            let _ = tx.try_send(j);
+                        }
+                    }
+                } else {
+                    above_since.remove(&rule.name);
+                    if firing.remove(&rule.name).is_some() {
+                        let j = alert_json(rule, "resolved", value);
+                        tracing::info!("alert resolved: {j}");
+                        if let Some(tx) = &webhook {
+                            let _ = tx.try_send(j);
+                        }
+                    }
+                }
+            }
+            act.firing = firing.clone();
+            // The activity log: every interval, every second while an alert fires.
+            let every = if firing.is_empty() {
+                Duration::from_secs(config.interval_s)
+            } else {
+                Duration::from_secs(1)
+            };
+            if now.duration_since(last_line) >= every {
+                last_line = now;
+                let line = activity_line(&act, unix_s());
+                drop(act);
+                write_rolling(&path, &line, config.file_bytes_max);
+            } else {
+                drop(act);
+            }
+            let next = now + Duration::from_secs(1);
+            std::thread::park_timeout(next.saturating_duration_since(Instant::now()));
+        }
     })
 }
 
