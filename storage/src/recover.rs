@@ -471,29 +471,20 @@ fn set_aside(
 /// One partition's output from every scanning thread: messages seen, erases seen.
 type Partition = (Vec<Vec<Seen>>, Vec<Vec<(UserId, MsgSeq)>>);
 
+/// What one thread made of its partitions: each user's live messages in order, and
+/// per segment (in `ids` order) the live records, bytes and earliest expiry.
+struct Resolved {
+    users: Vec<(UserId, Vec<(Lsn, u64)>)>,
+    live: Vec<(u64, u64, u64)>,
+}
+
 /// Per user: order by sequence number, keep the newest copy of each message (compaction
-/// made the later ones), drop the erased; count what is live per segment. Accounts:
-/// replay puts and deletes in log order.
-fn build_index(
-    collected: Vec<Collected>,
-    segments: &mut VecDeque<SegState>,
-    report: &mut RecoveryReport,
-) -> (Index, AHashMap<Box<[u8]>, Account>) {
-    let pos = |segments: &VecDeque<SegState>, id: SegmentId| {
-        segments
-            .binary_search_by_key(&id, |s| s.seg.id)
-            .expect("record from a known segment")
+/// made the later ones), drop the erased.
+fn resolve(parts: Vec<Partition>, ids: &[SegmentId]) -> Resolved {
+    let mut out = Resolved {
+        users: Vec::new(),
+        live: vec![(0, 0, u64::MAX); ids.len()],
     };
-    let mut parts: Vec<Partition> = (0..PARTITIONS).map(|_| Default::default()).collect();
-    let mut account_ops = vec![];
-    for c in collected {
-        for (p, (seen, erased)) in c.seen.into_iter().zip(c.erased).enumerate() {
-            parts[p].0.push(seen);
-            parts[p].1.push(erased);
-        }
-        account_ops.extend(c.accounts);
-    }
-    let mut index = Index::default();
     for (seen, erased) in parts {
         let mut by_user: AHashMap<UserId, (Vec<Seen>, Vec<MsgSeq>)> = AHashMap::new();
         for m in seen.into_iter().flatten() {
@@ -517,17 +508,79 @@ fn build_index(
                 if erased.peek().is_some_and(|&&e| e == m.seq) {
                     continue;
                 }
-                let i = pos(segments, m.at.segment());
-                let s = &mut segments[i];
-                s.live_records += 1;
-                s.live_bytes += m.record_bytes as u64;
-                s.min_expiry_ms = s.min_expiry_ms.min(m.expiry_ms);
+                let i = ids
+                    .binary_search(&m.at.segment())
+                    .expect("record from a known segment");
+                let l = &mut out.live[i];
+                l.0 += 1;
+                l.1 += m.record_bytes as u64;
+                l.2 = l.2.min(m.expiry_ms);
                 entries.push((m.at, m.body_bytes as u64));
             }
-            report.messages_live += entries.len() as u64;
             if !entries.is_empty() {
-                index.load(user, &entries);
+                out.users.push((user, entries));
             }
+        }
+    }
+    out
+}
+
+/// Messages: [`resolve`] on threads, then the index and each segment's live counts.
+/// Accounts: replay puts and deletes in log order.
+fn build_index(
+    collected: Vec<Collected>,
+    segments: &mut VecDeque<SegState>,
+    report: &mut RecoveryReport,
+) -> (Index, AHashMap<Box<[u8]>, Account>) {
+    let pos = |segments: &VecDeque<SegState>, id: SegmentId| {
+        segments
+            .binary_search_by_key(&id, |s| s.seg.id)
+            .expect("record from a known segment")
+    };
+    let mut parts: Vec<Partition> = (0..PARTITIONS).map(|_| Default::default()).collect();
+    let mut account_ops = vec![];
+    for c in collected {
+        for (p, (seen, erased)) in c.seen.into_iter().zip(c.erased).enumerate() {
+            parts[p].0.push(seen);
+            parts[p].1.push(erased);
+        }
+        account_ops.extend(c.accounts);
+    }
+    // The partitions are independent (a user's records are all in one): threads sort
+    // and filter them, then one thread loads the index and the segments' counts.
+    let ids: Vec<SegmentId> = segments.iter().map(|s| s.seg.id).collect();
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, 8);
+    let mut chunks: Vec<Vec<Partition>> = (0..threads).map(|_| Vec::new()).collect();
+    for (i, p) in parts.into_iter().enumerate() {
+        chunks[i % threads].push(p);
+    }
+    let done: Vec<Resolved> = if threads == 1 {
+        chunks.into_iter().map(|c| resolve(c, &ids)).collect()
+    } else {
+        std::thread::scope(|sc| {
+            let ids = &ids;
+            let handles: Vec<_> = chunks
+                .into_iter()
+                .map(|c| sc.spawn(move || resolve(c, ids)))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("index thread panicked"))
+                .collect()
+        })
+    };
+    let mut index = Index::default();
+    for r in done {
+        for (s, (records, bytes, min_expiry)) in segments.iter_mut().zip(r.live) {
+            s.live_records += records;
+            s.live_bytes += bytes;
+            s.min_expiry_ms = s.min_expiry_ms.min(min_expiry);
+        }
+        for (user, entries) in r.users {
+            report.messages_live += entries.len() as u64;
+            index.load(user, &entries);
         }
     }
     account_ops.sort_unstable_by_key(|(at, _, _)| *at);
