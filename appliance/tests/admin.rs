@@ -500,7 +500,8 @@ fn the_tee_mirrors_sampled_requests_to_a_shadow_and_a_dead_shadow_costs_the_real
             real_metric("switchboard_gateway_requests_total"),
         );
         let shadow_got = shadow_metric("switchboard_router_requests_total");
-        if sent + dropped == requests && shadow_got == sent && requests > 30 && sent > 20 {
+        // (How many are dropped depends on when the tee's link came up: not asserted.)
+        if sent + dropped == requests && shadow_got == sent && requests > 30 && sent > 0 {
             break;
         }
         assert!(

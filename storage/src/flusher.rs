@@ -267,11 +267,13 @@ impl Preparer {
     }
 }
 
-impl Drop for Preparer {
+impl Preparer {
     /// Stops the thread and removes the segment files it prepared that were never
     /// started (no header yet, nothing in them), so the next open has no blank tail to
-    /// check byte by byte. (After a crash recovery removes them instead.)
-    fn drop(&mut self) {
+    /// check byte by byte. (After a crash recovery removes them instead.) Called by the
+    /// log's shutdown while it still holds the directory's lock; again on drop, then a
+    /// no-op.
+    pub fn stop(&mut self) {
         self.tx = None;
         if let Some(h) = self.handle.take() {
             let _ = h.join();
@@ -283,6 +285,12 @@ impl Drop for Preparer {
                 let _ = std::fs::remove_file(path);
             }
         }
+    }
+}
+
+impl Drop for Preparer {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 

@@ -691,6 +691,9 @@ impl Log {
         if let Some(f) = self.flusher.take() {
             f.stop(&self.shared);
         }
+        // Before the directory's lock goes (a field dropped after this): the next
+        // process to open the log must find the directory as it will stay.
+        self.preparer.stop();
         if let Some(why) = self.shared.failure() {
             return Err(StorageError::FlushFailed(why));
         }

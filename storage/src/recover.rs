@@ -187,7 +187,7 @@ impl Log {
                     if first_nonzero(&seg.bytes()[SEGMENT_HEADER_BYTES..]).is_none() =>
                 {
                     // Blank in the middle of the log: nothing in it, nothing lost.
-                    std::fs::remove_file(path)
+                    remove_if_there(path)
                         .map_err(StorageError::io("remove blank segment", path))?;
                     report.blank_segments_removed += 1;
                     continue;
@@ -448,11 +448,19 @@ fn remove_blank_tail(
             return Ok(());
         }
         drop(seg);
-        std::fs::remove_file(path).map_err(StorageError::io("remove blank segment", path))?;
+        remove_if_there(path).map_err(StorageError::io("remove blank segment", path))?;
         report.blank_segments_removed += 1;
         files.pop();
     }
     Ok(())
+}
+
+/// Removes a file; one already gone is fine.
+fn remove_if_there(path: &Path) -> io::Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    }
 }
 
 fn set_aside(
