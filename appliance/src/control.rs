@@ -351,35 +351,24 @@ impl Control {
             None => None,
         };
         let mut c = self.config();
-        let mut restart = vec![];
-        let same = |changed: bool, name: &'static str, restart: &mut Vec<&str>| {
-            if changed {
-                restart.push(name);
-            }
-        };
-        same(new.listen != c.listen, "listen", &mut restart);
-        same(new.data_dir != c.data_dir, "data_dir", &mut restart);
-        same(
-            new.workers != c.workers || new.shards != c.shards,
-            "workers/shards",
-            &mut restart,
-        );
-        same(
-            new.admin.listen != c.admin.listen,
-            "admin.listen",
-            &mut restart,
-        );
-        same(
-            new.alerts.webhook != c.alerts.webhook,
-            "alerts.webhook",
-            &mut restart,
-        );
+        // Settings that need a restart: named when the file changes them, kept as running.
+        let mut restart: Vec<&str> = [
+            (new.listen != c.listen, "listen"),
+            (new.data_dir != c.data_dir, "data_dir"),
+            (
+                new.workers != c.workers || new.shards != c.shards,
+                "workers/shards",
+            ),
+            (new.admin.listen != c.admin.listen, "admin.listen"),
+            (new.alerts.webhook != c.alerts.webhook, "alerts.webhook"),
+        ]
+        .into_iter()
+        .filter_map(|(changed, name)| changed.then_some(name))
+        .collect();
         #[cfg(target_os = "linux")]
-        same(
-            new.tee.enabled != c.tee.enabled,
-            "tee.enabled",
-            &mut restart,
-        );
+        if new.tee.enabled != c.tee.enabled {
+            restart.push("tee.enabled");
+        }
         let mut changes = vec![];
         for (k, new_v) in KNOBS.iter().zip(values_of(&new)) {
             if !k.roles.contains(&self.role) {

@@ -88,17 +88,6 @@ fn http(addr: &str, method: &str, path: &str, token: Option<&str>) -> (u16, Stri
 }
 
 /// A metric summed over its label sets.
-fn metric(text: &str, name: &str) -> u64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let (series, v) = l.rsplit_once(' ')?;
-            let n = series.split('{').next()?;
-            (n == name).then(|| v.parse::<u64>().ok())?
-        })
-        .sum()
-}
-
 fn phone(n: u64) -> Phone {
     Phone::new(n).unwrap()
 }
@@ -140,17 +129,17 @@ fn counters_agree_exactly_with_a_scripted_workload() {
     let text = loop {
         let (code, text) = http(&s.admin, "GET", "/metrics", Some(token));
         assert_eq!(code, 200, "{text}");
-        if (metric(&text, "switchboard_router_messages_delivered_total") == N
-            && metric(&text, "switchboard_storage_pending_messages") == OFFLINE
-            && metric(&text, "switchboard_router_receipts_stored_total") == N
-            && metric(&text, "switchboard_gateway_closed_total") >= 1)
+        if (common::metric_sum(&text, "switchboard_router_messages_delivered_total") == N
+            && common::metric_sum(&text, "switchboard_storage_pending_messages") == OFFLINE
+            && common::metric_sum(&text, "switchboard_router_receipts_stored_total") == N
+            && common::metric_sum(&text, "switchboard_gateway_closed_total") >= 1)
             || Instant::now() > deadline
         {
             break text;
         }
         std::thread::sleep(Duration::from_millis(50));
     };
-    let m = |name| metric(&text, name);
+    let m = |name| common::metric_sum(&text, name);
     assert_eq!(
         m("switchboard_router_messages_accepted_total"),
         N + OFFLINE,
@@ -339,7 +328,7 @@ fn a_queue_alert_fires_and_resolves_with_webhook_posts_and_one_second_reports() 
         "{status}"
     );
     let (_, metrics) = http(&s.admin, "GET", "/metrics", Some(token));
-    assert_eq!(metric(&metrics, "switchboard_alerts_firing"), 1);
+    assert_eq!(common::metric_sum(&metrics, "switchboard_alerts_firing"), 1);
     // While it fires the reporter writes every second (60 s otherwise).
     std::thread::sleep(Duration::from_millis(3500));
     let log = std::fs::read_to_string(data.join("activity.log")).unwrap();
@@ -465,7 +454,7 @@ fn the_tee_mirrors_sampled_requests_to_a_shadow_and_a_dead_shadow_costs_the_real
     let shadow_metric = |name: &str| {
         let (code, text) = http(&shadow_admin, "GET", "/metrics", Some(shadow_token.trim()));
         assert_eq!(code, 200);
-        metric(&text, name)
+        common::metric_sum(&text, name)
     };
     // The real appliance, mirroring every user to it, with a small queue.
     let data = dir.path().join("data");
@@ -482,7 +471,7 @@ fn the_tee_mirrors_sampled_requests_to_a_shadow_and_a_dead_shadow_costs_the_real
     let token = token.trim().to_string();
     let real_metric = |name: &str| {
         let (_, text) = http(&s.admin, "GET", "/metrics", Some(&token));
-        metric(&text, name)
+        common::metric_sum(&text, name)
     };
     let sms = data.join("sms.log");
     let (a, b) = (phone(15550000031), phone(15550000032));
@@ -521,19 +510,7 @@ fn the_tee_mirrors_sampled_requests_to_a_shadow_and_a_dead_shadow_costs_the_real
 
     // The sample is a knob: at 0 nothing more is mirrored.
     let sent = real_metric("switchboard_tee_sent_total");
-    let o = Command::new(env!("CARGO_BIN_EXE_switchboard"))
-        .args([
-            "knob",
-            "set",
-            "tee_sample_percent",
-            "0",
-            "--admin",
-            &s.admin,
-            "--data",
-        ])
-        .arg(&data)
-        .output()
-        .unwrap();
+    let o = common::admin_cli(&s.admin, &data, &["knob", "set", "tee_sample_percent", "0"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     exchange_n(&mut ca, &mut cb, b, 11..16);
     std::thread::sleep(Duration::from_millis(300));
@@ -542,19 +519,11 @@ fn the_tee_mirrors_sampled_requests_to_a_shadow_and_a_dead_shadow_costs_the_real
     // A dead shadow: copies are dropped at the full queue, the real path carries on.
     shadow.kill();
     let dropped_before = real_metric("switchboard_tee_dropped_total");
-    let o = Command::new(env!("CARGO_BIN_EXE_switchboard"))
-        .args([
-            "knob",
-            "set",
-            "tee_sample_percent",
-            "100",
-            "--admin",
-            &s.admin,
-            "--data",
-        ])
-        .arg(&data)
-        .output()
-        .unwrap();
+    let o = common::admin_cli(
+        &s.admin,
+        &data,
+        &["knob", "set", "tee_sample_percent", "100"],
+    );
     assert!(o.status.success());
     exchange_n(&mut ca, &mut cb, b, 100..300);
     let deadline = Instant::now() + Duration::from_secs(5);

@@ -51,20 +51,14 @@ impl Server {
 
     /// `switchboard ARGS --admin ADDR --data DATA`.
     fn cli(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_switchboard"))
-            .args(args)
-            .args(["--admin", &self.admin, "--data"])
-            .arg(&self.data)
-            .output()
-            .unwrap()
+        common::admin_cli(&self.admin, &self.data, args)
     }
 
     fn metric(&self, name: &str) -> u64 {
-        common::admin_get(&self.admin, &self.data, "/metrics")
-            .lines()
-            .filter(|l| l.starts_with(name) && l[name.len()..].starts_with('{'))
-            .filter_map(|l| l.rsplit_once(' ')?.1.parse::<u64>().ok())
-            .sum()
+        common::metric_sum(
+            &common::admin_get(&self.admin, &self.data, "/metrics"),
+            name,
+        )
     }
 
     fn hup(&self) {

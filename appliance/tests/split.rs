@@ -348,12 +348,7 @@ fn links_run_over_tls_when_configured() {
 
 /// `switchboard ARGS --admin ADMIN --data DATA`: (success, stdout, stderr).
 fn admin_cli(admin: &str, data: &std::path::Path, args: &[&str]) -> (bool, String, String) {
-    let o = std::process::Command::new(env!("CARGO_BIN_EXE_switchboard"))
-        .args(args)
-        .args(["--admin", admin, "--data"])
-        .arg(data)
-        .output()
-        .unwrap();
+    let o = common::admin_cli(admin, data, args);
     (
         o.status.success(),
         String::from_utf8_lossy(&o.stdout).into_owned(),
@@ -546,17 +541,6 @@ fn link_queues_are_measured_and_alerted_on_while_a_router_is_away() {
         Some(0),
         "{m}"
     );
-}
-
-/// The sum of a metric over its label sets.
-fn metric_sum(text: &str, name: &str) -> u64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let (series, v) = l.rsplit_once(' ')?;
-            (series.split('{').next()? == name).then(|| v.parse::<u64>().ok())?
-        })
-        .sum()
 }
 
 #[test]

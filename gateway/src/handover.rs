@@ -29,14 +29,10 @@ pub fn send_fds(sock: &UnixStream, fds: &[RawFd], tag: u8) -> io::Result<()> {
         iov_base: byte.as_mut_ptr().cast(),
         iov_len: 1,
     };
-    // SAFETY: a zeroed msghdr is valid; every pointer set below outlives the call;
-    // the control buffer is CMSG_SPACE bytes, enough for one header and `fds`.
+    // SAFETY: `iov` and `control` outlive the call; the control buffer is CMSG_SPACE
+    // bytes, enough for one header and `fds`.
+    let msg = message(&mut iov, &mut control);
     unsafe {
-        let mut msg: libc::msghdr = std::mem::zeroed();
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = control.as_mut_ptr().cast();
-        msg.msg_controllen = space as _;
         let cmsg = libc::CMSG_FIRSTHDR(&msg);
         (*cmsg).cmsg_level = libc::SOL_SOCKET;
         (*cmsg).cmsg_type = libc::SCM_RIGHTS;
@@ -47,6 +43,18 @@ pub fn send_fds(sock: &UnixStream, fds: &[RawFd], tag: u8) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// A message of one data buffer (`iov`) and a control buffer, for `sendmsg`/`recvmsg`.
+/// Both must outlive its use.
+fn message(iov: &mut libc::iovec, control: &mut [u8]) -> libc::msghdr {
+    // SAFETY: all-zero is a valid msghdr (null pointers, zero lengths).
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = control.len() as _;
+    msg
 }
 
 /// Receives descriptors sent by [`send_fds`] (owned: closed on drop), and the tag.
@@ -63,12 +71,8 @@ pub fn recv_fds(sock: &UnixStream) -> io::Result<(Vec<OwnedFd>, u8)> {
     let mut out = vec![];
     // SAFETY: as in `send_fds`; the kernel fills at most `space` bytes of control data,
     // and each descriptor it passed is new in this process and owned from here on.
+    let mut msg = message(&mut iov, &mut control);
     unsafe {
-        let mut msg: libc::msghdr = std::mem::zeroed();
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = control.as_mut_ptr().cast();
-        msg.msg_controllen = space as _;
         let n = libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC);
         if n < 0 {
             return Err(io::Error::last_os_error());

@@ -376,3 +376,25 @@ pub fn series(text: &str, name_and_labels: &str) -> Option<u64> {
             .ok()
     })
 }
+
+/// `switchboard ARGS --admin ADMIN --data DATA`: an operator command against a running
+/// process's admin API, with the token from its data directory.
+pub fn admin_cli(admin: &str, data: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .args(args)
+        .args(["--admin", admin, "--data"])
+        .arg(data)
+        .output()
+        .unwrap()
+}
+
+/// The sum of a metric over its label sets in a Prometheus text.
+pub fn metric_sum(text: &str, name: &str) -> u64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, v) = l.rsplit_once(' ')?;
+            (series.split('{').next()? == name).then(|| v.parse::<u64>().ok())?
+        })
+        .sum()
+}
