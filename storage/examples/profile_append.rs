@@ -18,9 +18,11 @@ fn main() {
         let t = Instant::now();
         let (_log, report) = Log::open(&d, LogConfig::default(), 0).unwrap();
         println!(
-            "reopen {:?} ({:.2} GB/s of records)",
+            "reopen {:?} ({:.2} GB/s of records; scan {:?}, index {:?})",
             t.elapsed(),
-            report.bytes as f64 / t.elapsed().as_secs_f64() / 1e9
+            report.bytes as f64 / t.elapsed().as_secs_f64() / 1e9,
+            report.scan_elapsed,
+            report.index_elapsed
         );
         return;
     }

@@ -236,6 +236,54 @@ impl<'a> Queue<'a> {
     }
 }
 
+/// A user's queue built at recovery away from the index (on the thread that sorted
+/// the user's records), then added by [`Index::insert_loaded`]. Owns its block until
+/// then.
+pub(crate) struct Loaded {
+    pub user: UserId,
+    /// A position, or a block pointer when `many`.
+    val: u64,
+    many: bool,
+    messages: u64,
+    bytes: u64,
+}
+
+impl Loaded {
+    /// `positions` in sequence order (at least one), with their total body bytes.
+    pub fn new(user: UserId, positions: &[Lsn], bytes: u64) -> Loaded {
+        let (val, many) = match positions {
+            [] => panic!("a loaded queue has a message"),
+            [at] => (at.0, false),
+            _ => {
+                let mut b = Block::alloc(positions.len().next_power_of_two());
+                let w = b.words_mut();
+                w[0] = (positions.len() as u64) << 32;
+                w[1] |= bytes;
+                for (w, at) in w[HEADER..].iter_mut().zip(positions) {
+                    *w = at.0;
+                }
+                (b.val(), true)
+            }
+        };
+        Loaded {
+            user,
+            val,
+            many,
+            messages: positions.len() as u64,
+            bytes,
+        }
+    }
+}
+
+impl Drop for Loaded {
+    /// Only a queue never added gets here (recovery failed part way).
+    fn drop(&mut self) {
+        if self.many {
+            Block::from_val(self.val).free();
+        }
+    }
+}
+
 /// Where a user is in the table, and its pending messages and body bytes.
 pub(crate) struct Probe {
     slot: Option<usize>,
@@ -457,27 +505,32 @@ impl Index {
         w[1] += body_bytes;
     }
 
-    /// Builds a user's queue at recovery from its positions and body lengths in
-    /// sequence order. The user must have no queue yet (recovery groups by user).
-    pub fn load(&mut self, user: UserId, entries: &[(Lsn, u64)]) {
-        debug_assert!(self.find_slot(user).is_none(), "{user} loaded twice");
-        let bytes: u64 = entries.iter().map(|e| e.1).sum();
-        self.messages += entries.len() as u64;
-        self.bytes += bytes;
-        match entries {
-            [] => {}
-            [(at, _)] => self.insert(user, at.0, false),
-            _ => {
-                let mut b = Block::alloc(entries.len().next_power_of_two());
-                let w = b.words_mut();
-                w[0] = (entries.len() as u64) << 32;
-                w[1] |= bytes;
-                for (i, (at, _)) in entries.iter().enumerate() {
-                    w[HEADER + i] = at.0;
-                }
-                self.insert(user, b.val(), true);
-            }
+    /// Makes room for `users` more users at once (recovery knows how many it loads),
+    /// rather than growing by half again and again.
+    pub fn reserve(&mut self, users: usize) {
+        let want = (self.users + users) * 8 / 7 + 1;
+        if want > self.slots.len() {
+            self.resize(want);
         }
+    }
+
+    /// A key that orders users as the table does: inserting many users in increasing
+    /// order of it (recovery does, by its top byte) walks the table from front to back
+    /// instead of touching a random cache line per user. The table's size does not
+    /// change the order (a user's home slot is this hash scaled to the size).
+    pub fn order_key(&self, user: UserId) -> u64 {
+        self.hasher.hash_one(user.get())
+    }
+
+    /// Adds a queue built by [`Loaded::new`]. The user must have no queue yet
+    /// (recovery groups by user).
+    pub fn insert_loaded(&mut self, q: Loaded) {
+        debug_assert!(self.find_slot(q.user).is_none(), "{} loaded twice", q.user);
+        // The block now belongs to the slot.
+        let q = std::mem::ManuallyDrop::new(q);
+        self.messages += q.messages;
+        self.bytes += q.bytes;
+        self.insert(q.user, q.val, q.many);
     }
 
     pub fn get(&self, user: UserId, seq: MsgSeq, rec: &impl Records) -> Option<Lsn> {
@@ -723,8 +776,13 @@ mod tests {
         let mut ix = Index::default();
         let one = UserId::new(1).unwrap();
         let three = UserId::new(3).unwrap();
-        ix.load(one, &[(at(4), 5)]);
-        ix.load(three, &[(at(1), 2), (at(2), 3), (at(7), 1)]);
+        ix.reserve(2);
+        let slots = ix.slots.len();
+        ix.insert_loaded(Loaded::new(one, &[at(4)], 5));
+        ix.insert_loaded(Loaded::new(three, &[at(1), at(2), at(7)], 6));
+        assert_eq!(ix.slots.len(), slots, "reserved");
+        // One built and never added frees its block (Miri and the leak checkers see it).
+        drop(Loaded::new(three, &[at(1), at(2)], 5));
         assert_eq!((ix.messages, ix.bytes, ix.users()), (4, 11, 2));
         assert_eq!(ix.get(three, MsgSeq(7), &Fake), Some(at(7)));
         assert_eq!(ix.queue(three).unwrap().len(), 3);

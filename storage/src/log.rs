@@ -192,8 +192,12 @@ impl Log {
                 prev_end: None,
             });
         }
-        // What recovery found (and any tail it zeroed) is made durable before use.
-        for s in &log.segments {
+        // What recovery found (and any tail it zeroed) is made durable before use. Not
+        // in `none` mode, which promises nothing across a machine crash: there, written
+        // is durable, and flushing would only make the first open after a busy run
+        // wait for the disk to take every page still dirty in the cache.
+        let flush_found = log.config.durability != Durability::None;
+        for s in log.segments.iter().filter(|_| flush_found) {
             s.seg
                 .flush(0, s.used.max(SEGMENT_HEADER_BYTES))
                 .map_err(StorageError::io("msync", &s.seg.path))?;

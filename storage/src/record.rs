@@ -238,9 +238,50 @@ impl Record<'_> {
     }
 }
 
+/// The record's checksum: CRC32C of `len` (bytes 4..8) then of bytes 12 to the end of
+/// the body.
 fn record_crc(rec: &[u8], body_len: usize) -> u32 {
+    #[cfg(target_arch = "x86_64")]
+    if body_len <= SHORT_BODY_BYTES && std::arch::is_x86_feature_detected!("sse4.2") {
+        // SAFETY: the CPU has SSE 4.2, checked just above.
+        return unsafe { record_crc_short(rec, body_len) };
+    }
+    record_crc_any(rec, body_len)
+}
+
+/// The checksum through the `crc32c` crate, for any length.
+fn record_crc_any(rec: &[u8], body_len: usize) -> u32 {
     let crc = crc32c::crc32c(&rec[4..8]);
     crc32c::crc32c_append(crc, &rec[12..RECORD_HEADER_BYTES + body_len])
+}
+
+/// Bodies up to this long take [`record_crc_short`]; longer ones gain from the
+/// crate's three interleaved streams.
+const SHORT_BODY_BYTES: usize = 256;
+
+/// The checksum of a short record in one pass of the CRC32C instruction: the header's
+/// two 4-byte pieces, then the body a word at a time. Recovery checks one per record,
+/// most of them around 100 bytes, where the crate's general entry costs twice this: it
+/// takes the two pieces in two calls, each starting at a 4-byte (not 8-byte) boundary
+/// that it walks a byte at a time. Equal to [`record_crc_any`] (a property test).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "sse4.2")]
+unsafe fn record_crc_short(rec: &[u8], body_len: usize) -> u32 {
+    use std::arch::x86_64::{_mm_crc32_u32, _mm_crc32_u64, _mm_crc32_u8};
+    let body = &rec[RECORD_HEADER_BYTES..RECORD_HEADER_BYTES + body_len];
+    let mut crc = !0u32;
+    crc = _mm_crc32_u32(crc, get_u32(rec, 4));
+    crc = _mm_crc32_u32(crc, get_u32(rec, 12));
+    let mut crc = crc as u64;
+    let mut words = body.chunks_exact(8);
+    for w in &mut words {
+        crc = _mm_crc32_u64(crc, u64::from_le_bytes(w.try_into().expect("8 bytes")));
+    }
+    let mut crc = crc as u32;
+    for &b in words.remainder() {
+        crc = _mm_crc32_u8(crc, b);
+    }
+    !crc
 }
 
 fn put_u64(buf: &mut [u8], at: usize, v: u64) {
@@ -274,6 +315,7 @@ pub(crate) fn decode_verified(buf: &[u8]) -> Result<(Record<'_>, usize), DecodeE
     decode_checked(buf, false)
 }
 
+#[inline]
 fn decode_checked(buf: &[u8], check_crc: bool) -> Result<(Record<'_>, usize), DecodeError> {
     if buf.len() < RECORD_HEADER_BYTES {
         return Err(DecodeError::Incomplete {
@@ -441,6 +483,18 @@ impl SegmentHeader {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    proptest! {
+        /// The one-pass checksum of short records is the crate's, at every length
+        /// around the switch-over and whatever the bytes.
+        #[test]
+        fn short_checksum_is_the_crates(
+            bytes in proptest::collection::vec(any::<u8>(), RECORD_HEADER_BYTES + 300),
+            body_len in 0usize..300,
+        ) {
+            prop_assert_eq!(record_crc(&bytes, body_len), record_crc_any(&bytes, body_len));
+        }
+    }
 
     fn user() -> impl Strategy<Value = UserId> {
         (1..=UserId::MAX).prop_map(|v| UserId::new(v).unwrap())

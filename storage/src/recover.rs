@@ -18,9 +18,12 @@ use ahash::AHashMap;
 
 use crate::config::LogConfig;
 use crate::error::StorageError;
-use crate::index::Index;
+use crate::index::{Index, Loaded};
 use crate::log::{unix_ms, Account, Log, SegState};
-use crate::record::{HeaderError, Record, SegmentHeader, FORMAT_VERSION, SEGMENT_HEADER_BYTES};
+use crate::record::{
+    align8, HeaderError, Record, SegmentHeader, FORMAT_VERSION, MESSAGE_FIXED_BYTES,
+    RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES,
+};
 use crate::scan::{first_nonzero, End, Item, Scanner};
 use crate::segment::{DirLock, Segment};
 use crate::types::{Lsn, MsgSeq, SegmentId, UserId};
@@ -53,6 +56,10 @@ pub struct RecoveryReport {
     pub blank_segments_removed: u64,
     /// Threads that scanned.
     pub scan_threads: u64,
+    /// Time scanning the segments (checksums, decoding), and time rebuilding the index
+    /// and accounts from what the scan found; both are part of `elapsed`.
+    pub scan_elapsed: Duration,
+    pub index_elapsed: Duration,
     pub elapsed: Duration,
     /// One line per damage, at most [`REPORT_NOTES_MAX`].
     pub notes: Vec<String>,
@@ -79,14 +86,19 @@ impl RecoveryReport {
 /// grouped by user while it fits the cache.
 const PARTITIONS: usize = 256;
 
-/// A message record seen by the scan.
+/// A message record seen by the scan (32 bytes; the scan writes one per record).
+#[derive(Clone, Copy)]
 struct Seen {
     user: UserId,
     seq: MsgSeq,
     at: Lsn,
-    record_bytes: u32,
     body_bytes: u32,
-    expiry_ms: u64,
+}
+
+impl Seen {
+    fn record_bytes(&self) -> u64 {
+        align8(RECORD_HEADER_BYTES + MESSAGE_FIXED_BYTES + self.body_bytes as usize) as u64
+    }
 }
 
 /// An account change seen by the scan, replayed in log order after the scan.
@@ -99,6 +111,9 @@ enum AccountOp {
 struct Collected {
     hasher: ahash::RandomState,
     seen: Vec<Vec<Seen>>,
+    /// Per segment this thread scanned (its index among the segments, in the order
+    /// scanned): where its messages start in each partition of `seen`.
+    marks: Vec<(usize, Vec<usize>)>,
     erased: Vec<Vec<(UserId, MsgSeq)>>,
     accounts: Vec<(Lsn, Box<[u8]>, AccountOp)>,
     max_seq: u64,
@@ -111,6 +126,7 @@ impl Collected {
         Collected {
             hasher: hasher(),
             seen: (0..PARTITIONS).map(|_| Vec::with_capacity(each)).collect(),
+            marks: Vec::new(),
             erased: (0..PARTITIONS).map(|_| Vec::new()).collect(),
             accounts: Vec::new(),
             max_seq: 0,
@@ -119,6 +135,18 @@ impl Collected {
 
     fn part(&self, user: UserId) -> usize {
         self.hasher.hash_one(user) as usize % PARTITIONS
+    }
+
+    /// The messages of partition `p` per segment: (segment index, its records).
+    fn chunks(&self, p: usize) -> impl Iterator<Item = (usize, &[Seen])> {
+        let seen = &self.seen[p];
+        self.marks
+            .iter()
+            .enumerate()
+            .map(move |(k, (seg, starts))| {
+                let end = self.marks.get(k + 1).map_or(seen.len(), |m| m.1[p]);
+                (*seg, &seen[starts[p]..end])
+            })
     }
 }
 
@@ -136,6 +164,9 @@ struct SegScan {
     expired: u64,
     unknown: u64,
     skipped: Vec<(usize, usize, String)>,
+    /// The earliest expiry of the messages in it, live or not: a lower bound of the
+    /// live ones' (which is all the log keeps; an expiry pass makes it exact).
+    min_expiry_ms: u64,
 }
 
 impl Log {
@@ -161,8 +192,7 @@ impl Log {
         // Phase 1: open and check headers, in order.
         let mut segs: Vec<Segment> = Vec::with_capacity(files.len());
         let mut next_seq = 1u64;
-        for (i, (id, path)) in files.iter().enumerate() {
-            let last = i + 1 == files.len();
+        for (id, path) in &files {
             let seg = match Segment::open(path, *id, config.segment_bytes) {
                 Ok(seg) => seg,
                 Err(e) if e.kind() == io::ErrorKind::InvalidData => {
@@ -206,10 +236,6 @@ impl Log {
                     ));
                 }
             }
-            if !last {
-                // Map the whole (full) segment in one call rather than a fault per page.
-                seg.populate_read();
-            }
             segs.push(seg);
         }
         report.segments = segs.len() as u64;
@@ -224,8 +250,10 @@ impl Log {
             .map(|s| s.len() / 104)
             .sum::<usize>()
             .min(1 << 28);
+        let scan_started = Instant::now();
         let (scans, collected) = scan_all(&segs, threads, estimate / threads, now_ms);
         report.scan_threads = threads as u64;
+        report.scan_elapsed = scan_started.elapsed();
 
         // Phase 3: merge, in log order.
         let mut segments: VecDeque<SegState> = VecDeque::with_capacity(segs.len() + 1);
@@ -270,6 +298,7 @@ impl Log {
             let mut st = SegState::new(seg, end.offset);
             st.sealed = end.sealed || !last;
             st.tombstone_target = scan.tombstone;
+            st.min_expiry_ms = scan.min_expiry_ms;
             segments.push_back(st);
         }
         for c in &collected {
@@ -291,7 +320,9 @@ impl Log {
             seg.bytes_mut()[..SEGMENT_HEADER_BYTES].copy_from_slice(&header.encode());
             segments.push_back(SegState::new(seg, SEGMENT_HEADER_BYTES));
         }
+        let index_started = Instant::now();
         let (index, accounts) = build_index(collected, &mut segments, &mut report);
+        report.index_elapsed = index_started.elapsed();
         let log = Log::assemble(dir, config, lock, segments, next_seq, index, accounts)?;
         report.elapsed = started.elapsed();
         Ok((log, report))
@@ -313,6 +344,7 @@ fn scan_all(
         loop {
             let i = next.fetch_add(1, Ordering::Relaxed);
             let Some(seg) = segs.get(i) else { break };
+            c.marks.push((i, c.seen.iter().map(Vec::len).collect()));
             let scan = scan_segment(seg, now_ms, &mut c);
             results.lock().unwrap_or_else(|p| p.into_inner())[i] = Some(scan);
         }
@@ -339,7 +371,13 @@ fn scan_all(
 }
 
 fn scan_segment(seg: &Segment, now_ms: u64, c: &mut Collected) -> SegScan {
-    let mut out = SegScan::default();
+    // Map the whole segment in one call rather than a fault per few pages (the scan
+    // reads all of it, the last one's empty tail included, to check it is empty).
+    seg.populate_read();
+    let mut out = SegScan {
+        min_expiry_ms: u64::MAX,
+        ..SegScan::default()
+    };
     let mut scan = Scanner::new(seg.bytes());
     for item in &mut scan {
         match item {
@@ -379,14 +417,17 @@ fn collect(
                 out.expired += 1;
                 return;
             }
+            out.min_expiry_ms = out.min_expiry_ms.min(m.expiry_ms);
             let p = c.part(m.recipient);
+            debug_assert_eq!(
+                len,
+                align8(RECORD_HEADER_BYTES + MESSAGE_FIXED_BYTES + m.body.len())
+            );
             c.seen[p].push(Seen {
                 user: m.recipient,
                 seq: m.seq,
                 at,
-                record_bytes: len as u32,
                 body_bytes: m.body.len() as u32,
-                expiry_ms: m.expiry_ms,
             });
         }
         Record::Erase {
@@ -476,57 +517,105 @@ fn set_aside(
     Ok(())
 }
 
-/// One partition's output from every scanning thread: messages seen, erases seen.
-type Partition = (Vec<Vec<Seen>>, Vec<Vec<(UserId, MsgSeq)>>);
+/// One partition's output from every scanning thread: its messages per segment, in
+/// log order, and its erases.
+struct Partition<'a> {
+    chunks: Vec<&'a [Seen]>,
+    erased: Vec<(UserId, MsgSeq)>,
+}
 
-/// What one thread made of its partitions: each user's live messages in order, and
-/// per segment (in `ids` order) the live records, bytes and earliest expiry.
+/// What one thread made of its partitions: each user's queue, in 256 buckets by the
+/// top byte of [`Index::order_key`], and per segment (in `ids` order) the live records
+/// and bytes.
 struct Resolved {
-    users: Vec<(UserId, Vec<(Lsn, u64)>)>,
-    live: Vec<(u64, u64, u64)>,
+    queues: Vec<Vec<Loaded>>,
+    live: Vec<(u64, u64)>,
 }
 
 /// Per user: order by sequence number, keep the newest copy of each message (compaction
 /// made the later ones), drop the erased.
-fn resolve(parts: Vec<Partition>, ids: &[SegmentId]) -> Resolved {
+///
+/// A partition's messages are grouped by user with a counting sort over the records in
+/// log order: one small hash lookup per record, no allocation per user. In log order a
+/// user's messages are already in sequence order unless compaction moved some, so the
+/// sort by sequence number is mostly a check.
+fn resolve(parts: Vec<Partition<'_>>, ids: &[SegmentId], index: &Index) -> Resolved {
     let mut out = Resolved {
-        users: Vec::new(),
-        live: vec![(0, 0, u64::MAX); ids.len()],
+        queues: (0..256).map(|_| Vec::new()).collect(),
+        live: vec![(0, 0); ids.len()],
     };
-    for (seen, erased) in parts {
-        let mut by_user: AHashMap<UserId, (Vec<Seen>, Vec<MsgSeq>)> = AHashMap::new();
-        for m in seen.into_iter().flatten() {
-            by_user.entry(m.user).or_default().0.push(m);
+    let first = ids.first().map_or(0, |id| id.0);
+    let seg_pos = |id: SegmentId| match ids.get(id.0.wrapping_sub(first) as usize) {
+        Some(&at) if at == id => id.0 as usize - first as usize,
+        _ => ids.binary_search(&id).expect("record from a known segment"),
+    };
+    let mut local: AHashMap<UserId, u32> = AHashMap::new();
+    let mut users: Vec<UserId> = Vec::new();
+    let mut next: Vec<usize> = Vec::new();
+    let mut which: Vec<u32> = Vec::new();
+    let mut grouped: Vec<Seen> = Vec::new();
+    let mut positions: Vec<Lsn> = Vec::new();
+    for Partition { chunks, mut erased } in parts {
+        local.clear();
+        users.clear();
+        next.clear();
+        which.clear();
+        for m in chunks.iter().flat_map(|c| c.iter()) {
+            let i = *local.entry(m.user).or_insert_with(|| {
+                users.push(m.user);
+                next.push(0);
+                (users.len() - 1) as u32
+            });
+            next[i as usize] += 1;
+            which.push(i);
         }
-        for (user, seq) in erased.into_iter().flatten() {
-            by_user.entry(user).or_default().1.push(seq);
+        // Counts to starts.
+        let mut sum = 0;
+        for n in next.iter_mut() {
+            let c = *n;
+            *n = sum;
+            sum += c;
         }
-        for (user, (mut seen, mut erased)) in by_user {
+        let Some(&fill) = chunks.iter().flat_map(|c| c.iter()).next() else {
+            continue; // no messages: erases alone leave nothing pending
+        };
+        grouped.clear();
+        grouped.resize(sum, fill);
+        for (m, &i) in chunks.iter().flat_map(|c| c.iter()).zip(&which) {
+            grouped[next[i as usize]] = *m;
+            next[i as usize] += 1;
+        }
+        // `next[i]` is now where user `i`'s records end.
+        erased.sort_unstable();
+        let mut start = 0;
+        for (&user, &end) in users.iter().zip(&next) {
+            let seen = &mut grouped[start..end];
+            start = end;
             if !seen.is_sorted_by(|a, b| (a.seq, a.at) < (b.seq, b.at)) {
                 seen.sort_unstable_by_key(|m| (m.seq, m.at));
             }
-            erased.sort_unstable();
-            let mut entries = Vec::with_capacity(seen.len());
-            let mut erased = erased.iter().peekable();
+            let from = erased.partition_point(|e| e.0 < user);
+            let to = from + erased[from..].partition_point(|e| e.0 == user);
+            let mut erased = erased[from..to].iter().map(|e| e.1).peekable();
+            positions.clear();
+            let mut bytes = 0;
             for (i, m) in seen.iter().enumerate() {
                 if seen.get(i + 1).is_some_and(|n| n.seq == m.seq) {
                     continue; // an older copy
                 }
-                while erased.next_if(|&&e| e < m.seq).is_some() {}
-                if erased.peek().is_some_and(|&&e| e == m.seq) {
+                while erased.next_if(|&e| e < m.seq).is_some() {}
+                if erased.peek() == Some(&m.seq) {
                     continue;
                 }
-                let i = ids
-                    .binary_search(&m.at.segment())
-                    .expect("record from a known segment");
-                let l = &mut out.live[i];
+                let l = &mut out.live[seg_pos(m.at.segment())];
                 l.0 += 1;
-                l.1 += m.record_bytes as u64;
-                l.2 = l.2.min(m.expiry_ms);
-                entries.push((m.at, m.body_bytes as u64));
+                l.1 += m.record_bytes();
+                bytes += m.body_bytes as u64;
+                positions.push(m.at);
             }
-            if !entries.is_empty() {
-                out.users.push((user, entries));
+            if !positions.is_empty() {
+                let bucket = (index.order_key(user) >> 56) as usize;
+                out.queues[bucket].push(Loaded::new(user, &positions, bytes));
             }
         }
     }
@@ -545,33 +634,35 @@ fn build_index(
             .binary_search_by_key(&id, |s| s.seg.id)
             .expect("record from a known segment")
     };
-    let mut parts: Vec<Partition> = (0..PARTITIONS).map(|_| Default::default()).collect();
-    let mut account_ops = vec![];
-    for c in collected {
-        for (p, (seen, erased)) in c.seen.into_iter().zip(c.erased).enumerate() {
-            parts[p].0.push(seen);
-            parts[p].1.push(erased);
-        }
-        account_ops.extend(c.accounts);
-    }
     // The partitions are independent (a user's records are all in one): threads sort
-    // and filter them, then one thread loads the index and the segments' counts.
+    // and filter them and build the users' queues, then this one adds them to the
+    // index and the segments' counts.
     let ids: Vec<SegmentId> = segments.iter().map(|s| s.seg.id).collect();
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .clamp(1, 8);
-    let mut chunks: Vec<Vec<Partition>> = (0..threads).map(|_| Vec::new()).collect();
-    for (i, p) in parts.into_iter().enumerate() {
-        chunks[i % threads].push(p);
+    let mut work: Vec<Vec<Partition<'_>>> = (0..threads).map(|_| Vec::new()).collect();
+    for p in 0..PARTITIONS {
+        let mut chunks: Vec<(usize, &[Seen])> =
+            collected.iter().flat_map(|c| c.chunks(p)).collect();
+        chunks.sort_unstable_by_key(|c| c.0);
+        work[p % threads].push(Partition {
+            chunks: chunks.into_iter().map(|c| c.1).collect(),
+            erased: collected
+                .iter()
+                .flat_map(|c| c.erased[p].iter().copied())
+                .collect(),
+        });
     }
+    let mut index = Index::default();
     let done: Vec<Resolved> = if threads == 1 {
-        chunks.into_iter().map(|c| resolve(c, &ids)).collect()
+        work.into_iter().map(|w| resolve(w, &ids, &index)).collect()
     } else {
         std::thread::scope(|sc| {
-            let ids = &ids;
-            let handles: Vec<_> = chunks
+            let (ids, index) = (&ids, &index);
+            let handles: Vec<_> = work
                 .into_iter()
-                .map(|c| sc.spawn(move || resolve(c, ids)))
+                .map(|w| sc.spawn(move || resolve(w, ids, index)))
                 .collect();
             handles
                 .into_iter()
@@ -579,18 +670,24 @@ fn build_index(
                 .collect()
         })
     };
-    let mut index = Index::default();
-    for r in done {
-        for (s, (records, bytes, min_expiry)) in segments.iter_mut().zip(r.live) {
+    index.reserve(done.iter().flat_map(|r| &r.queues).map(Vec::len).sum());
+    for r in &done {
+        for (s, &(records, bytes)) in segments.iter_mut().zip(&r.live) {
             s.live_records += records;
             s.live_bytes += bytes;
-            s.min_expiry_ms = s.min_expiry_ms.min(min_expiry);
-        }
-        for (user, entries) in r.users {
-            report.messages_live += entries.len() as u64;
-            index.load(user, &entries);
         }
     }
+    // In table order, bucket by bucket across the threads' results.
+    let mut done: Vec<_> = done.into_iter().map(|r| r.queues.into_iter()).collect();
+    for _ in 0..256 {
+        for r in &mut done {
+            for q in r.next().expect("256 buckets") {
+                index.insert_loaded(q);
+            }
+        }
+    }
+    report.messages_live = index.messages;
+    let mut account_ops: Vec<_> = collected.into_iter().flat_map(|c| c.accounts).collect();
     account_ops.sort_unstable_by_key(|(at, _, _)| *at);
     let mut accounts: AHashMap<Box<[u8]>, Account> = AHashMap::new();
     for (at, key, op) in account_ops {

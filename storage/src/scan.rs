@@ -108,6 +108,7 @@ fn checksum_holds(buf: &[u8]) -> bool {
 impl<'a> Iterator for Scanner<'a> {
     type Item = Item<'a>;
 
+    #[inline]
     fn next(&mut self) -> Option<Item<'a>> {
         if self.end.is_some() {
             return None;
@@ -142,7 +143,14 @@ impl<'a> Iterator for Scanner<'a> {
             }
             Err(error) => {
                 if first_nonzero(&buf[p..]).is_none() {
-                    self.finish(p, false);
+                    // The data ends in zeros: nothing torn (and no second pass over
+                    // them looking for the last non-zero byte).
+                    self.end = Some(End {
+                        offset: p,
+                        torn_bytes: 0,
+                        sealed: false,
+                    });
+                    self.pos = self.buf.len();
                     return None;
                 }
                 match self.resync(p + 8) {
