@@ -291,7 +291,7 @@ fn worker_families(workers: &[WorkerStats]) -> Vec<Family> {
 
 fn shard_families(shards: &[ShardReport]) -> Vec<Family> {
     type Get = fn(&ShardReport) -> u64;
-    let defs: [(&'static str, &'static str, &'static str, Get); 24] = [
+    let defs: [(&'static str, &'static str, &'static str, Get); 26] = [
         (
             "switchboard_router_sessions",
             "gauge",
@@ -435,6 +435,18 @@ fn shard_families(shards: &[ShardReport]) -> Vec<Family> {
             "gauge",
             "Slowest log flush, microseconds.",
             |r| r.log.flush_us_max,
+        ),
+        (
+            "switchboard_storage_prepare_stalls_total",
+            "counter",
+            "Segment switches that waited for the next segment to be prepared.",
+            |r| r.log.prepare_stalls,
+        ),
+        (
+            "switchboard_storage_prepare_stall_microseconds_total",
+            "counter",
+            "Time the log's writer waited for the next segment, microseconds.",
+            |r| r.log.prepare_stall_us,
         ),
     ];
     defs.iter()

@@ -168,12 +168,14 @@ fn counters_agree_exactly_with_a_scripted_workload() {
     assert!(m("switchboard_gateway_bytes_in_total") > 0);
     assert!(m("switchboard_gateway_bytes_out_total") > 0);
     // Per-shard series: both shards are there.
-    assert_eq!(
-        text.lines()
-            .filter(|l| l.starts_with("switchboard_storage_segments{"))
-            .count(),
-        2
-    );
+    for family in [
+        "switchboard_storage_segments{",
+        "switchboard_storage_prepare_stalls_total{",
+        "switchboard_storage_prepare_stall_microseconds_total{",
+    ] {
+        let n = text.lines().filter(|l| l.starts_with(family)).count();
+        assert_eq!(n, 2, "{family}");
+    }
     let (code, status) = http(&s.admin, "GET", "/status", Some(token));
     assert_eq!(code, 200);
     assert!(

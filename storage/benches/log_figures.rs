@@ -76,9 +76,9 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-fn rate(d: Durability, n: u64, runs: usize, users: u64) -> (f64, u64, u64) {
+fn rate(d: Durability, n: u64, runs: usize, users: u64) -> (f64, u64, u64, u64) {
     let mut rates = vec![];
-    let (mut stalls, mut prefaulted) = (0, 0);
+    let (mut stalls, mut stall_us, mut prefaulted) = (0, 0, 0);
     for _ in 0..runs {
         let dir = tempfile::tempdir().unwrap();
         let (mut log, _) = Log::open(dir.path(), config(d), NOW).unwrap();
@@ -89,9 +89,10 @@ fn rate(d: Durability, n: u64, runs: usize, users: u64) -> (f64, u64, u64) {
         rates.push(n as f64 / t.elapsed().as_secs_f64());
         let s = log.stats();
         stalls += s.prepare_stalls;
+        stall_us += s.prepare_stall_us;
         prefaulted += s.prefaulted_segments;
     }
-    (median(rates), stalls, prefaulted)
+    (median(rates), stalls, stall_us, prefaulted)
 }
 
 /// Appends for `seconds`, flat out or at `per_sec`, and measures how long after each
@@ -194,15 +195,16 @@ fn main() {
             break;
         }
         for users in [1_000, 100_000] {
-            let (r, stalls, pre) = rate(d, n, runs, users);
+            let (r, stalls, stall_us, pre) = rate(d, n, runs, users);
             println!(
-                "append {name:<13} {users:>7} recipients {:>6.2} M records/s   (prepare stalls {stalls}, prefaulted segments {pre})",
-                r / 1e6
+                "append {name:<13} {users:>7} recipients {:>6.2} M records/s   (prepare stalls {stalls}, {:.1} ms waited, prefaulted segments {pre})",
+                r / 1e6,
+                stall_us as f64 / 1e3
             );
         }
     }
     if part("always") {
-        let (r, _, _) = rate(
+        let (r, ..) = rate(
             Durability::Always,
             if quick { 2_000 } else { 20_000 },
             1,

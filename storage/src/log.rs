@@ -106,8 +106,9 @@ pub struct LogStats {
     pub appends: u64,
     pub erases: u64,
     pub rollovers: u64,
-    /// Rollovers that had to wait for the preparer.
+    /// Rollovers that had to wait for the preparer, and how long they waited in all.
     pub prepare_stalls: u64,
+    pub prepare_stall_us: u64,
     pub prefaulted_segments: u64,
     pub expired: u64,
     pub compacted_records: u64,
@@ -386,11 +387,14 @@ impl Log {
             Ok(r) => r,
             Err(_) => {
                 self.stats.prepare_stalls += 1;
-                self.preparer.rx.recv().map_err(|_| {
+                let waited = std::time::Instant::now();
+                let r = self.preparer.rx.recv().map_err(|_| {
                     StorageError::io("prepare segment", &self.dir)(std::io::Error::other(
                         "preparer thread is gone",
                     ))
-                })?
+                })?;
+                self.stats.prepare_stall_us += waited.elapsed().as_micros() as u64;
+                r
             }
         };
         let mut seg = match prepared {

@@ -95,6 +95,8 @@ struct Seen {
     body_bytes: u32,
 }
 
+const _: () = assert!(std::mem::size_of::<Seen>() == 32);
+
 impl Seen {
     fn record_bytes(&self) -> u64 {
         align8(RECORD_HEADER_BYTES + MESSAGE_FIXED_BYTES + self.body_bytes as usize) as u64
