@@ -253,7 +253,10 @@ impl Log {
             .sum::<usize>()
             .min(1 << 28);
         let scan_started = Instant::now();
-        let (scans, collected) = scan_all(&segs, threads, estimate / threads, now_ms);
+        // Each thread sizes its partitions for the whole log: threads take segments as
+        // they finish, so any one may scan most of them, and growing a partition copies
+        // it. Capacity never touched is only address space.
+        let (scans, collected) = scan_all(&segs, threads, estimate, now_ms);
         report.scan_threads = threads as u64;
         report.scan_elapsed = scan_started.elapsed();
 
@@ -557,7 +560,8 @@ fn resolve(parts: Vec<Partition<'_>>, ids: &[SegmentId], index: &Index) -> Resol
     let mut which: Vec<u32> = Vec::new();
     let mut grouped: Vec<Seen> = Vec::new();
     let mut positions: Vec<Lsn> = Vec::new();
-    for Partition { chunks, mut erased } in parts {
+    let n_parts = parts.len();
+    for (k, Partition { chunks, mut erased }) in parts.into_iter().enumerate() {
         local.clear();
         users.clear();
         next.clear();
@@ -588,6 +592,14 @@ fn resolve(parts: Vec<Partition<'_>>, ids: &[SegmentId], index: &Index) -> Resol
             next[i as usize] += 1;
         }
         // `next[i]` is now where user `i`'s records end.
+        if k == 0 {
+            // Users spread evenly over partitions and buckets (both by hash): size the
+            // buckets once from the first partition rather than growing them.
+            let each = users.len() * n_parts / 256;
+            for b in &mut out.queues {
+                b.reserve(each + each / 8 + 4);
+            }
+        }
         erased.sort_unstable();
         let mut start = 0;
         for (&user, &end) in users.iter().zip(&next) {
