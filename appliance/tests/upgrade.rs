@@ -180,34 +180,14 @@ fn a_new_process_takes_over_under_load_and_nothing_acknowledged_is_lost() {
     assert!(started.elapsed() >= Duration::from_millis(500));
 }
 
-/// systemd socket activation: the listener comes from `LISTEN_FDS` (here through
-/// `systemd-socket-activate`, which binds and passes it as systemd would).
-#[test]
-fn a_socket_activated_serve_uses_the_listener_it_was_given() {
-    let Ok(tool) = which("systemd-socket-activate") else {
-        eprintln!("skipped: systemd-socket-activate is not installed");
-        return;
-    };
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let port = common::free_port();
-    let addr = format!("127.0.0.1:{port}");
-    let mut child = Command::new(tool)
-        .args([
-            "-l",
-            &addr,
-            env!("CARGO_BIN_EXE_switchboard"),
-            "serve",
-            "--data",
-        ])
-        .arg(&data)
-        // What the configuration says is not used: the given socket is.
-        .args(["--listen", "127.0.0.1:1"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    // Lines come through a channel so that every wait below is bounded.
+/// Reads a socket-activated `serve`'s stdout until it says where it listens; returns
+/// (said it took systemd's listener, the address, the certificate fingerprint), or
+/// `None` when nothing came within `within`.
+fn activated_start(
+    child: &mut std::process::Child,
+    within: Duration,
+) -> Option<(bool, String, String)> {
+    // Lines come through a channel so that every wait is bounded.
     let (tx, rx) = std::sync::mpsc::channel();
     let out = child.stdout.take().unwrap();
     std::thread::spawn(move || {
@@ -217,10 +197,121 @@ fn a_socket_activated_serve_uses_the_listener_it_was_given() {
             }
         }
     });
-    let (mut fp, mut from_systemd, mut listening) = (None, false, None);
+    let deadline = Instant::now() + within;
+    let (mut fp, mut from_systemd) = (None, false);
+    loop {
+        let l = rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .ok()?;
+        from_systemd |= l.contains("listener(s) from systemd socket activation");
+        if let Some(f) = l.strip_prefix("switchboard: certificate sha256 fingerprint ") {
+            fp = Some(f.to_string());
+        }
+        if let Some(rest) = l.strip_prefix("switchboard: listening on ") {
+            let at = rest.split_whitespace().next()?.to_string();
+            return Some((from_systemd, at, fp?));
+        }
+    }
+}
+
+/// `serve` with `LISTEN_FDS` set as systemd sets it: the listener at descriptor 3,
+/// `LISTEN_FDS=1`, `LISTEN_PID` the program's own pid (`sh` sets it to its own and
+/// `exec`s the appliance, which keeps that pid). `--listen` names another address: the
+/// passed socket must win.
+fn socket_activated_serve(listener: &std::net::TcpListener, data: &Path) -> std::process::Child {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let fd = listener.as_raw_fd();
+    let mut cmd = Command::new("sh");
+    cmd.args([
+        "-c",
+        "LISTEN_PID=$$ LISTEN_FDS=1 exec \"$0\" \"$@\"",
+        env!("CARGO_BIN_EXE_switchboard"),
+        "serve",
+        "--listen",
+        "127.0.0.1:1",
+        "--data",
+    ])
+    .arg(data)
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    // SAFETY: between fork and exec only dup2 and fcntl, which are async-signal-safe.
+    // A copy made by dup2 has no close-on-exec flag; when the listener already is
+    // descriptor 3, dup2 does nothing and the flag is cleared by hand.
+    unsafe {
+        cmd.pre_exec(move || {
+            let rc = if fd == 3 {
+                libc::fcntl(3, libc::F_SETFD, 0)
+            } else {
+                libc::dup2(fd, 3)
+            };
+            if rc < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd.spawn().unwrap()
+}
+
+/// Socket activation: the listener comes from `LISTEN_FDS`. The socket is bound here
+/// first, so no other test can take its port in between (the version through
+/// `systemd-socket-activate` below cannot promise that).
+#[test]
+fn a_socket_activated_serve_uses_the_listener_it_was_given() {
+    let dir = tempfile::tempdir().unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let mut child = socket_activated_serve(&listener, &dir.path().join("data"));
+    drop(listener); // the child has its own copy
+    let started = activated_start(&mut child, Duration::from_secs(30));
+    let checked = started.map(|(from_systemd, at, fp)| {
+        let c = Client::connect(&addr, &Trust::Fingerprint(fp), "localhost", T);
+        (from_systemd, at, c.err().map(|e| e.to_string()))
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    let Some((from_systemd, at, client_error)) = checked else {
+        let mut why = String::new();
+        let _ = std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut why);
+        panic!("serve never said where it listens; stderr: {why}");
+    };
+    assert!(
+        from_systemd,
+        "serve did not say it took the passed listener"
+    );
+    assert_eq!(at, addr);
+    assert_eq!(client_error, None);
+}
+
+/// The same through systemd's own tool, which binds the address and starts the
+/// program at the first connection.
+#[test]
+fn a_serve_started_by_systemd_socket_activate_uses_its_listener() {
+    let Ok(tool) = which("systemd-socket-activate") else {
+        eprintln!("skipped: systemd-socket-activate is not installed");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let addr = format!("127.0.0.1:{}", common::free_port());
+    let mut child = Command::new(tool)
+        .args(["-l", &addr, env!("CARGO_BIN_EXE_switchboard"), "serve"])
+        .args(["--listen", "127.0.0.1:1", "--data"])
+        .arg(dir.path().join("data"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
-    // systemd-socket-activate binds, then starts the program at the first connection.
     let _wake = loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            // It could not bind: another test took the port between `free_port` and
+            // now. Not the appliance's doing; the test above covers the same ground.
+            let mut why = String::new();
+            let _ = std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut why);
+            eprintln!("skipped: systemd-socket-activate exited ({status}): {why}");
+            return;
+        }
         match std::net::TcpStream::connect(&addr) {
             Ok(s) => break s,
             Err(e) => {
@@ -229,33 +320,30 @@ fn a_socket_activated_serve_uses_the_listener_it_was_given() {
             }
         }
     };
-    while listening.is_none() {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let l = match rx.recv_timeout(left) {
-            Ok(l) => l,
-            Err(_) => {
-                // The activation tool never started the program (seen once on a
-                // loaded host): the environment, not the appliance; nothing to check.
-                let _ = child.kill();
-                let _ = child.wait();
-                eprintln!("skipped: systemd-socket-activate did not start serve in time");
-                return;
-            }
-        };
-        from_systemd |= l.contains("listener(s) from systemd socket activation");
-        if let Some(f) = l.strip_prefix("switchboard: certificate sha256 fingerprint ") {
-            fp = Some(f.to_string());
-        }
-        if let Some(rest) = l.strip_prefix("switchboard: listening on ") {
-            listening = rest.split_whitespace().next().map(str::to_string);
-        }
-    }
-    assert!(from_systemd);
-    assert_eq!(listening.as_deref(), Some(addr.as_str()));
-    let c = Client::connect(&addr, &Trust::Fingerprint(fp.unwrap()), "localhost", T);
-    assert!(c.is_ok(), "{:?}", c.err());
+    let started = activated_start(&mut child, Duration::from_secs(30));
+    let checked = started.map(|(from_systemd, at, fp)| {
+        let c = Client::connect(&addr, &Trust::Fingerprint(fp), "localhost", T);
+        (from_systemd, at, c.err().map(|e| e.to_string()))
+    });
+    let exited = child.try_wait().ok().flatten();
     let _ = child.kill();
     let _ = child.wait();
+    let Some((from_systemd, at, client_error)) = checked else {
+        let mut why = String::new();
+        let _ = std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut why);
+        if exited.is_some_and(|s| !s.success()) {
+            // As above, found only after connecting (to whoever took the port).
+            eprintln!("skipped: systemd-socket-activate exited: {why}");
+            return;
+        }
+        panic!("serve never said where it listens; stderr: {why}");
+    };
+    assert!(
+        from_systemd,
+        "serve did not say it took the passed listener"
+    );
+    assert_eq!(at, addr);
+    assert_eq!(client_error, None);
 }
 
 fn which(name: &str) -> Result<std::path::PathBuf, ()> {

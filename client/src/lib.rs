@@ -147,6 +147,11 @@ impl Client {
             .ok_or_else(|| ClientError::Protocol(format!("{addr}: no address")))?;
         let tcp = TcpStream::connect_timeout(&sa, timeout)?;
         tcp.set_nodelay(true)?;
+        // The TLS handshake runs inside the first write and reads the server's answer:
+        // bounded too, or a server that accepts and never answers holds us forever.
+        // Later reads set their own timeout; writes keep this one.
+        tcp.set_read_timeout(Some(timeout))?;
+        tcp.set_write_timeout(Some(timeout))?;
         let name = ServerName::try_from(server_name.to_string())
             .map_err(|e| ClientError::Trust(e.to_string()))?;
         let conn = ClientConnection::new(tls_config(trust)?, name)?;
@@ -157,10 +162,20 @@ impl Client {
             frame_bytes_max: wire::FRAME_BYTES_DEFAULT,
             closed: None,
         };
-        c.write(Frame::Hello {
+        match c.write(Frame::Hello {
             min_version: 1,
             max_version: PROTOCOL_VERSION,
-        })?;
+        }) {
+            Err(ClientError::Io(e))
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Err(ClientError::Timeout)
+            }
+            other => other?,
+        }
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
