@@ -24,11 +24,13 @@
 //!
 //! # Layout
 //! - [`types`]: `UserId`, `MsgSeq`, `SegmentId`, `Lsn`.
-//! - [`record`]: segment header and record formats, encode/decode (no I/O).
+//! - [`record`]: segment header and record formats, encode/decode (no I/O; `unsafe`:
+//!   the CRC32C instruction for short records, where the CPU has it).
 //! - [`scan`]: recovery's walk over a segment's bytes: records, damage, torn tail (no I/O).
 //! - [`config`]: `LogConfig` and its validation.
 //! - `segment`: segment files, mappings, the directory lock (`unsafe`: mapping files).
-//! - `flusher`: the group-commit flusher and the segment preparer threads.
+//! - `flusher`: the group-commit flusher and the segment preparer threads (`unsafe`:
+//!   the scheduling-class syscall).
 //! - `index`: per-recipient queues of pending messages (`unsafe`: its own blocks).
 //! - `log`: `Log`: append, erase, accounts, reads, positions.
 //! - `recover`: `Log::open`: scan, rebuild, cut the torn tail, report.

@@ -1,5 +1,5 @@
-//! Segment files and their mappings, and the lock on a log directory. The only module
-//! of the crate with `unsafe`: turning the mapping into byte slices.
+//! Segment files and their mappings, and the lock on a log directory. Its `unsafe`
+//! turns the mapping into byte slices (the crate's other `unsafe` is named in lib.rs).
 //!
 //! Why this is sound: a [`Segment`] maps a file that this process created or opened in
 //! a directory it holds an exclusive lock on ([`DirLock`]), and never truncates. Bytes are
