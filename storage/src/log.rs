@@ -28,8 +28,13 @@ pub(crate) struct SegState {
     /// Live messages and account values in it, and their bytes on disk.
     pub live_records: u64,
     pub live_bytes: u64,
-    /// The highest `target_segment` among its tombstones, if any must be kept.
-    pub tombstone_target: Option<SegmentId>,
+    /// Its tombstones, if any may still be needed, summed up: the highest
+    /// `target_segment` among them and the lowest sequence number they erase (0 for
+    /// an account delete, which has none). See `reclaim` for how they are used.
+    pub tombstones: Option<(SegmentId, MsgSeq)>,
+    /// The highest sequence number of the message records written into it (originals
+    /// and compaction's copies): it holds no copy of a later message.
+    pub max_seq: MsgSeq,
     /// No live message in it expires before this (unix ms).
     pub min_expiry_ms: u64,
 }
@@ -42,14 +47,35 @@ impl SegState {
             sealed: false,
             live_records: 0,
             live_bytes: 0,
-            tombstone_target: None,
+            tombstones: None,
+            max_seq: MsgSeq(0),
             min_expiry_ms: u64::MAX,
         }
     }
 
-    pub fn add_tombstone(&mut self, target: SegmentId) {
-        self.tombstone_target = self.tombstone_target.max(Some(target));
+    /// Notes a tombstone written into it: aimed at `target`, erasing `seq` (`MsgSeq(0)`
+    /// for an account delete).
+    pub fn add_tombstone(&mut self, target: SegmentId, seq: MsgSeq) {
+        add_tombstone(&mut self.tombstones, target, seq);
     }
+
+    /// Notes a message record written into it.
+    pub fn add_message(&mut self, seq: MsgSeq) {
+        self.max_seq = self.max_seq.max(seq);
+    }
+}
+
+/// Adds a tombstone to a segment's summary of them: (highest target, lowest sequence
+/// number erased).
+pub(crate) fn add_tombstone(
+    summary: &mut Option<(SegmentId, MsgSeq)>,
+    target: SegmentId,
+    seq: MsgSeq,
+) {
+    *summary = Some(match *summary {
+        None => (target, seq),
+        Some((t, s)) => (t.max(target), s.min(seq)),
+    });
 }
 
 /// An account value and where it is.
@@ -491,6 +517,7 @@ impl Log {
         active.live_records += 1;
         active.live_bytes += rec.encoded_len() as u64;
         active.min_expiry_ms = active.min_expiry_ms.min(expiry_ms);
+        active.add_message(seq);
         self.stats.appends += 1;
         Ok(Appended { seq, lsn: end })
     }
@@ -510,7 +537,7 @@ impl Log {
         self.segments
             .back_mut()
             .expect("active")
-            .add_tombstone(target);
+            .add_tombstone(target, seq);
         self.kill_message(recipient, seq);
         self.stats.erases += 1;
         Ok(Some(end))
@@ -571,7 +598,7 @@ impl Log {
         self.segments
             .back_mut()
             .expect("active")
-            .add_tombstone(target);
+            .add_tombstone(target, MsgSeq(0));
         let old = self.accounts.remove(key).expect("present");
         self.unlive(old.at, old.record_bytes);
         Ok(Some(end))

@@ -5,10 +5,15 @@
 //! Liveness of a record in segment S:
 //! - a message: the index points at this copy;
 //! - an account value: the accounts map points at this copy;
-//! - a tombstone (erase, account delete) with target T: some segment other than S with
-//!   id ≤ T still exists (every copy of what it killed lies at or before T); an account
-//!   delete also only while its key has no newer value (keys are reused; message
-//!   sequence numbers never are).
+//! - an erase of message `seq` with target T: some segment other than S with id ≤ T
+//!   may still hold a copy of the message. Every copy lies at or before T (T held the
+//!   last one when it was erased), and only in a segment written after the message was
+//!   first appended: one whose highest message sequence number is ≥ `seq` (sequence
+//!   numbers increase in append order and copies keep theirs). So a message pending
+//!   for months in an old segment does not keep every later erase on disk;
+//! - an account delete with target T: some segment other than S with id ≤ T still
+//!   exists, and its key has no newer value (keys are reused; message sequence numbers
+//!   never are).
 //!
 //! A segment with nothing live is deleted; one whose live bytes are below
 //! `compact_live_ratio` of its used bytes has its live records copied to the head and is
@@ -19,7 +24,7 @@ use crate::error::StorageError;
 use crate::log::{Log, Segs};
 use crate::record::{Record, SEGMENT_HEADER_BYTES};
 use crate::scan::{Item, Scanner};
-use crate::types::{Lsn, SegmentId};
+use crate::types::{Lsn, MsgSeq, SegmentId};
 
 #[derive(Default)]
 pub(crate) struct ReclaimState {
@@ -79,20 +84,24 @@ impl Log {
         self.reclaim.deletes.iter().any(|&(d, _)| d == id)
     }
 
-    /// Whether a tombstone in `owner` aimed at `target` must be kept.
-    fn tombstone_live(&self, owner: SegmentId, target: SegmentId) -> bool {
+    /// Whether a tombstone in `owner` aimed at `target`, erasing message `seq`
+    /// (`MsgSeq(0)` for an account delete), must be kept: another segment at or before
+    /// the target may hold a copy of what it killed.
+    fn tombstone_live(&self, owner: SegmentId, target: SegmentId, seq: MsgSeq) -> bool {
         self.segments
             .iter()
-            .take(2)
-            .find(|s| s.seg.id != owner)
-            .is_some_and(|s| s.seg.id <= target)
+            .take_while(|s| s.seg.id <= target)
+            .any(|s| s.seg.id != owner && s.max_seq >= seq)
     }
 
+    /// Nothing in it is live. Its tombstones are judged by their summary (highest
+    /// target, lowest sequence number), which may keep a segment whose tombstones are
+    /// each dead; compaction then checks them one by one and copies none.
     fn dead(&self, i: usize) -> bool {
         let s = &self.segments[i];
         s.live_records == 0
-            && s.tombstone_target
-                .is_none_or(|t| !self.tombstone_live(s.seg.id, t))
+            && s.tombstones
+                .is_none_or(|(t, seq)| !self.tombstone_live(s.seg.id, t, seq))
     }
 
     fn schedule_dead(&mut self) {
@@ -257,7 +266,7 @@ impl Log {
                 // Everything live is copied: the segment's tombstones live on in the copies.
                 let st = &mut self.segments[pos];
                 debug_assert_eq!(st.live_records, 0);
-                st.tombstone_target = None;
+                st.tombstones = None;
                 let written = self.written();
                 self.reclaim.deletes.push((id, written));
                 self.reclaim.compacting = None;
@@ -281,12 +290,12 @@ impl Log {
                 self.index.get(m.recipient, m.seq, &Segs(&self.segments)) == Some(here)
             }
             Record::AccountPut { key, .. } => self.accounts.get(*key).is_some_and(|a| a.at == here),
-            Record::Erase { target, .. } => self.tombstone_live(owner, *target),
+            Record::Erase { target, seq, .. } => self.tombstone_live(owner, *target, *seq),
             // Keys are reused: once the key has a newer value, that value (later in the
             // log than every older one) does the tombstone's work, and a copy of the
             // tombstone placed after it would wrongly delete it at replay.
             Record::AccountDelete { key, target } => {
-                !self.accounts.contains_key(*key) && self.tombstone_live(owner, *target)
+                !self.accounts.contains_key(*key) && self.tombstone_live(owner, *target, MsgSeq(0))
             }
             Record::Seal { .. } => false,
         }
@@ -309,6 +318,7 @@ impl Log {
                     .relocate(m.recipient, m.seq, start, &Segs(&self.segments));
                 let head = self.segments.back_mut().expect("active");
                 head.min_expiry_ms = head.min_expiry_ms.min(m.expiry_ms);
+                head.add_message(m.seq);
             }
             (Copied::Account, Record::AccountPut { key, .. }) => {
                 if let Some(a) = self.accounts.get_mut(key) {
@@ -316,14 +326,18 @@ impl Log {
                     a.at = start;
                 }
             }
-            (
-                Copied::Tombstone,
-                Record::Erase { target, .. } | Record::AccountDelete { target, .. },
-            ) => {
+            (Copied::Tombstone, Record::Erase { target, seq, .. }) => {
                 self.segments
                     .back_mut()
                     .expect("active")
-                    .add_tombstone(target);
+                    .add_tombstone(target, seq);
+                return Ok(());
+            }
+            (Copied::Tombstone, Record::AccountDelete { target, .. }) => {
+                self.segments
+                    .back_mut()
+                    .expect("active")
+                    .add_tombstone(target, MsgSeq(0));
                 return Ok(());
             }
             _ => unreachable!("kind matches the record"),

@@ -24,7 +24,8 @@
 //! ```
 //! `target_segment` of a tombstone (erase, account delete) is the segment where the
 //! killed record lived when it was killed; every copy of it lies at or before that
-//! segment, so the tombstone must be kept while any such segment exists.
+//! segment, so the tombstone must be kept while any such segment that may hold a copy
+//! exists (the rules are in `reclaim`).
 //!
 //! Versions: the header's `version` is the segment format, each record carries its own
 //! record version. A reader accepts every version up to its own; a newer segment is

@@ -19,7 +19,7 @@ use ahash::AHashMap;
 use crate::config::LogConfig;
 use crate::error::StorageError;
 use crate::index::{Index, Loaded};
-use crate::log::{unix_ms, Account, Log, SegState};
+use crate::log::{add_tombstone, unix_ms, Account, Log, SegState};
 use crate::record::{
     align8, HeaderError, Record, SegmentHeader, FORMAT_VERSION, MESSAGE_FIXED_BYTES,
     RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES,
@@ -160,7 +160,10 @@ fn hasher() -> ahash::RandomState {
 #[derive(Default)]
 struct SegScan {
     end: End,
-    tombstone: Option<SegmentId>,
+    /// Its tombstones' summary, as `SegState::tombstones`, and its highest message
+    /// sequence number.
+    tombstones: Option<(SegmentId, MsgSeq)>,
+    max_seq: MsgSeq,
     records: u64,
     bytes: u64,
     expired: u64,
@@ -302,7 +305,8 @@ impl Log {
             }
             let mut st = SegState::new(seg, end.offset);
             st.sealed = end.sealed || !last;
-            st.tombstone_target = scan.tombstone;
+            st.tombstones = scan.tombstones;
+            st.max_seq = scan.max_seq;
             st.min_expiry_ms = scan.min_expiry_ms;
             segments.push_back(st);
         }
@@ -417,6 +421,7 @@ fn collect(
     match record {
         Record::Message(m) => {
             c.max_seq = c.max_seq.max(m.seq.0);
+            out.max_seq = out.max_seq.max(m.seq);
             if m.expiry_ms <= now_ms {
                 // Every copy of a message has the same expiry: none of them is kept.
                 out.expired += 1;
@@ -442,7 +447,7 @@ fn collect(
         } => {
             let p = c.part(recipient);
             c.erased[p].push((recipient, seq));
-            out.tombstone = out.tombstone.max(Some(target));
+            add_tombstone(&mut out.tombstones, target, seq);
         }
         Record::AccountPut { key, value } => c.accounts.push((
             at,
@@ -454,7 +459,7 @@ fn collect(
         )),
         Record::AccountDelete { key, target } => {
             c.accounts.push((at, key.into(), AccountOp::Delete));
-            out.tombstone = out.tombstone.max(Some(target));
+            add_tombstone(&mut out.tombstones, target, MsgSeq(0));
         }
         Record::Seal { .. } => {}
     }

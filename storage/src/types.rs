@@ -33,7 +33,7 @@ impl fmt::Display for UserId {
 
 /// The log's own number for a message: unique within one log for its whole life,
 /// increasing in append order, kept when compaction moves the record.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct MsgSeq(pub u64);
 
 /// Identifies a segment file; also its place in log order.

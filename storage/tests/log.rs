@@ -170,6 +170,92 @@ fn segments_of_delivered_messages_are_deleted_and_their_bytes_gone() {
     assert_eq!(log.pending_total(), (0, 0));
 }
 
+/// Runs maintenance until it has nothing left to do (bounded).
+fn maintain_all(log: &mut Log) {
+    for _ in 0..1000 {
+        let r = log.maintain(NOW, 256 * 1024).unwrap();
+        log.flush().unwrap();
+        if !r.more {
+            return;
+        }
+    }
+    panic!("maintenance never finished");
+}
+
+/// A message pending for a long time in an old segment must not keep every later
+/// erase on disk: an erase is needed only while a segment that may hold a copy of the
+/// message it killed exists, and segments written before that message was appended
+/// cannot. (Before this rule the log grew without bound under steady traffic while one
+/// old message waited.)
+#[test]
+fn an_old_pending_message_does_not_keep_later_erases_on_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = small(Durability::Group);
+    let mut log = open(dir.path(), &config);
+    // Segment 1 is full of messages for a user who never comes back.
+    let mut waiting = vec![];
+    while log.stats().segments < 2 {
+        let i = waiting.len() as u64;
+        log.append_message(&msg(7, 1, i, &[b'w'; 90])).unwrap();
+        waiting.push((1, i, vec![b'w'; 90]));
+    }
+    // Then steady traffic, each message delivered soon: ~60 segments' worth.
+    let mut recent = std::collections::VecDeque::new();
+    for i in 0..40_000u64 {
+        let a = log.append_message(&msg(2, 1, i, &[b'x'; 60])).unwrap();
+        recent.push_back(a.seq);
+        if recent.len() > 100 {
+            log.erase(user(2), recent.pop_front().unwrap()).unwrap();
+        }
+        if i % 500 == 0 {
+            log.maintain(NOW, 256 * 1024).unwrap();
+        }
+    }
+    maintain_all(&mut log);
+    let segments = segment_files(dir.path());
+    assert!(
+        segments <= 5,
+        "{segments} segments on disk for 2 segments of live data"
+    );
+    drop(log);
+    let log = open(dir.path(), &config);
+    assert_eq!(pending(&log, 7), waiting);
+    assert_eq!(pending(&log, 2).len(), 100);
+}
+
+/// An erase stays as long as the segment holding the erased message does, even when
+/// that message is the last one written into it (the rule compares the segment's
+/// highest sequence number with the erased one: `>=`, not `>`).
+#[test]
+fn an_erase_outlives_nothing_that_holds_a_copy_of_its_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = small(Durability::Group);
+    let mut log = open(dir.path(), &config);
+    // Segment 1: messages for a user who never comes back; m is the last one written
+    // into it (the append after it opened segment 2).
+    let mut seqs = vec![];
+    while log.stats().segments < 2 {
+        let i = seqs.len() as u64;
+        seqs.push(log.append_message(&msg(7, 1, i, &[b'w'; 90])).unwrap().seq);
+    }
+    let opener = seqs.pop().unwrap();
+    let m_seq = seqs.pop().unwrap();
+    log.erase(user(7), opener).unwrap();
+    // Erase m now: its tombstone lands in segment 2. Then fill segment 2 and more
+    // with traffic that is delivered, so segment 2 holds nothing else live.
+    log.erase(user(7), m_seq).unwrap();
+    for k in 0..3000u64 {
+        let a = log.append_message(&msg(2, 1, k, &[b'x'; 60])).unwrap();
+        log.erase(user(2), a.seq).unwrap();
+    }
+    maintain_all(&mut log);
+    drop(log);
+    let log = open(dir.path(), &config);
+    let got: Vec<_> = log.pending(user(7), NOW).map(|p| p.seq).collect();
+    assert!(!got.contains(&m_seq), "an erased message came back");
+    assert_eq!(got, seqs);
+}
+
 #[test]
 fn sparse_segments_are_compacted_and_their_live_messages_kept_in_order() {
     let dir = tempfile::tempdir().unwrap();
