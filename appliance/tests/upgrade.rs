@@ -214,6 +214,36 @@ fn activated_start(
     }
 }
 
+/// Checks a socket-activated `serve` (stdout and stderr piped), then stops it: it said
+/// it took the passed listener, listens at `addr`, and a client completes a handshake
+/// there. `Err` when it never said where it listens: whether the process had exited,
+/// and its stderr.
+fn check_activated(
+    child: &mut std::process::Child,
+    addr: &str,
+) -> Result<(), (Option<std::process::ExitStatus>, String)> {
+    let started = activated_start(child, Duration::from_secs(30));
+    let checked = started.map(|(from_systemd, at, fp)| {
+        let c = Client::connect(addr, &Trust::Fingerprint(fp), "localhost", T);
+        (from_systemd, at, c.err().map(|e| e.to_string()))
+    });
+    let exited = child.try_wait().ok().flatten();
+    let _ = child.kill();
+    let _ = child.wait();
+    let Some((from_systemd, at, client_error)) = checked else {
+        let mut why = String::new();
+        let _ = std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut why);
+        return Err((exited, why));
+    };
+    assert!(
+        from_systemd,
+        "serve did not say it took the passed listener"
+    );
+    assert_eq!(at, addr);
+    assert_eq!(client_error, None);
+    Ok(())
+}
+
 /// `serve` with `LISTEN_FDS` set as systemd sets it: the listener at descriptor 3,
 /// `LISTEN_FDS=1`, `LISTEN_PID` the program's own pid (`sh` sets it to its own and
 /// `exec`s the appliance, which keeps that pid). `--listen` names another address: the
@@ -264,24 +294,9 @@ fn a_socket_activated_serve_uses_the_listener_it_was_given() {
     let addr = listener.local_addr().unwrap().to_string();
     let mut child = socket_activated_serve(&listener, &dir.path().join("data"));
     drop(listener); // the child has its own copy
-    let started = activated_start(&mut child, Duration::from_secs(30));
-    let checked = started.map(|(from_systemd, at, fp)| {
-        let c = Client::connect(&addr, &Trust::Fingerprint(fp), "localhost", T);
-        (from_systemd, at, c.err().map(|e| e.to_string()))
-    });
-    let _ = child.kill();
-    let _ = child.wait();
-    let Some((from_systemd, at, client_error)) = checked else {
-        let mut why = String::new();
-        let _ = std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut why);
+    if let Err((_, why)) = check_activated(&mut child, &addr) {
         panic!("serve never said where it listens; stderr: {why}");
-    };
-    assert!(
-        from_systemd,
-        "serve did not say it took the passed listener"
-    );
-    assert_eq!(at, addr);
-    assert_eq!(client_error, None);
+    }
 }
 
 /// The same through systemd's own tool, which binds the address and starts the
@@ -320,30 +335,14 @@ fn a_serve_started_by_systemd_socket_activate_uses_its_listener() {
             }
         }
     };
-    let started = activated_start(&mut child, Duration::from_secs(30));
-    let checked = started.map(|(from_systemd, at, fp)| {
-        let c = Client::connect(&addr, &Trust::Fingerprint(fp), "localhost", T);
-        (from_systemd, at, c.err().map(|e| e.to_string()))
-    });
-    let exited = child.try_wait().ok().flatten();
-    let _ = child.kill();
-    let _ = child.wait();
-    let Some((from_systemd, at, client_error)) = checked else {
-        let mut why = String::new();
-        let _ = std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut why);
+    if let Err((exited, why)) = check_activated(&mut child, &addr) {
         if exited.is_some_and(|s| !s.success()) {
             // As above, found only after connecting (to whoever took the port).
             eprintln!("skipped: systemd-socket-activate exited: {why}");
             return;
         }
         panic!("serve never said where it listens; stderr: {why}");
-    };
-    assert!(
-        from_systemd,
-        "serve did not say it took the passed listener"
-    );
-    assert_eq!(at, addr);
-    assert_eq!(client_error, None);
+    }
 }
 
 fn which(name: &str) -> Result<std::path::PathBuf, ()> {
