@@ -182,6 +182,17 @@ fn maintain_all(log: &mut Log) {
     panic!("maintenance never finished");
 }
 
+/// Appends messages for user 7 (90-byte bodies of `w`, ids from 0) until one opens
+/// the second segment; returns their sequence numbers, that last one included.
+fn fill_first_segment(log: &mut Log) -> Vec<MsgSeq> {
+    let mut seqs = vec![];
+    while log.stats().segments < 2 {
+        let i = seqs.len() as u64;
+        seqs.push(log.append_message(&msg(7, 1, i, &[b'w'; 90])).unwrap().seq);
+    }
+    seqs
+}
+
 /// A message pending for a long time in an old segment must not keep every later
 /// erase on disk: an erase is needed only while a segment that may hold a copy of the
 /// message it killed exists, and segments written before that message was appended
@@ -193,12 +204,9 @@ fn an_old_pending_message_does_not_keep_later_erases_on_disk() {
     let config = small(Durability::Group);
     let mut log = open(dir.path(), &config);
     // Segment 1 is full of messages for a user who never comes back.
-    let mut waiting = vec![];
-    while log.stats().segments < 2 {
-        let i = waiting.len() as u64;
-        log.append_message(&msg(7, 1, i, &[b'w'; 90])).unwrap();
-        waiting.push((1, i, vec![b'w'; 90]));
-    }
+    let waiting: Vec<_> = (0..fill_first_segment(&mut log).len() as u64)
+        .map(|i| (1, i, vec![b'w'; 90]))
+        .collect();
     // Then steady traffic, each message delivered soon: ~60 segments' worth.
     let mut recent = std::collections::VecDeque::new();
     for i in 0..40_000u64 {
@@ -233,11 +241,7 @@ fn an_erase_outlives_nothing_that_holds_a_copy_of_its_message() {
     let mut log = open(dir.path(), &config);
     // Segment 1: messages for a user who never comes back; m is the last one written
     // into it (the append after it opened segment 2).
-    let mut seqs = vec![];
-    while log.stats().segments < 2 {
-        let i = seqs.len() as u64;
-        seqs.push(log.append_message(&msg(7, 1, i, &[b'w'; 90])).unwrap().seq);
-    }
+    let mut seqs = fill_first_segment(&mut log);
     let opener = seqs.pop().unwrap();
     let m_seq = seqs.pop().unwrap();
     log.erase(user(7), opener).unwrap();
