@@ -96,6 +96,14 @@ pub enum Incoming {
     },
 }
 
+/// A socket timeout (or a would-block read in poll mode): nothing came in time.
+fn timed_out(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
+}
+
 pub struct Client {
     tls: StreamOwned<ClientConnection, TcpStream>,
     inbox: Vec<u8>,
@@ -166,14 +174,7 @@ impl Client {
             min_version: 1,
             max_version: PROTOCOL_VERSION,
         }) {
-            Err(ClientError::Io(e))
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) =>
-            {
-                return Err(ClientError::Timeout)
-            }
+            Err(ClientError::Io(e)) if timed_out(&e) => return Err(ClientError::Timeout),
             other => other?,
         }
         let deadline = Instant::now() + timeout;
@@ -239,14 +240,7 @@ impl Client {
                     return Err(ClientError::Closed { code, reason });
                 }
                 Ok(n) => self.inbox.extend_from_slice(&buf[..n]),
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                    ) =>
-                {
-                    return Ok(None)
-                }
+                Err(e) if timed_out(&e) => return Ok(None),
                 Err(e) => return Err(e.into()),
             }
         }

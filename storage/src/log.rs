@@ -53,10 +53,9 @@ impl SegState {
         }
     }
 
-    /// Notes a tombstone written into it: aimed at `target`, erasing `seq` (`MsgSeq(0)`
-    /// for an account delete).
-    pub fn add_tombstone(&mut self, target: SegmentId, seq: MsgSeq) {
-        add_tombstone(&mut self.tombstones, target, seq);
+    /// Notes a tombstone written into it ([`Record::killed`]).
+    pub fn add_tombstone(&mut self, killed: (SegmentId, MsgSeq)) {
+        add_tombstone(&mut self.tombstones, killed);
     }
 
     /// Notes a message record written into it.
@@ -65,12 +64,11 @@ impl SegState {
     }
 }
 
-/// Adds a tombstone to a segment's summary of them: (highest target, lowest sequence
-/// number erased).
+/// Adds a tombstone ([`Record::killed`]) to a segment's summary of them: (highest
+/// target, lowest sequence number erased).
 pub(crate) fn add_tombstone(
     summary: &mut Option<(SegmentId, MsgSeq)>,
-    target: SegmentId,
-    seq: MsgSeq,
+    (target, seq): (SegmentId, MsgSeq),
 ) {
     *summary = Some(match *summary {
         None => (target, seq),
@@ -528,16 +526,16 @@ impl Log {
         let Some(at) = self.index.get(recipient, seq, &Segs(&self.segments)) else {
             return Ok(None);
         };
-        let target = at.segment();
-        let (_, end) = self.append(&Record::Erase {
+        let rec = Record::Erase {
             recipient,
             seq,
-            target,
-        })?;
+            target: at.segment(),
+        };
+        let (_, end) = self.append(&rec)?;
         self.segments
             .back_mut()
             .expect("active")
-            .add_tombstone(target, seq);
+            .add_tombstone(rec.killed().expect("a tombstone"));
         self.kill_message(recipient, seq);
         self.stats.erases += 1;
         Ok(Some(end))
@@ -598,7 +596,7 @@ impl Log {
         self.segments
             .back_mut()
             .expect("active")
-            .add_tombstone(target, MsgSeq(0));
+            .add_tombstone(rec.killed().expect("a tombstone"));
         let old = self.accounts.remove(key).expect("present");
         self.unlive(old.at, old.record_bytes);
         Ok(Some(end))

@@ -84,10 +84,10 @@ impl Log {
         self.reclaim.deletes.iter().any(|&(d, _)| d == id)
     }
 
-    /// Whether a tombstone in `owner` aimed at `target`, erasing message `seq`
-    /// (`MsgSeq(0)` for an account delete), must be kept: another segment at or before
-    /// the target may hold a copy of what it killed.
-    fn tombstone_live(&self, owner: SegmentId, target: SegmentId, seq: MsgSeq) -> bool {
+    /// Whether a tombstone in `owner` that killed `(target, seq)` ([`Record::killed`])
+    /// must be kept: another segment at or before the target may hold a copy of what
+    /// it killed.
+    fn tombstone_live(&self, owner: SegmentId, (target, seq): (SegmentId, MsgSeq)) -> bool {
         self.segments
             .iter()
             .take_while(|s| s.seg.id <= target)
@@ -101,7 +101,7 @@ impl Log {
         let s = &self.segments[i];
         s.live_records == 0
             && s.tombstones
-                .is_none_or(|(t, seq)| !self.tombstone_live(s.seg.id, t, seq))
+                .is_none_or(|k| !self.tombstone_live(s.seg.id, k))
     }
 
     fn schedule_dead(&mut self) {
@@ -290,12 +290,12 @@ impl Log {
                 self.index.get(m.recipient, m.seq, &Segs(&self.segments)) == Some(here)
             }
             Record::AccountPut { key, .. } => self.accounts.get(*key).is_some_and(|a| a.at == here),
-            Record::Erase { target, seq, .. } => self.tombstone_live(owner, *target, *seq),
+            Record::Erase { .. } => self.tombstone_live(owner, killed(record)),
             // Keys are reused: once the key has a newer value, that value (later in the
             // log than every older one) does the tombstone's work, and a copy of the
             // tombstone placed after it would wrongly delete it at replay.
-            Record::AccountDelete { key, target } => {
-                !self.accounts.contains_key(*key) && self.tombstone_live(owner, *target, MsgSeq(0))
+            Record::AccountDelete { key, .. } => {
+                !self.accounts.contains_key(*key) && self.tombstone_live(owner, killed(record))
             }
             Record::Seal { .. } => false,
         }
@@ -326,18 +326,11 @@ impl Log {
                     a.at = start;
                 }
             }
-            (Copied::Tombstone, Record::Erase { target, seq, .. }) => {
+            (Copied::Tombstone, r) => {
                 self.segments
                     .back_mut()
                     .expect("active")
-                    .add_tombstone(target, seq);
-                return Ok(());
-            }
-            (Copied::Tombstone, Record::AccountDelete { target, .. }) => {
-                self.segments
-                    .back_mut()
-                    .expect("active")
-                    .add_tombstone(target, MsgSeq(0));
+                    .add_tombstone(killed(&r));
                 return Ok(());
             }
             _ => unreachable!("kind matches the record"),
@@ -357,6 +350,11 @@ enum Copied {
     Message,
     Account,
     Tombstone,
+}
+
+/// What a record known to be a tombstone killed.
+fn killed(record: &Record<'_>) -> (SegmentId, MsgSeq) {
+    record.killed().expect("a tombstone")
 }
 
 fn record_kind(r: &Record<'_>) -> Copied {

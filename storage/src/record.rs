@@ -147,6 +147,17 @@ pub enum EncodeError {
 }
 
 impl Record<'_> {
+    /// For a tombstone: the segment it targets and the message sequence number it
+    /// erases (`MsgSeq(0)` for an account delete, which erases no message: any segment
+    /// at or before the target counts for it). `None` for other records.
+    pub fn killed(&self) -> Option<(SegmentId, MsgSeq)> {
+        match *self {
+            Record::Erase { target, seq, .. } => Some((target, seq)),
+            Record::AccountDelete { target, .. } => Some((target, MsgSeq(0))),
+            _ => None,
+        }
+    }
+
     pub fn kind(&self) -> Kind {
         match self {
             Record::Message(_) => Kind::Message,

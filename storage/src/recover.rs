@@ -85,6 +85,7 @@ impl RecoveryReport {
 /// instead of touching a random user's vector per record, and each partition is then
 /// grouped by user while it fits the cache.
 const PARTITIONS: usize = 256;
+const _: () = assert!(BUCKETS.is_power_of_two());
 
 /// A message record seen by the scan (32 bytes; the scan writes one per record).
 #[derive(Clone, Copy)]
@@ -118,7 +119,6 @@ struct Collected {
     marks: Vec<(usize, Vec<usize>)>,
     erased: Vec<Vec<(UserId, MsgSeq)>>,
     accounts: Vec<(Lsn, Box<[u8]>, AccountOp)>,
-    max_seq: u64,
 }
 
 impl Collected {
@@ -131,7 +131,6 @@ impl Collected {
             marks: Vec::new(),
             erased: (0..PARTITIONS).map(|_| Vec::new()).collect(),
             accounts: Vec::new(),
-            max_seq: 0,
         }
     }
 
@@ -309,9 +308,7 @@ impl Log {
             st.max_seq = scan.max_seq;
             st.min_expiry_ms = scan.min_expiry_ms;
             segments.push_back(st);
-        }
-        for c in &collected {
-            next_seq = next_seq.max(c.max_seq + 1);
+            next_seq = next_seq.max(scan.max_seq.0 + 1);
         }
         if segments.back().is_none_or(|s| s.sealed) {
             let id = segments
@@ -418,9 +415,11 @@ fn collect(
     out: &mut SegScan,
     c: &mut Collected,
 ) {
+    if let Some(killed) = record.killed() {
+        add_tombstone(&mut out.tombstones, killed);
+    }
     match record {
         Record::Message(m) => {
-            c.max_seq = c.max_seq.max(m.seq.0);
             out.max_seq = out.max_seq.max(m.seq);
             if m.expiry_ms <= now_ms {
                 // Every copy of a message has the same expiry: none of them is kept.
@@ -440,14 +439,9 @@ fn collect(
                 body_bytes: m.body.len() as u32,
             });
         }
-        Record::Erase {
-            recipient,
-            seq,
-            target,
-        } => {
+        Record::Erase { recipient, seq, .. } => {
             let p = c.part(recipient);
             c.erased[p].push((recipient, seq));
-            add_tombstone(&mut out.tombstones, target, seq);
         }
         Record::AccountPut { key, value } => c.accounts.push((
             at,
@@ -457,9 +451,8 @@ fn collect(
                 record_bytes: len as u32,
             },
         )),
-        Record::AccountDelete { key, target } => {
+        Record::AccountDelete { key, .. } => {
             c.accounts.push((at, key.into(), AccountOp::Delete));
-            add_tombstone(&mut out.tombstones, target, MsgSeq(0));
         }
         Record::Seal { .. } => {}
     }
@@ -534,8 +527,16 @@ struct Partition<'a> {
     erased: Vec<(UserId, MsgSeq)>,
 }
 
-/// What one thread made of its partitions: each user's queue, in 256 buckets by the
-/// top byte of [`Index::order_key`], and per segment (in `ids` order) the live records
+/// Buckets of finished queues, by the top bits of [`Index::order_key`]: the index adds
+/// them bucket by bucket, so in table order.
+const BUCKETS: usize = 256;
+
+fn bucket(index: &Index, user: UserId) -> usize {
+    (index.order_key(user) >> (64 - BUCKETS.trailing_zeros())) as usize
+}
+
+/// What one thread made of its partitions: each user's queue, in [`BUCKETS`] buckets,
+/// and per segment (in `ids` order) the live records
 /// and bytes.
 struct Resolved {
     queues: Vec<Vec<Loaded>>,
@@ -551,7 +552,7 @@ struct Resolved {
 /// sort by sequence number is mostly a check.
 fn resolve(parts: Vec<Partition<'_>>, ids: &[SegmentId], index: &Index) -> Resolved {
     let mut out = Resolved {
-        queues: (0..256).map(|_| Vec::new()).collect(),
+        queues: (0..BUCKETS).map(|_| Vec::new()).collect(),
         live: vec![(0, 0); ids.len()],
     };
     let first = ids.first().map_or(0, |id| id.0);
@@ -600,7 +601,7 @@ fn resolve(parts: Vec<Partition<'_>>, ids: &[SegmentId], index: &Index) -> Resol
         if k == 0 {
             // Users spread evenly over partitions and buckets (both by hash): size the
             // buckets once from the first partition rather than growing them.
-            let each = users.len() * n_parts / 256;
+            let each = users.len() * n_parts / BUCKETS;
             for b in &mut out.queues {
                 b.reserve(each + each / 8 + 4);
             }
@@ -633,8 +634,7 @@ fn resolve(parts: Vec<Partition<'_>>, ids: &[SegmentId], index: &Index) -> Resol
                 positions.push(m.at);
             }
             if !positions.is_empty() {
-                let bucket = (index.order_key(user) >> 56) as usize;
-                out.queues[bucket].push(Loaded::new(user, &positions, bytes));
+                out.queues[bucket(index, user)].push(Loaded::new(user, &positions, bytes));
             }
         }
     }
@@ -698,9 +698,9 @@ fn build_index(
     }
     // In table order, bucket by bucket across the threads' results.
     let mut done: Vec<_> = done.into_iter().map(|r| r.queues.into_iter()).collect();
-    for _ in 0..256 {
+    for _ in 0..BUCKETS {
         for r in &mut done {
-            for q in r.next().expect("256 buckets") {
+            for q in r.next().expect("a queue per bucket") {
                 index.insert_loaded(q);
             }
         }

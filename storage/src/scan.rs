@@ -70,18 +70,19 @@ impl<'a> Scanner<'a> {
         self.end
     }
 
-    fn finish(&mut self, offset: usize, sealed: bool) {
-        let torn_bytes = if sealed {
-            0
-        } else {
-            last_nonzero(&self.buf[offset..]).map_or(0, |i| i + 1)
-        };
+    /// Ends the walk at `offset`; `torn_bytes` as in [`End`].
+    fn finish(&mut self, offset: usize, torn_bytes: usize, sealed: bool) {
         self.end = Some(End {
             offset,
             torn_bytes,
             sealed,
         });
         self.pos = self.buf.len();
+    }
+
+    /// Bytes from `offset` to the last non-zero byte: a torn tail's length.
+    fn nonzero_after(&self, offset: usize) -> usize {
+        last_nonzero(&self.buf[offset..]).map_or(0, |i| i + 1)
     }
 
     /// The next aligned position at or after `from` where a checksummed record starts.
@@ -115,7 +116,8 @@ impl<'a> Iterator for Scanner<'a> {
         }
         let p = self.pos;
         if p + RECORD_HEADER_BYTES > self.buf.len() {
-            self.finish(p.min(self.buf.len()), false);
+            let p = p.min(self.buf.len());
+            self.finish(p, self.nonzero_after(p), false);
             return None;
         }
         let buf: &'a [u8] = self.buf;
@@ -123,7 +125,7 @@ impl<'a> Iterator for Scanner<'a> {
             Ok((record, len)) => {
                 self.pos = p + len;
                 if let Record::Seal { .. } = record {
-                    self.finish(self.pos, true);
+                    self.finish(self.pos, 0, true);
                 }
                 Some(Item::Record {
                     offset: p,
@@ -145,12 +147,7 @@ impl<'a> Iterator for Scanner<'a> {
                 if first_nonzero(&buf[p..]).is_none() {
                     // The data ends in zeros: nothing torn (and no second pass over
                     // them looking for the last non-zero byte).
-                    self.end = Some(End {
-                        offset: p,
-                        torn_bytes: 0,
-                        sealed: false,
-                    });
-                    self.pos = self.buf.len();
+                    self.finish(p, 0, false);
                     return None;
                 }
                 match self.resync(p + 8) {
@@ -163,7 +160,7 @@ impl<'a> Iterator for Scanner<'a> {
                         })
                     }
                     None => {
-                        self.finish(p, false);
+                        self.finish(p, self.nonzero_after(p), false);
                         None
                     }
                 }
