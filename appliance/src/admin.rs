@@ -291,7 +291,7 @@ fn worker_families(workers: &[WorkerStats]) -> Vec<Family> {
 
 fn shard_families(shards: &[ShardReport]) -> Vec<Family> {
     type Get = fn(&ShardReport) -> u64;
-    let defs: [(&'static str, &'static str, &'static str, Get); 26] = [
+    let defs: [(&'static str, &'static str, &'static str, Get); 28] = [
         (
             "switchboard_router_sessions",
             "gauge",
@@ -447,6 +447,18 @@ fn shard_families(shards: &[ShardReport]) -> Vec<Family> {
             "counter",
             "Time the log's writer waited for the next segment, microseconds.",
             |r| r.log.prepare_stall_us,
+        ),
+        (
+            "switchboard_storage_prepare_takeovers_total",
+            "counter",
+            "Segments the log's writer made itself because the preparer was starved of CPU.",
+            |r| r.log.prepare_takeovers,
+        ),
+        (
+            "switchboard_storage_rescue_flushes_total",
+            "counter",
+            "Flushes handed to the log's rescue thread because the flusher was starved of CPU.",
+            |r| r.log.rescue_flushes,
         ),
     ];
     defs.iter()

@@ -172,6 +172,8 @@ fn counters_agree_exactly_with_a_scripted_workload() {
         "switchboard_storage_segments{",
         "switchboard_storage_prepare_stalls_total{",
         "switchboard_storage_prepare_stall_microseconds_total{",
+        "switchboard_storage_prepare_takeovers_total{",
+        "switchboard_storage_rescue_flushes_total{",
     ] {
         let n = text.lines().filter(|l| l.starts_with(family)).count();
         assert_eq!(n, 2, "{family}");

@@ -60,12 +60,18 @@ pub struct LogConfig {
     /// A segment whose live bytes fall below this share of its used bytes is compacted.
     /// Default: 0.25. Range: 0.0 (never) to 0.9.
     pub compact_live_ratio: f64,
-    /// Run the log's background threads (flusher, segment preparer) at the lowest CPU
-    /// priority (Linux `SCHED_IDLE`), so a thread serving messages that wakes up takes
-    /// the CPU from them at once instead of waiting out their time slice (an `msync`, a
-    /// segment's pre-faulting). They still get every idle moment, and acknowledgements
-    /// still wait for durability. Default: true. Ignored where the system lacks it.
-    pub background_idle: bool,
+    /// Run the log's background threads (flusher, segment preparer) at a lower CPU
+    /// priority (Linux: nice 10), so a thread serving messages that wakes up takes the
+    /// CPU from them (an `msync`, a segment's pre-faulting) rather than sharing it
+    /// evenly. Not the idle class (`SCHED_IDLE`, what `background_idle` chose before):
+    /// on a saturated CPU an idle-class thread waits seconds, and holding a kernel lock
+    /// (a page under writeback, the address space's) it stalls the serving thread for as
+    /// long. Acknowledgements still wait for durability; when the flusher or the preparer
+    /// is starved anyway, the writer works around it (docs/STORAGE.md). Default: true.
+    /// Ignored where the system has no per-thread priority. Also read as
+    /// `background_idle`, its name before.
+    #[serde(alias = "background_idle")]
+    pub background_low_priority: bool,
 }
 
 impl Default for LogConfig {
@@ -83,7 +89,7 @@ impl Default for LogConfig {
             shard_bytes_max: 64 << 30,
             accounts_max: 10_000_000,
             compact_live_ratio: 0.25,
-            background_idle: true,
+            background_low_priority: true,
         }
     }
 }

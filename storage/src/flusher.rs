@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 
 use memmap2::MmapRaw;
 
-use crate::segment::{flush_map, Segment};
+use crate::segment::{flush_map, sync_directory, Segment};
+use crate::starve::ThreadId;
 use crate::types::{Lsn, SegmentId};
 
 /// State the writer publishes and the flusher and readers of positions observe.
@@ -28,11 +29,16 @@ pub(crate) struct Shared {
     pub flushes: AtomicU64,
     pub flush_ns_max: AtomicU64,
     pub flush_ns_total: AtomicU64,
-    /// Directory syncs by the flusher (one before the first flush covering new segments).
+    /// Directory syncs before a flush (one before the first flush covering new segments).
     pub dir_syncs: AtomicU64,
+    /// The highest segment id whose directory entry is known durable: a flush that
+    /// reaches a later segment syncs the directory first (the flusher's or the writer's).
+    pub dir_synced: AtomicU64,
     /// The group-commit interval the flusher sleeps between flushes (µs); changed at
     /// run time by [`crate::Log::set_group_interval_us`]. `0` until the flusher starts.
     pub interval_us: AtomicU64,
+    /// The flusher thread, watched by the writer when durability is late.
+    pub flusher_tid: ThreadId,
     wait: Mutex<()>,
     cv: Condvar,
 }
@@ -42,8 +48,10 @@ impl Shared {
         Lsn(self.durable.load(Ordering::Acquire))
     }
 
+    /// Raises the durable position to `lsn` (never lowers it: the flusher and the writer
+    /// may both flush, and the one that finishes last may have started first).
     pub fn set_durable(&self, lsn: Lsn) {
-        self.durable.store(lsn.0, Ordering::Release);
+        self.durable.fetch_max(lsn.0, Ordering::AcqRel);
         let _guard = self.wait.lock().unwrap_or_else(|p| p.into_inner());
         self.cv.notify_all();
     }
@@ -84,7 +92,19 @@ impl Shared {
             .clone()
     }
 
-    fn record_flush(&self, took: Duration) {
+    /// Syncs the log's directory unless every segment up to `through` is known to have
+    /// its entry durable already.
+    pub fn sync_dir_through(&self, dir: &Path, through: SegmentId) -> std::io::Result<()> {
+        let through = u64::from(through.0);
+        if self.dir_synced.load(Ordering::Acquire) < through {
+            sync_directory(dir)?;
+            self.dir_syncs.fetch_add(1, Ordering::Relaxed);
+            self.dir_synced.fetch_max(through, Ordering::AcqRel);
+        }
+        Ok(())
+    }
+
+    pub fn record_flush(&self, took: Duration) {
         let ns = took.as_nanos() as u64;
         self.flushes.fetch_add(1, Ordering::Relaxed);
         self.flush_ns_total.fetch_add(ns, Ordering::Relaxed);
@@ -112,7 +132,7 @@ impl Flusher {
         shared: Arc<Shared>,
         interval: Duration,
         dir: PathBuf,
-        idle: bool,
+        low_priority: bool,
     ) -> std::io::Result<Flusher> {
         let (tx, rx) = mpsc::channel();
         shared
@@ -121,7 +141,8 @@ impl Flusher {
         let handle = thread::Builder::new()
             .name("log-flusher".into())
             .spawn(move || {
-                background_priority(idle);
+                shared.flusher_tid.set_current();
+                background_priority(low_priority);
                 flusher_loop(&shared, &rx, &dir)
             })?;
         Ok(Flusher { tx, handle })
@@ -142,8 +163,6 @@ impl Flusher {
 struct Mapped {
     map: Arc<MmapRaw>,
     end: Option<usize>,
-    /// Whether the directory has been synced since this segment was made.
-    dir_synced: bool,
 }
 
 fn flusher_loop(shared: &Shared, rx: &Receiver<Activation>, dir: &Path) {
@@ -185,7 +204,6 @@ fn flush_once(
             Mapped {
                 map: a.map,
                 end: None,
-                dir_synced: false,
             },
         );
     }
@@ -196,14 +214,7 @@ fn flush_once(
     let started = Instant::now();
     // New segments' directory entries first: a machine crash must not lose a file that
     // holds anything reported durable.
-    let range = durable.segment()..=written.segment();
-    if maps.range(range.clone()).any(|(_, m)| !m.dir_synced) {
-        std::fs::File::open(dir)?.sync_all()?;
-        shared.dir_syncs.fetch_add(1, Ordering::Relaxed);
-        for (_, m) in maps.range_mut(range) {
-            m.dir_synced = true;
-        }
-    }
+    shared.sync_dir_through(dir, written.segment())?;
     for (&id, m) in maps.range(durable.segment()..=written.segment()) {
         let from = if id == durable.segment() {
             durable.offset() as usize
@@ -224,31 +235,107 @@ fn flush_once(
     Ok(())
 }
 
-/// Prepares the next segment file on its own thread.
-pub(crate) struct Preparer {
-    tx: Option<Sender<SegmentId>>,
-    pub rx: Receiver<std::io::Result<Segment>>,
+/// Work the writer hands to the rescue thread when the flusher is starved of CPU: the
+/// unflushed ranges of the mapped segments, to make durable up to `through`.
+pub(crate) struct FlushJob {
+    pub ranges: Vec<(Arc<MmapRaw>, usize, usize)>,
+    pub through: Lsn,
+}
+
+/// A flusher at normal priority that runs only when the writer asks ([`FlushJob`]): the
+/// low-priority flusher's stand-in on a saturated CPU, so that acknowledgements do not
+/// wait for it to get a turn, and the writer (a serving thread) never blocks in `msync`.
+pub(crate) struct Rescuer {
+    tx: Option<Sender<FlushJob>>,
     handle: Option<JoinHandle<()>>,
 }
 
+impl Rescuer {
+    pub fn start(shared: Arc<Shared>, dir: PathBuf) -> std::io::Result<Rescuer> {
+        let (tx, rx) = mpsc::channel::<FlushJob>();
+        let handle = thread::Builder::new()
+            .name("log-rescue".into())
+            .spawn(move || {
+                for job in rx {
+                    if shared.failed.load(Ordering::Acquire) {
+                        continue;
+                    }
+                    let started = Instant::now();
+                    let done = shared
+                        .sync_dir_through(&dir, job.through.segment())
+                        .and_then(|()| {
+                            job.ranges
+                                .iter()
+                                .try_for_each(|(map, from, to)| flush_map(map, *from, *to))
+                        });
+                    match done {
+                        Ok(()) => {
+                            shared.record_flush(started.elapsed());
+                            shared.set_durable(job.through);
+                        }
+                        Err(e) => shared.fail(format!("msync: {e}")),
+                    }
+                }
+            })?;
+        Ok(Rescuer {
+            tx: Some(tx),
+            handle: Some(handle),
+        })
+    }
+
+    pub fn hand(&self, job: FlushJob) {
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(job);
+        }
+    }
+
+    /// Finishes what was handed over and stops.
+    pub fn stop(&mut self) {
+        self.tx = None;
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+impl Drop for Rescuer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// What the preparer sends back: the segment it was asked for, staged, or why not.
+pub(crate) type Prepared = (SegmentId, std::io::Result<Segment>);
+
+/// Prepares the next segment file on its own thread, under its staging name
+/// ([`Segment::stage`]); the writer installs it when it starts it.
+pub(crate) struct Preparer {
+    tx: Option<Sender<SegmentId>>,
+    pub rx: Receiver<Prepared>,
+    handle: Option<JoinHandle<()>>,
+    /// The thread, watched by the writer when it waits for a segment.
+    pub tid: ThreadId,
+}
+
 impl Preparer {
-    /// `sync_dir`: see [`Segment::create`].
     pub fn start(
         dir: PathBuf,
         bytes: u64,
         prefault: bool,
-        sync_dir: bool,
-        idle: bool,
+        low_priority: bool,
     ) -> std::io::Result<Preparer> {
         let (req_tx, req_rx) = mpsc::channel::<SegmentId>();
         let (tx, rx) = mpsc::channel();
+        let tid = ThreadId::default();
+        let its_tid = tid.clone();
         let handle = thread::Builder::new()
             .name("log-preparer".into())
             .spawn(move || {
-                background_priority(idle);
+                its_tid.set_current();
+                background_priority(low_priority);
                 for id in req_rx {
-                    let seg = Segment::create(&dir, id, bytes, prefault, sync_dir);
-                    if tx.send(seg).is_err() {
+                    let seg = Segment::stage(&dir, id, bytes, prefault);
+                    if tx.send((id, seg)).is_err() {
                         return;
                     }
                 }
@@ -257,7 +344,23 @@ impl Preparer {
             tx: Some(req_tx),
             rx,
             handle: Some(handle),
+            tid,
         })
+    }
+
+    /// A preparer with no thread, for tests: the test answers requests (or never does)
+    /// through the returned ends.
+    #[cfg(test)]
+    pub fn by_hand() -> (Preparer, Receiver<SegmentId>, Sender<Prepared>) {
+        let (req_tx, req_rx) = mpsc::channel();
+        let (tx, rx) = mpsc::channel();
+        let p = Preparer {
+            tx: Some(req_tx),
+            rx,
+            handle: None,
+            tid: ThreadId::default(),
+        };
+        (p, req_rx, tx)
     }
 
     pub fn request(&self, id: SegmentId) {
@@ -265,24 +368,19 @@ impl Preparer {
             let _ = tx.send(id);
         }
     }
-}
 
-impl Preparer {
     /// Stops the thread and removes the segment files it prepared that were never
-    /// started (no header yet, nothing in them), so the next open has no blank tail to
-    /// check byte by byte. (After a crash recovery removes them instead.) Called by the
-    /// log's shutdown while it still holds the directory's lock; again on drop, then a
-    /// no-op.
+    /// started (staged, nothing in them), so they do not outlive the log. (After a crash
+    /// recovery removes them instead.) Called by the log's shutdown while it still holds
+    /// the directory's lock; again on drop, then a no-op.
     pub fn stop(&mut self) {
         self.tx = None;
         if let Some(h) = self.handle.take() {
             let _ = h.join();
         }
-        while let Ok(prepared) = self.rx.try_recv() {
+        while let Ok((_, prepared)) = self.rx.try_recv() {
             if let Ok(seg) = prepared {
-                let path = seg.path.clone();
-                drop(seg);
-                let _ = std::fs::remove_file(path);
+                seg.discard();
             }
         }
     }
@@ -294,15 +392,23 @@ impl Drop for Preparer {
     }
 }
 
-/// Lowers the calling thread to the lowest CPU priority (`LogConfig::background_idle`):
-/// `SCHED_IDLE` on Linux; elsewhere left as it is.
-pub(crate) fn background_priority(idle: bool) {
+/// The nice value of the log's background threads when `LogConfig::background_low_priority`.
+#[cfg(target_os = "linux")]
+pub(crate) const BACKGROUND_NICE: i32 = 10;
+
+/// Lowers the calling thread's CPU priority to nice [`BACKGROUND_NICE`]
+/// (`LogConfig::background_low_priority`) on Linux, where the nice value is the
+/// thread's own; elsewhere (FreeBSD's is the whole process's) leaves it as it is.
+pub(crate) fn background_priority(low: bool) {
     #[cfg(target_os = "linux")]
-    if idle {
-        let p = libc::sched_param { sched_priority: 0 };
-        // SAFETY: a plain system call on the calling thread with a valid parameter.
-        unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &p) };
+    if low {
+        // SAFETY: plain system calls about the calling thread. Raising one's own nice
+        // value needs no privilege; a failure leaves the thread at normal priority.
+        unsafe {
+            let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+            libc::setpriority(libc::PRIO_PROCESS, tid, BACKGROUND_NICE);
+        }
     }
     #[cfg(not(target_os = "linux"))]
-    let _ = idle;
+    let _ = low;
 }

@@ -48,6 +48,7 @@ pub mod record;
 mod recover;
 pub mod scan;
 mod segment;
+mod starve;
 pub mod types;
 
 pub use config::{ConfigError, Durability, LogConfig};

@@ -3,6 +3,7 @@
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
+use std::sync::mpsc::{RecvTimeoutError, TryRecvError};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,13 +11,14 @@ use ahash::AHashMap;
 
 use crate::config::{Durability, LogConfig};
 use crate::error::{Limit, StorageError};
-use crate::flusher::{Activation, Flusher, Preparer, Shared};
+use crate::flusher::{Activation, FlushJob, Flusher, Preparer, Rescuer, Shared};
 use crate::index::{Index, Records};
 use crate::record::{
     decode_verified, MessageRecord, Record, SegmentHeader, FORMAT_VERSION, SEAL_RECORD_BYTES,
     SEGMENT_HEADER_BYTES,
 };
 use crate::segment::{DirLock, Segment};
+use crate::starve::Watch;
 use crate::types::{Lsn, MsgSeq, SegmentId, UserId};
 
 /// A segment and what the log knows about its records.
@@ -116,6 +118,16 @@ pub struct StoredMessage<'a> {
     pub body: &'a [u8],
 }
 
+/// How long the writer polls the preparer while it waits for a segment.
+const PREPARE_POLL: Duration = Duration::from_millis(1);
+/// The writer makes the next segment itself once it has waited this long for a preparer
+/// that is starved of CPU ([`Watch::starved`]).
+const PREPARE_PATIENCE: Duration = Duration::from_millis(5);
+/// Where the system keeps no scheduler statistics: how long the writer waits at most.
+const PREPARE_FALLBACK: Duration = Duration::from_millis(500);
+/// The least a record waits for the flusher before the writer asks whether it is starved.
+pub(crate) const FLUSH_PATIENCE_MIN: Duration = Duration::from_millis(20);
+
 /// Counters and gauges of a log.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct LogStats {
@@ -133,6 +145,8 @@ pub struct LogStats {
     /// Rollovers that had to wait for the preparer, and how long they waited in all.
     pub prepare_stalls: u64,
     pub prepare_stall_us: u64,
+    /// Segments the writer made itself because the preparer was kept from the CPU.
+    pub prepare_takeovers: u64,
     pub prefaulted_segments: u64,
     pub expired: u64,
     pub compacted_records: u64,
@@ -141,8 +155,11 @@ pub struct LogStats {
     pub flushes: u64,
     pub flush_us_max: u64,
     pub flush_us_total: u64,
-    /// Directory syncs by the flusher (`group`: before a new segment's first flush).
+    /// Directory syncs before flushes (`group`: before a new segment's first flush).
     pub dir_syncs: u64,
+    /// Flushes handed to the rescue thread (in `maintain`) because the flusher was kept
+    /// from the CPU while records waited to be made durable.
+    pub rescue_flushes: u64,
 }
 
 pub struct Log {
@@ -156,8 +173,15 @@ pub struct Log {
     pub(crate) accounts: AHashMap<Box<[u8]>, Account>,
     pub(crate) shared: Arc<Shared>,
     flusher: Option<Flusher>,
+    /// The flusher's stand-in when it is starved (`group` mode).
+    rescuer: Option<Rescuer>,
     preparer: Preparer,
     unflushed: u32,
+    /// Durability the writer watches in `group` mode: the position it wants durable and
+    /// the flusher since it started wanting it ([`Log::help_flusher`]).
+    flush_watch: Option<(Lsn, Watch)>,
+    /// Where the flush last handed to the rescuer ends, until durability reaches it.
+    rescuing: Option<Lsn>,
     pub(crate) reclaim: crate::reclaim::ReclaimState,
     pub(crate) stats: LogStats,
 }
@@ -177,8 +201,7 @@ impl Log {
             dir.to_owned(),
             config.segment_bytes,
             config.prefault,
-            config.durability == Durability::Always,
-            config.background_idle,
+            config.background_low_priority,
         )
         .map_err(StorageError::io("start preparer thread", dir))?;
         let flusher = match config.durability {
@@ -187,9 +210,16 @@ impl Log {
                     Arc::clone(&shared),
                     Duration::from_micros(config.group_interval_us),
                     dir.to_owned(),
-                    config.background_idle,
+                    config.background_low_priority,
                 )
                 .map_err(StorageError::io("start flusher thread", dir))?,
+            ),
+            _ => None,
+        };
+        let rescuer = match config.durability {
+            Durability::Group => Some(
+                Rescuer::start(Arc::clone(&shared), dir.to_owned())
+                    .map_err(StorageError::io("start flush rescue thread", dir))?,
             ),
             _ => None,
         };
@@ -203,8 +233,11 @@ impl Log {
             accounts,
             shared,
             flusher,
+            rescuer,
             preparer,
             unflushed: 0,
+            flush_watch: None,
+            rescuing: None,
             reclaim: Default::default(),
             stats: LogStats::default(),
         };
@@ -226,6 +259,11 @@ impl Log {
             s.seg
                 .flush(0, s.used.max(SEGMENT_HEADER_BYTES))
                 .map_err(StorageError::io("msync", &s.seg.path))?;
+        }
+        if flush_found {
+            log.shared
+                .sync_dir_through(&log.dir, active.seg.id)
+                .map_err(StorageError::io("sync directory", &log.dir))?;
         }
         log.shared.written.store(end.0, Ordering::Release);
         log.shared.set_durable(end);
@@ -304,18 +342,14 @@ impl Log {
         let written = self.written();
         let durable = self.durable();
         if written > durable {
-            for s in self
-                .segments
-                .iter()
-                .filter(|s| s.seg.id >= durable.segment())
-            {
-                let from = if s.seg.id == durable.segment() {
-                    durable.offset() as usize
-                } else {
-                    0
-                };
+            if self.config.durability != Durability::None {
+                self.shared
+                    .sync_dir_through(&self.dir, written.segment())
+                    .map_err(StorageError::io("sync directory", &self.dir))?;
+            }
+            for (s, from, to) in self.unflushed(durable) {
                 s.seg
-                    .flush(from, s.used)
+                    .flush(from, to)
                     .map_err(StorageError::io("msync", &s.seg.path))?;
             }
             self.shared.set_durable(written);
@@ -390,6 +424,143 @@ impl Log {
         Ok(())
     }
 
+    /// The segment to start as `next`: the preparer's, installed under its name; or,
+    /// when the preparer is kept from the CPU while the writer waits for it (it runs at
+    /// low priority: [`crate::starve`]), one the writer makes itself, not pre-faulted.
+    /// The preparer's late copy is removed when it arrives.
+    fn next_segment(&mut self, next: SegmentId) -> Result<Segment, StorageError> {
+        let sync_dir = self.config.durability == Durability::Always;
+        let mut stall: Option<Watch> = None;
+        let prepared = loop {
+            let got = match stall {
+                None => self.preparer.rx.try_recv().map_err(|e| match e {
+                    TryRecvError::Empty => RecvTimeoutError::Timeout,
+                    TryRecvError::Disconnected => RecvTimeoutError::Disconnected,
+                }),
+                Some(_) => self.preparer.rx.recv_timeout(PREPARE_POLL),
+            };
+            match got {
+                // Made by the writer already.
+                Ok((id, made)) if id < next => {
+                    if let Ok(seg) = made {
+                        seg.discard();
+                    }
+                }
+                Ok((id, made)) if id == next => break Some(made),
+                Ok((id, made)) => {
+                    // Cannot happen (nothing is requested past `next`); refuse rather
+                    // than misnumber.
+                    if let Ok(seg) = made {
+                        seg.discard();
+                    }
+                    self.preparer.request(next);
+                    return Err(StorageError::io("prepare segment", &self.dir)(
+                        std::io::Error::other(format!("prepared {id:?}, wanted {next:?}")),
+                    ));
+                }
+                Err(RecvTimeoutError::Timeout) => match &mut stall {
+                    None => {
+                        self.stats.prepare_stalls += 1;
+                        stall = Some(Watch::start());
+                    }
+                    Some(w) => {
+                        let tid = &self.preparer.tid;
+                        if w.starved(tid, PREPARE_PATIENCE, PREPARE_FALLBACK) {
+                            break None;
+                        }
+                    }
+                },
+                Err(RecvTimeoutError::Disconnected) => {
+                    return Err(StorageError::io("prepare segment", &self.dir)(
+                        std::io::Error::other("preparer thread is gone"),
+                    ))
+                }
+            }
+        };
+        if let Some(w) = &stall {
+            self.stats.prepare_stall_us += w.elapsed().as_micros() as u64;
+        }
+        let path = self.dir.join(next.file_name());
+        match prepared {
+            Some(Ok(mut seg)) => match seg.install(&self.dir, sync_dir) {
+                Ok(()) => Ok(seg),
+                Err(e) => {
+                    seg.discard();
+                    self.preparer.request(next);
+                    Err(StorageError::io("install prepared segment", path)(e))
+                }
+            },
+            Some(Err(e)) => {
+                self.preparer.request(next);
+                Err(StorageError::io("prepare segment", path)(e))
+            }
+            None => {
+                self.stats.prepare_takeovers += 1;
+                let bytes = self.config.segment_bytes;
+                Segment::create(&self.dir, next, bytes, false, sync_dir)
+                    .map_err(StorageError::io("create segment", path))
+            }
+        }
+    }
+
+    /// In `group` mode, hands what is written to the rescue thread (normal priority)
+    /// when the flusher has been kept from the CPU (it runs at low priority:
+    /// [`crate::starve`]) while a record waited for it longer than four flush intervals
+    /// (at least [`FLUSH_PATIENCE_MIN`]): acknowledgements wait for durability, and on a
+    /// saturated machine they would wait for seconds. A flusher that is slow because the
+    /// disk is (blocked in `msync`, not waiting for a CPU) is left to it, and so is a
+    /// rescue still under way. Called by `maintain`; costs the writer no I/O.
+    pub(crate) fn help_flusher(&mut self) {
+        let Some(rescuer) = &self.rescuer else {
+            return;
+        };
+        let (written, durable) = (self.written(), self.durable());
+        if self.rescuing.is_some_and(|r| durable >= r) {
+            self.rescuing = None;
+        }
+        if written <= durable {
+            self.flush_watch = None;
+            return;
+        }
+        let tid = &self.shared.flusher_tid;
+        let interval = Duration::from_micros(self.shared.interval_us.load(Ordering::Relaxed));
+        let patience = (interval * 4).max(FLUSH_PATIENCE_MIN);
+        match &mut self.flush_watch {
+            Some((wanted, w)) if durable < *wanted => {
+                if self.rescuing.is_none() && w.starved(tid, patience, patience * 4) {
+                    let ranges = self
+                        .unflushed(durable)
+                        .map(|(s, from, to)| (s.seg.shared_map(), from, to))
+                        .collect();
+                    rescuer.hand(FlushJob {
+                        ranges,
+                        through: written,
+                    });
+                    self.rescuing = Some(written);
+                    self.stats.rescue_flushes += 1;
+                    self.flush_watch = None;
+                }
+            }
+            // Nothing watched yet, or the flusher made what was watched durable.
+            _ => self.flush_watch = Some((written, Watch::start())),
+        }
+    }
+
+    /// The segments holding what lies after `durable`, each with the byte range to flush.
+    fn unflushed(&self, durable: Lsn) -> impl Iterator<Item = (&SegState, usize, usize)> {
+        self.segments
+            .iter()
+            .filter(move |s| s.seg.id >= durable.segment())
+            .map(move |s| {
+                let from = if s.seg.id == durable.segment() {
+                    durable.offset() as usize
+                } else {
+                    0
+                };
+                (s, from, s.used)
+            })
+    }
+
     /// Seals the active segment and starts the prepared one.
     fn roll(&mut self) -> Result<(), StorageError> {
         let active = self.segments.back_mut().expect("active");
@@ -407,38 +578,7 @@ impl Log {
             }
         }
         let prev = (active.seg.id, active.used);
-        let prepared = match self.preparer.rx.try_recv() {
-            Ok(r) => r,
-            Err(_) => {
-                self.stats.prepare_stalls += 1;
-                let waited = std::time::Instant::now();
-                let r = self.preparer.rx.recv().map_err(|_| {
-                    StorageError::io("prepare segment", &self.dir)(std::io::Error::other(
-                        "preparer thread is gone",
-                    ))
-                })?;
-                self.stats.prepare_stall_us += waited.elapsed().as_micros() as u64;
-                r
-            }
-        };
-        let mut seg = match prepared {
-            Ok(seg) if seg.id == next => seg,
-            Ok(seg) => {
-                // Cannot happen (one request in flight); refuse rather than misnumber.
-                let _ = std::fs::remove_file(&seg.path);
-                self.preparer.request(next);
-                return Err(StorageError::io("prepare segment", &self.dir)(
-                    std::io::Error::other(format!("prepared {:?}, wanted {:?}", seg.id, next)),
-                ));
-            }
-            Err(e) => {
-                self.preparer.request(next);
-                return Err(StorageError::io(
-                    "prepare segment",
-                    self.dir.join(next.file_name()),
-                )(e));
-            }
-        };
+        let mut seg = self.next_segment(next)?;
         let header = SegmentHeader {
             version: FORMAT_VERSION,
             segment: next,
@@ -724,6 +864,9 @@ impl Log {
         if let Some(f) = self.flusher.take() {
             f.stop(&self.shared);
         }
+        if let Some(mut r) = self.rescuer.take() {
+            r.stop();
+        }
         // Before the directory's lock goes (a field dropped after this): the next
         // process to open the log must find the directory as it will stay.
         self.preparer.stop();
@@ -772,4 +915,138 @@ pub(crate) fn unix_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::flusher::Preparer;
+    use std::time::Instant;
+
+    fn config() -> LogConfig {
+        LogConfig {
+            segment_bytes: 64 * 1024,
+            durability: Durability::Group,
+            group_interval_us: 200,
+            prefault: false,
+            ..LogConfig::default()
+        }
+    }
+
+    fn append_until_rollovers(log: &mut Log, rollovers: u64, n: &mut u64) {
+        let to = UserId::new(3).unwrap();
+        while log.stats.rollovers < rollovers {
+            *n += 1;
+            let m = NewMessage {
+                recipient: to,
+                sender: to,
+                msg_id: *n,
+                timestamp_ms: 1,
+                expiry_ms: None,
+                body: &[7; 500],
+            };
+            log.append_message(&m).unwrap();
+        }
+    }
+
+    fn staged(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".prep"))
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// A preparer that never answers (its thread unknown, so no scheduler statistics):
+    /// the writer waits its fallback patience, then makes the segment itself; the late
+    /// staged copy is removed when it comes, and the next one is used as usual.
+    #[test]
+    fn a_preparer_that_never_answers_is_replaced_and_its_late_segment_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _) = Log::open(dir.path(), config(), 1).unwrap();
+        let (by_hand, requests, answers) = Preparer::by_hand();
+        let mut real = std::mem::replace(&mut log.preparer, by_hand);
+        real.stop();
+        assert_eq!(staged(dir.path()), Vec::<String>::new());
+
+        let mut n = 0;
+        append_until_rollovers(&mut log, 1, &mut n);
+        let s = log.stats();
+        assert_eq!((s.prepare_stalls, s.prepare_takeovers), (1, 1), "{s:?}");
+        assert!(s.prepare_stall_us >= PREPARE_FALLBACK.as_micros() as u64);
+        assert_eq!(log.active().seg.id, SegmentId(2));
+        assert_eq!(requests.try_recv(), Ok(SegmentId(3)));
+
+        // The preparer's segment 2 comes late, then 3.
+        let bytes = log.config.segment_bytes;
+        for id in [2, 3] {
+            let seg = Segment::stage(dir.path(), SegmentId(id), bytes, false);
+            answers.send((SegmentId(id), seg)).unwrap();
+        }
+        assert_eq!(
+            staged(dir.path()),
+            ["00000002.seg.prep", "00000003.seg.prep"]
+        );
+        append_until_rollovers(&mut log, 2, &mut n);
+        let s = log.stats();
+        assert_eq!((s.prepare_stalls, s.prepare_takeovers), (1, 1), "{s:?}");
+        assert_eq!(log.active().seg.id, SegmentId(3));
+        assert_eq!(staged(dir.path()), Vec::<String>::new());
+        assert!(dir.path().join(SegmentId(3).file_name()).exists());
+
+        // A staged segment left by a crash is removed by recovery.
+        drop(Segment::stage(dir.path(), SegmentId(9), bytes, false).unwrap());
+        log.close().unwrap();
+        let (log, report) = Log::open(dir.path(), config(), 1).unwrap();
+        assert!(report.clean(), "{report:?}");
+        assert_eq!(report.blank_segments_removed, 1);
+        // Only the reopened log's own next segment is staged (or none yet).
+        let left = staged(dir.path());
+        assert!(left.is_empty() || left == ["00000004.seg.prep"], "{left:?}");
+        let to = UserId::new(3).unwrap();
+        assert_eq!(log.pending(to, 1).count() as u64, n);
+    }
+
+    /// With the flusher gone, `maintain` hands the flush to the rescue thread once a
+    /// record has waited past the patience (no scheduler statistics for a thread that
+    /// exited: time alone), and not before; the writer itself flushes nothing.
+    #[test]
+    fn the_rescuer_flushes_when_the_flusher_does_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _) = Log::open(dir.path(), config(), 1).unwrap();
+        log.flusher.take().unwrap().stop(&log.shared);
+        let flushed_at_stop = log.stats().flushes;
+        let to = UserId::new(3).unwrap();
+        let m = NewMessage {
+            recipient: to,
+            sender: to,
+            msg_id: 1,
+            timestamp_ms: 1,
+            expiry_ms: None,
+            body: b"hello",
+        };
+        let lsn = log.append_message(&m).unwrap().lsn;
+        let watched = Instant::now();
+        log.maintain(1, 0).unwrap();
+        log.maintain(1, 0).unwrap();
+        if watched.elapsed() < FLUSH_PATIENCE_MIN {
+            assert_eq!(log.stats().rescue_flushes, 0);
+        }
+        // Patience 5 ms; without statistics, four times that.
+        std::thread::sleep(FLUSH_PATIENCE_MIN * 4);
+        log.maintain(1, 0).unwrap();
+        assert!(log.wait_durable(lsn, Duration::from_secs(30)));
+        let s = log.stats();
+        assert_eq!(s.rescue_flushes, 1, "{s:?}");
+        assert_eq!(s.flushes, flushed_at_stop + 1, "{s:?}");
+        // Nothing more to rescue once durable.
+        log.maintain(1, 0).unwrap();
+        std::thread::sleep(FLUSH_PATIENCE_MIN * 4);
+        log.maintain(1, 0).unwrap();
+        assert_eq!(log.stats().rescue_flushes, 1);
+        log.close().unwrap();
+    }
 }

@@ -58,6 +58,7 @@ impl Log {
         now_ms: u64,
         budget_bytes: usize,
     ) -> Result<MaintainReport, StorageError> {
+        self.help_flusher();
         let mut r = MaintainReport::default();
         let mut budget = budget_bytes;
         self.delete_ready(&mut r)?;

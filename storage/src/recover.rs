@@ -190,7 +190,7 @@ impl Log {
             _ => StorageError::io("lock", dir.join("LOCK"))(e),
         })?;
         let mut report = RecoveryReport::default();
-        let mut files = list_segments(dir)?;
+        let mut files = list_segments(dir, &mut report)?;
         remove_blank_tail(&mut files, config.segment_bytes, &mut report)?;
 
         // Phase 1: open and check headers, in order.
@@ -458,16 +458,27 @@ fn collect(
     }
 }
 
-fn list_segments(dir: &Path) -> Result<Vec<(SegmentId, PathBuf)>, StorageError> {
+/// The log's segment files, in id order. Segments staged by the preparer and never
+/// started (`*.seg.prep`, left by a crash) are removed on the way.
+fn list_segments(
+    dir: &Path,
+    report: &mut RecoveryReport,
+) -> Result<Vec<(SegmentId, PathBuf)>, StorageError> {
     let mut files = vec![];
     for entry in std::fs::read_dir(dir).map_err(StorageError::io("read directory", dir))? {
         let entry = entry.map_err(StorageError::io("read directory", dir))?;
-        if let Some(id) = entry
-            .file_name()
-            .to_str()
-            .and_then(SegmentId::from_file_name)
-        {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if let Some(id) = SegmentId::from_file_name(name) {
             files.push((id, entry.path()));
+        } else if name
+            .strip_suffix(".prep")
+            .and_then(SegmentId::from_file_name)
+            .is_some()
+        {
+            let path = entry.path();
+            remove_if_there(&path).map_err(StorageError::io("remove staged segment", &path))?;
+            report.blank_segments_removed += 1;
         }
     }
     files.sort();

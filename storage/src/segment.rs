@@ -26,9 +26,20 @@ pub(crate) struct Segment {
     pub prefaulted: bool,
 }
 
+/// The name a segment is prepared under before the writer starts it.
+pub(crate) fn staged_name(id: SegmentId) -> String {
+    format!("{}.prep", id.file_name())
+}
+
+/// Makes the directory's entries durable (`fsync` on the directory).
+pub(crate) fn sync_directory(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
 impl Segment {
-    /// Creates, preallocates and maps a new segment of `bytes`, all zeros.
-    /// Runs on the preparer thread, never on the append path.
+    /// Creates, preallocates and maps a new segment of `bytes`, all zeros, under its
+    /// own name. For the log's first segment and for a segment the writer makes itself
+    /// because the preparer is late ([`Segment::stage`] is the usual way).
     /// `sync_dir`: make the directory entry durable now (`durability = "always"`, and
     /// the log's first segment); in `group` mode the flusher does it before anything in
     /// the segment is reported durable, and `none` promises nothing across a machine
@@ -42,20 +53,50 @@ impl Segment {
         prefault: bool,
         sync_dir: bool,
     ) -> io::Result<Segment> {
-        let path = dir.join(id.file_name());
+        let seg = Segment::make(dir.join(id.file_name()), id, bytes, prefault)?;
+        if sync_dir {
+            if let Err(e) = sync_directory(dir) {
+                let _ = std::fs::remove_file(&seg.path);
+                return Err(e);
+            }
+        }
+        Ok(seg)
+    }
+
+    /// Creates a segment like [`Segment::create`] but under a staging name
+    /// (`<id>.seg.prep`) that recovery neither reads nor keeps: the preparer thread makes
+    /// the next segment this way, and the writer [`Segment::install`]s it when it starts
+    /// it. The writer may instead make that segment itself when the preparer is late;
+    /// the staged file is then simply removed, never confused with the real one.
+    pub fn stage(dir: &Path, id: SegmentId, bytes: u64, prefault: bool) -> io::Result<Segment> {
+        Segment::make(dir.join(staged_name(id)), id, bytes, prefault)
+    }
+
+    /// Unmaps and removes a segment that was never started (a staged one).
+    pub fn discard(self) {
+        let path = self.path.clone();
+        drop(self);
+        let _ = std::fs::remove_file(path);
+    }
+
+    /// Gives a staged segment its real name (`sync_dir`: as for [`Segment::create`]).
+    pub fn install(&mut self, dir: &Path, sync_dir: bool) -> io::Result<()> {
+        let path = dir.join(self.id.file_name());
+        std::fs::rename(&self.path, &path)?;
+        self.path = path;
+        if sync_dir {
+            sync_directory(dir)?;
+        }
+        Ok(())
+    }
+
+    fn make(path: PathBuf, id: SegmentId, bytes: u64, prefault: bool) -> io::Result<Segment> {
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create_new(true)
             .open(&path)?;
-        let made = preallocate(&file, bytes).and_then(|()| {
-            let map = MmapRaw::map_raw(&file)?;
-            if sync_dir {
-                File::open(dir)?.sync_all()?;
-            }
-            Ok(map)
-        });
-        let map = match made {
+        let map = match preallocate(&file, bytes).and_then(|()| MmapRaw::map_raw(&file)) {
             Ok(map) => map,
             Err(e) => {
                 let _ = std::fs::remove_file(&path);

@@ -1,54 +1,72 @@
-//! The log's background threads run at the lowest CPU priority unless told otherwise
-//! (`LogConfig::background_idle`).
+//! The log's background threads run at a lower CPU priority unless told otherwise
+//! (`LogConfig::background_low_priority`).
 #![cfg(target_os = "linux")]
 
 use storage::{Durability, Log, LogConfig};
 
-/// The scheduling policy of every thread of this process named `name`.
-fn policies(name: &str) -> Vec<i32> {
+/// The tests of this file take turns: the first counts the log threads of the whole
+/// process, and another test's log would be counted too.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn turn() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The scheduling policy and nice value of every thread of this process named `name`.
+fn priorities(name: &str) -> Vec<(i32, i32)> {
     let mut out = vec![];
     for t in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
         let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
         if comm.trim() == name {
             let tid: i32 = t.file_name().to_string_lossy().parse().unwrap();
-            // SAFETY: a query about a thread of this process.
-            out.push(unsafe { libc::sched_getscheduler(tid) });
+            // SAFETY: queries about a thread of this process.
+            let policy = unsafe { libc::sched_getscheduler(tid) };
+            let nice = unsafe { libc::getpriority(libc::PRIO_PROCESS, tid as libc::id_t) };
+            out.push((policy, nice));
         }
     }
     out
 }
 
 #[test]
-fn the_flusher_and_the_preparer_run_idle_by_default_and_normal_when_asked() {
-    for (idle, policy) in [(true, libc::SCHED_IDLE), (false, libc::SCHED_OTHER)] {
+fn the_flusher_and_the_preparer_run_at_nice_10_by_default_and_normal_when_asked() {
+    let _turn = turn();
+    for (low, nice) in [(true, 10), (false, 0)] {
         let dir = tempfile::tempdir().unwrap();
         let config = LogConfig {
             segment_bytes: 1 << 20,
             durability: Durability::Group,
             prefault: false,
-            background_idle: idle,
+            background_low_priority: low,
             ..LogConfig::default()
         };
         let (log, _) = Log::open(dir.path(), config, 1_700_000_000_000).unwrap();
-        // The threads set their policy first thing: wait until both have started.
+        // The threads set their priority first thing: wait until both have started. The
+        // rescue thread, which stands in for a starved flusher, stays at normal priority.
+        let want = [(libc::SCHED_OTHER, nice)];
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         loop {
-            let (f, p) = (policies("log-flusher"), policies("log-preparer"));
-            if f == [policy] && p == [policy] {
+            let (f, p) = (priorities("log-flusher"), priorities("log-preparer"));
+            if f == want && p == want {
                 break;
             }
             assert!(
                 std::time::Instant::now() < deadline,
-                "idle {idle}: flusher {f:?}, preparer {p:?}, want {policy}"
+                "low {low}: flusher {f:?}, preparer {p:?}, want {want:?}"
             );
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
+        assert_eq!(priorities("log-rescue"), [(libc::SCHED_OTHER, 0)]);
         log.close().unwrap();
     }
+    // The setting's name before: still read.
+    let c: LogConfig = toml::from_str("background_idle = false").unwrap();
+    assert!(!c.background_low_priority);
 }
 
 #[test]
 fn in_group_mode_the_flusher_syncs_the_directory_of_new_segments_before_they_are_durable() {
+    let _turn = turn();
     use storage::{NewMessage, UserId};
     for (durability, syncs) in [(Durability::Group, true), (Durability::None, false)] {
         let dir = tempfile::tempdir().unwrap();
@@ -90,6 +108,7 @@ fn in_group_mode_the_flusher_syncs_the_directory_of_new_segments_before_they_are
 
 #[test]
 fn a_clean_close_leaves_no_prepared_segment_behind() {
+    let _turn = turn();
     let dir = tempfile::tempdir().unwrap();
     let config = LogConfig {
         segment_bytes: 256 << 10,
@@ -98,23 +117,24 @@ fn a_clean_close_leaves_no_prepared_segment_behind() {
         ..LogConfig::default()
     };
     let (log, _) = Log::open(dir.path(), config.clone(), 1_700_000_000_000).unwrap();
-    // The preparer makes the next segment at once; wait until it is on disk.
-    let seg_files = || {
+    // The preparer makes the next segment at once (staged, `*.seg.prep`); wait until
+    // it is on disk.
+    let files = |suffix: &str| {
         std::fs::read_dir(dir.path())
             .unwrap()
             .flatten()
-            .filter(|e| e.file_name().to_string_lossy().ends_with(".seg"))
+            .filter(|e| e.file_name().to_string_lossy().ends_with(suffix))
             .count()
     };
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while seg_files() < 2 {
+    while files(".seg.prep") < 1 {
         assert!(std::time::Instant::now() < deadline, "nothing prepared");
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
     log.close().unwrap();
     assert_eq!(
-        seg_files(),
-        1,
+        (files(".seg"), files(".seg.prep")),
+        (1, 0),
         "the prepared, never started segment is removed"
     );
     let (_log, report) = Log::open(dir.path(), config, 1_700_000_000_000).unwrap();

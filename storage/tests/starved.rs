@@ -1,0 +1,179 @@
+//! The log's background threads run at low priority; on a saturated CPU they get little
+//! of it. The writer must not wait on them for long: it makes the next segment itself
+//! and hands flushing to its rescue thread when they are starved. Here the CPU is
+//! saturated for real: the test, the log's threads (which inherit the test thread's CPU
+//! set) and a spinning thread at normal priority all share one CPU, and the flusher and
+//! preparer are moved to the idle class so that they are starved every time.
+#![cfg(target_os = "linux")]
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{msg, pending, NOW};
+use storage::{Durability, Log, LogConfig, LogStats};
+
+/// Pins the calling thread (and the threads it starts from now on) to one CPU.
+fn pin_to_first_cpu() {
+    // SAFETY: plain libc calls on a zeroed cpu_set_t for the calling thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        assert_eq!(libc::sched_getaffinity(0, size_of_val(&set), &mut set), 0);
+        let first = (0..libc::CPU_SETSIZE as usize)
+            .find(|&c| libc::CPU_ISSET(c, &set))
+            .expect("some CPU");
+        libc::CPU_ZERO(&mut set);
+        libc::CPU_SET(first, &mut set);
+        assert_eq!(libc::sched_setaffinity(0, size_of_val(&set), &set), 0);
+    }
+}
+
+/// A thread at normal priority that keeps the CPU busy until dropped (at most 60 s).
+struct Spinner(Arc<AtomicBool>, Option<std::thread::JoinHandle<()>>);
+
+impl Spinner {
+    fn start() -> Spinner {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&stop);
+        let h = std::thread::spawn(move || {
+            let until = Instant::now() + Duration::from_secs(60);
+            while !flag.load(Ordering::Relaxed) && Instant::now() < until {
+                std::hint::spin_loop();
+            }
+        });
+        Spinner(stop, Some(h))
+    }
+}
+
+impl Drop for Spinner {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+        if let Some(h) = self.1.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// Moves this process's log flusher and preparer threads to the idle class (waiting
+/// until both have started and named themselves).
+fn starve_log_threads() {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut found = vec![];
+        for t in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+            let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+            if ["log-flusher", "log-preparer"].contains(&comm.trim()) {
+                let tid: i32 = t.file_name().to_string_lossy().parse().unwrap();
+                found.push((comm.trim().to_owned(), tid));
+            }
+        }
+        let both = ["log-flusher", "log-preparer"]
+            .iter()
+            .all(|n| found.iter().any(|(c, _)| c == n));
+        if both {
+            for (_, tid) in found {
+                let p = libc::sched_param { sched_priority: 0 };
+                // SAFETY: lowering the priority of a thread of this process.
+                unsafe { libc::sched_setscheduler(tid, libc::SCHED_IDLE, &p) };
+            }
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "log threads not found: {found:?}"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+fn config() -> LogConfig {
+    LogConfig {
+        segment_bytes: 64 * 1024,
+        durability: Durability::Group,
+        group_interval_us: 200,
+        prefault: false,
+        ..LogConfig::default()
+    }
+}
+
+/// Appends one message per turn and runs `maintain` as the router's tick does, sleeping
+/// 1 ms between turns, until `done` says so (at most 10 s); returns the stats and how
+/// many messages went in.
+fn run_until(log: &mut Log, done: impl Fn(&LogStats) -> bool) -> (LogStats, u64) {
+    let body = [0x5a; 200];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut n = 0;
+    loop {
+        let s = log.stats();
+        if done(&s) || Instant::now() > deadline {
+            return (s, n);
+        }
+        for _ in 0..20 {
+            n += 1;
+            log.append_message(&msg(1 + n % 5, 9, n, &body)).unwrap();
+        }
+        log.maintain(NOW, 64 * 1024).unwrap();
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+#[test]
+fn a_starved_preparer_does_not_hold_up_the_writer() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut log, mut sent, stats) = std::thread::scope(|s| {
+        s.spawn(|| {
+            pin_to_first_cpu();
+            let _spin = Spinner::start();
+            let (mut log, _) = Log::open(dir.path(), config(), NOW).unwrap();
+            starve_log_threads();
+            let (stats, sent) = run_until(&mut log, |s| s.prepare_takeovers >= 2);
+            (log, sent, stats)
+        })
+        .join()
+        .unwrap()
+    });
+    assert!(stats.prepare_takeovers >= 2, "{stats:?}");
+    // Every message is there, in a log that reopens cleanly, without staged leftovers.
+    let body = [0x5a; 200];
+    sent += 1;
+    log.append_message(&msg(1, 9, sent, &body)).unwrap();
+    log.close().unwrap();
+    let staged = std::fs::read_dir(dir.path())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".prep"))
+        .count();
+    assert_eq!(staged, 0);
+    let (log, report) = Log::open(dir.path(), config(), NOW).unwrap();
+    assert!(report.clean(), "{report:?}");
+    assert_eq!(report.blank_segments_removed, 0, "{report:?}");
+    let got: u64 = (1..=5).map(|u| pending(&log, u).len() as u64).sum();
+    assert_eq!(got, sent);
+}
+
+#[test]
+fn a_starved_flusher_does_not_hold_up_durability() {
+    let dir = tempfile::tempdir().unwrap();
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            pin_to_first_cpu();
+            let _spin = Spinner::start();
+            let (mut log, _) = Log::open(dir.path(), config(), NOW).unwrap();
+            starve_log_threads();
+            let (stats, _) = run_until(&mut log, |s| s.rescue_flushes >= 3);
+            assert!(stats.rescue_flushes >= 3, "{stats:?}");
+            // What the rescue thread flushed is reported durable like the flusher's work.
+            let written = log.written();
+            log.maintain(NOW, 0).unwrap();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while log.durable() < written && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(2));
+                log.maintain(NOW, 0).unwrap();
+            }
+            assert!(log.durable() >= written, "{:?}", log.stats());
+            log.close().unwrap();
+        });
+    });
+}
