@@ -12,8 +12,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{msg, pending, NOW};
-use storage::{Durability, Log, LogConfig, LogStats};
+use common::{msg, pending, small, NOW};
+use storage::{Durability, Log, LogStats};
 
 /// Pins the calling thread (and the threads it starts from now on) to one CPU.
 fn pin_to_first_cpu() {
@@ -88,14 +88,20 @@ fn starve_log_threads() {
     }
 }
 
-fn config() -> LogConfig {
-    LogConfig {
-        segment_bytes: 64 * 1024,
-        durability: Durability::Group,
-        group_interval_us: 200,
-        prefault: false,
-        ..LogConfig::default()
-    }
+/// Runs `work` on a thread pinned to one CPU beside a spinning thread, with a log opened
+/// there whose flusher and preparer are starved.
+fn on_a_saturated_cpu<T: Send>(dir: &std::path::Path, work: impl FnOnce(Log) -> T + Send) -> T {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            pin_to_first_cpu();
+            let _spin = Spinner::start();
+            let (log, _) = Log::open(dir, small(Durability::Group), NOW).unwrap();
+            starve_log_threads();
+            work(log)
+        })
+        .join()
+        .unwrap()
+    })
 }
 
 /// Appends one message per turn and runs `maintain` as the router's tick does, sleeping
@@ -122,17 +128,9 @@ fn run_until(log: &mut Log, done: impl Fn(&LogStats) -> bool) -> (LogStats, u64)
 #[test]
 fn a_starved_preparer_does_not_hold_up_the_writer() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut log, mut sent, stats) = std::thread::scope(|s| {
-        s.spawn(|| {
-            pin_to_first_cpu();
-            let _spin = Spinner::start();
-            let (mut log, _) = Log::open(dir.path(), config(), NOW).unwrap();
-            starve_log_threads();
-            let (stats, sent) = run_until(&mut log, |s| s.prepare_takeovers >= 2);
-            (log, sent, stats)
-        })
-        .join()
-        .unwrap()
+    let (mut log, mut sent, stats) = on_a_saturated_cpu(dir.path(), |mut log| {
+        let (stats, sent) = run_until(&mut log, |s| s.prepare_takeovers >= 2);
+        (log, sent, stats)
     });
     assert!(stats.prepare_takeovers >= 2, "{stats:?}");
     // Every message is there, in a log that reopens cleanly, without staged leftovers.
@@ -146,7 +144,7 @@ fn a_starved_preparer_does_not_hold_up_the_writer() {
         .filter(|e| e.file_name().to_string_lossy().ends_with(".prep"))
         .count();
     assert_eq!(staged, 0);
-    let (log, report) = Log::open(dir.path(), config(), NOW).unwrap();
+    let (log, report) = Log::open(dir.path(), small(Durability::Group), NOW).unwrap();
     assert!(report.clean(), "{report:?}");
     assert_eq!(report.blank_segments_removed, 0, "{report:?}");
     let got: u64 = (1..=5).map(|u| pending(&log, u).len() as u64).sum();
@@ -156,24 +154,18 @@ fn a_starved_preparer_does_not_hold_up_the_writer() {
 #[test]
 fn a_starved_flusher_does_not_hold_up_durability() {
     let dir = tempfile::tempdir().unwrap();
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            pin_to_first_cpu();
-            let _spin = Spinner::start();
-            let (mut log, _) = Log::open(dir.path(), config(), NOW).unwrap();
-            starve_log_threads();
-            let (stats, _) = run_until(&mut log, |s| s.rescue_flushes >= 3);
-            assert!(stats.rescue_flushes >= 3, "{stats:?}");
-            // What the rescue thread flushed is reported durable like the flusher's work.
-            let written = log.written();
+    on_a_saturated_cpu(dir.path(), |mut log| {
+        let (stats, _) = run_until(&mut log, |s| s.rescue_flushes >= 3);
+        assert!(stats.rescue_flushes >= 3, "{stats:?}");
+        // What the rescue thread flushed is reported durable like the flusher's work.
+        let written = log.written();
+        log.maintain(NOW, 0).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while log.durable() < written && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(2));
             log.maintain(NOW, 0).unwrap();
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while log.durable() < written && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(2));
-                log.maintain(NOW, 0).unwrap();
-            }
-            assert!(log.durable() >= written, "{:?}", log.stats());
-            log.close().unwrap();
-        });
+        }
+        assert!(log.durable() >= written, "{:?}", log.stats());
+        log.close().unwrap();
     });
 }
