@@ -979,7 +979,9 @@ fn spawn_children(specs: Vec<ChildSpec>) -> R<Children> {
     let (tx, rx) = std::sync::mpsc::channel();
     let mut procs = Vec::new();
     for (k, s) in specs.into_iter().enumerate() {
-        let mut p = Command::new(&exe)
+        let mut p = Command::new(&exe);
+        crate::server::die_with_parent(&mut p);
+        let mut p = p
             .arg("child")
             .arg(serde_json::to_string(&s).expect("serializable"))
             .stdin(Stdio::piped())

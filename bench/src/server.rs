@@ -194,6 +194,7 @@ impl Server {
             }
             None => Command::new(&spec.exe),
         };
+        die_with_parent(&mut cmd);
         cmd.args(args)
             .arg("--config")
             .arg(cfg)
@@ -451,4 +452,30 @@ pub fn host() -> Host {
             .unwrap_or_else(|_| run("git", &["rev-parse", "--short", "HEAD"])),
         date: run("date", &["-u", "+%Y-%m-%dT%H:%M:%SZ"]),
     }
+}
+
+/// Makes a process started by the bench end when the bench does, however it ends (killed
+/// by a signal, the `Drop` that stops it never running): Linux's parent-death signal.
+/// Without it, a bench stopped by `kill` left its server listening and its load running.
+pub(crate) fn die_with_parent(cmd: &mut Command) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::process::CommandExt;
+        let parent = std::process::id() as libc::pid_t;
+        // SAFETY: prctl and getppid are async-signal-safe; nothing else runs between
+        // fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                if libc::getppid() != parent {
+                    return Err(std::io::Error::other("the bench exited while starting it"));
+                }
+                Ok(())
+            });
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = cmd;
 }

@@ -218,3 +218,58 @@ fn bad_arguments_are_refused_with_the_reason() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A bench killed outright (its `Drop` never runs) takes the server it started with it.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_killed_bench_leaves_no_server_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(bench())
+        .args(["pairs", "--pairs", "2", "--runs", "1", "--duration", "60"])
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // The server: the bench's child process running `switchboard serve`.
+    let server_of = |parent: u32| -> Option<u32> {
+        std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+            let ppid: u32 = stat
+                .rsplit_once(')')?
+                .1
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()?;
+            let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
+            let serve = cmd.split(|&b| b == 0).any(|a| a == b"serve");
+            (ppid == parent && serve).then_some(pid)
+        })
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let server = loop {
+        if let Some(pid) = server_of(child.id()) {
+            break pid;
+        }
+        assert!(std::time::Instant::now() < deadline, "no server started");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let alive = |pid: u32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+            !s.rsplit_once(')')
+                .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
+        })
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while alive(server) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the server (pid {server}) outlived the bench"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
