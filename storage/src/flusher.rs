@@ -104,7 +104,26 @@ impl Shared {
         Ok(())
     }
 
-    pub fn record_flush(&self, took: Duration) {
+    /// One flush, the flusher's or the rescue thread's: the directory first (a machine
+    /// crash must not lose a file that holds anything reported durable), then `ranges`
+    /// (mapping, from, to), after which everything before `through` is durable.
+    fn flush<'a>(
+        &self,
+        dir: &Path,
+        through: Lsn,
+        ranges: impl IntoIterator<Item = (&'a MmapRaw, usize, usize)>,
+    ) -> std::io::Result<()> {
+        let started = Instant::now();
+        self.sync_dir_through(dir, through.segment())?;
+        for (map, from, to) in ranges {
+            flush_map(map, from, to)?;
+        }
+        self.record_flush(started.elapsed());
+        self.set_durable(through);
+        Ok(())
+    }
+
+    fn record_flush(&self, took: Duration) {
         let ns = took.as_nanos() as u64;
         self.flushes.fetch_add(1, Ordering::Relaxed);
         self.flush_ns_total.fetch_add(ns, Ordering::Relaxed);
@@ -211,25 +230,22 @@ fn flush_once(
     if written <= durable {
         return Ok(());
     }
-    let started = Instant::now();
-    // New segments' directory entries first: a machine crash must not lose a file that
-    // holds anything reported durable.
-    shared.sync_dir_through(dir, written.segment())?;
-    for (&id, m) in maps.range(durable.segment()..=written.segment()) {
-        let from = if id == durable.segment() {
-            durable.offset() as usize
-        } else {
-            0
-        };
-        let to = if id == written.segment() {
-            written.offset() as usize
-        } else {
-            m.end.unwrap_or(m.map.len())
-        };
-        flush_map(&m.map, from, to)?;
-    }
-    shared.record_flush(started.elapsed());
-    shared.set_durable(written);
+    let ranges = maps
+        .range(durable.segment()..=written.segment())
+        .map(|(&id, m)| {
+            let from = if id == durable.segment() {
+                durable.offset() as usize
+            } else {
+                0
+            };
+            let to = if id == written.segment() {
+                written.offset() as usize
+            } else {
+                m.end.unwrap_or(m.map.len())
+            };
+            (&*m.map, from, to)
+        });
+    shared.flush(dir, written, ranges)?;
     // Segments wholly flushed are no longer ours to keep mapped.
     maps.retain(|&id, _| id >= written.segment());
     Ok(())
@@ -260,20 +276,12 @@ impl Rescuer {
                     if shared.failed.load(Ordering::Acquire) {
                         continue;
                     }
-                    let started = Instant::now();
-                    let done = shared
-                        .sync_dir_through(&dir, job.through.segment())
-                        .and_then(|()| {
-                            job.ranges
-                                .iter()
-                                .try_for_each(|(map, from, to)| flush_map(map, *from, *to))
-                        });
-                    match done {
-                        Ok(()) => {
-                            shared.record_flush(started.elapsed());
-                            shared.set_durable(job.through);
-                        }
-                        Err(e) => shared.fail(format!("msync: {e}")),
+                    let ranges = job
+                        .ranges
+                        .iter()
+                        .map(|(map, from, to)| (&**map, *from, *to));
+                    if let Err(e) = shared.flush(&dir, job.through, ranges) {
+                        shared.fail(format!("msync: {e}"));
                     }
                 }
             })?;

@@ -3,7 +3,7 @@
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::{RecvTimeoutError, TryRecvError};
+use std::sync::mpsc::RecvTimeoutError;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -254,13 +254,12 @@ impl Log {
         // in `none` mode, which promises nothing across a machine crash: there, written
         // is durable, and flushing would only make the first open after a busy run
         // wait for the disk to take every page still dirty in the cache.
-        let flush_found = log.config.durability != Durability::None;
-        for s in log.segments.iter().filter(|_| flush_found) {
-            s.seg
-                .flush(0, s.used.max(SEGMENT_HEADER_BYTES))
-                .map_err(StorageError::io("msync", &s.seg.path))?;
-        }
-        if flush_found {
+        if log.config.durability != Durability::None {
+            for s in &log.segments {
+                s.seg
+                    .flush(0, s.used.max(SEGMENT_HEADER_BYTES))
+                    .map_err(StorageError::io("msync", &s.seg.path))?;
+            }
             log.shared
                 .sync_dir_through(&log.dir, active.seg.id)
                 .map_err(StorageError::io("sync directory", &log.dir))?;
@@ -432,14 +431,9 @@ impl Log {
         let sync_dir = self.config.durability == Durability::Always;
         let mut stall: Option<Watch> = None;
         let prepared = loop {
-            let got = match stall {
-                None => self.preparer.rx.try_recv().map_err(|e| match e {
-                    TryRecvError::Empty => RecvTimeoutError::Timeout,
-                    TryRecvError::Disconnected => RecvTimeoutError::Disconnected,
-                }),
-                Some(_) => self.preparer.rx.recv_timeout(PREPARE_POLL),
-            };
-            match got {
+            // Not waiting yet: take what is there (a zero timeout receives first).
+            let wait = stall.as_ref().map_or(Duration::ZERO, |_| PREPARE_POLL);
+            match self.preparer.rx.recv_timeout(wait) {
                 // Made by the writer already.
                 Ok((id, made)) if id < next => {
                     if let Ok(seg) = made {
@@ -1035,7 +1029,7 @@ mod tests {
         if watched.elapsed() < FLUSH_PATIENCE_MIN {
             assert_eq!(log.stats().rescue_flushes, 0);
         }
-        // Patience 5 ms; without statistics, four times that.
+        // Patience FLUSH_PATIENCE_MIN; without statistics, four times that.
         std::thread::sleep(FLUSH_PATIENCE_MIN * 4);
         log.maintain(1, 0).unwrap();
         assert!(log.wait_durable(lsn, Duration::from_secs(30)));

@@ -25,7 +25,7 @@ use crate::record::{
     RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES,
 };
 use crate::scan::{first_nonzero, End, Item, Scanner};
-use crate::segment::{DirLock, Segment};
+use crate::segment::{staged_id, DirLock, Segment};
 use crate::types::{Lsn, MsgSeq, SegmentId, UserId};
 
 /// At most this many damage notes are kept in a report; the counters are complete.
@@ -471,11 +471,7 @@ fn list_segments(
         let Some(name) = name.to_str() else { continue };
         if let Some(id) = SegmentId::from_file_name(name) {
             files.push((id, entry.path()));
-        } else if name
-            .strip_suffix(".prep")
-            .and_then(SegmentId::from_file_name)
-            .is_some()
-        {
+        } else if staged_id(name).is_some() {
             let path = entry.path();
             remove_if_there(&path).map_err(StorageError::io("remove staged segment", &path))?;
             report.blank_segments_removed += 1;

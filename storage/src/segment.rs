@@ -31,6 +31,12 @@ pub(crate) fn staged_name(id: SegmentId) -> String {
     format!("{}.prep", id.file_name())
 }
 
+/// The segment a name made by [`staged_name`] is for.
+pub(crate) fn staged_id(name: &str) -> Option<SegmentId> {
+    name.strip_suffix(".prep")
+        .and_then(SegmentId::from_file_name)
+}
+
 /// Makes the directory's entries durable (`fsync` on the directory).
 pub(crate) fn sync_directory(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
