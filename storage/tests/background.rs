@@ -2,6 +2,9 @@
 //! (`LogConfig::background_low_priority`).
 #![cfg(target_os = "linux")]
 
+mod common;
+
+use common::threads_named;
 use storage::{Durability, Log, LogConfig};
 
 /// The tests of this file take turns: the first counts the log threads of the whole
@@ -14,18 +17,15 @@ fn turn() -> std::sync::MutexGuard<'static, ()> {
 
 /// The scheduling policy and nice value of every thread of this process named `name`.
 fn priorities(name: &str) -> Vec<(i32, i32)> {
-    let mut out = vec![];
-    for t in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
-        let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
-        if comm.trim() == name {
-            let tid: i32 = t.file_name().to_string_lossy().parse().unwrap();
+    threads_named(name)
+        .into_iter()
+        .map(|tid| {
             // SAFETY: queries about a thread of this process.
             let policy = unsafe { libc::sched_getscheduler(tid) };
             let nice = unsafe { libc::getpriority(libc::PRIO_PROCESS, tid as libc::id_t) };
-            out.push((policy, nice));
-        }
-    }
-    out
+            (policy, nice)
+        })
+        .collect()
 }
 
 #[test]

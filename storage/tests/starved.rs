@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{msg, pending, small, NOW};
+use common::{msg, pending, small, threads_named, NOW};
 use storage::{Durability, Log, LogStats};
 
 /// Pins the calling thread (and the threads it starts from now on) to one CPU.
@@ -61,28 +61,18 @@ impl Drop for Spinner {
 fn starve_log_threads() {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let mut found = vec![];
-        for t in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
-            let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
-            if ["log-flusher", "log-preparer"].contains(&comm.trim()) {
-                let tid: i32 = t.file_name().to_string_lossy().parse().unwrap();
-                found.push((comm.trim().to_owned(), tid));
-            }
-        }
-        let both = ["log-flusher", "log-preparer"]
-            .iter()
-            .all(|n| found.iter().any(|(c, _)| c == n));
-        if both {
-            for (_, tid) in found {
-                let p = libc::sched_param { sched_priority: 0 };
+        let (f, p) = (threads_named("log-flusher"), threads_named("log-preparer"));
+        if !f.is_empty() && !p.is_empty() {
+            for tid in f.into_iter().chain(p) {
+                let param = libc::sched_param { sched_priority: 0 };
                 // SAFETY: lowering the priority of a thread of this process.
-                unsafe { libc::sched_setscheduler(tid, libc::SCHED_IDLE, &p) };
+                unsafe { libc::sched_setscheduler(tid, libc::SCHED_IDLE, &param) };
             }
             return;
         }
         assert!(
             Instant::now() < deadline,
-            "log threads not found: {found:?}"
+            "log threads not found: flusher {f:?}, preparer {p:?}"
         );
         std::thread::sleep(Duration::from_millis(1));
     }

@@ -67,3 +67,13 @@ pub fn on_disk(dir: &Path, needle: &[u8]) -> bool {
         bytes.windows(needle.len()).any(|w| w == needle)
     })
 }
+
+/// The kernel thread ids of this process's threads named `name` (Linux).
+pub fn threads_named(name: &str) -> Vec<i32> {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .flatten()
+        .filter(|t| std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim() == name))
+        .map(|t| t.file_name().to_string_lossy().parse().unwrap())
+        .collect()
+}
