@@ -4,29 +4,21 @@
 //! users who never come back). `maintain` runs every 1,000 appends as the router's tick
 //! would. Prints the log's segments and bytes on disk over time.
 //! `SEGMENT_MB=4 cargo run --release -p storage --example churn -- APPENDS`.
-#[global_allocator]
-static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+mod common;
 
 use std::collections::VecDeque;
+
+use common::{arg_or, env_or};
 
 use storage::{Durability, Log, LogConfig, NewMessage, UserId};
 
 fn main() {
-    let n: u64 = std::env::args()
-        .nth(1)
-        .and_then(|a| a.parse().ok())
-        .unwrap_or(20_000_000);
-    let env = |k: &str, d: u64| {
-        std::env::var(k)
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(d)
-    };
-    let (users, backlog) = (env("USERS", 100_000), env("BACKLOG", 2));
+    let n = arg_or(20_000_000);
+    let (users, backlog) = (env_or("USERS", 100_000), env_or("BACKLOG", 2));
     let dir = tempfile::tempdir().unwrap();
     let config = LogConfig {
         durability: Durability::None,
-        segment_bytes: env("SEGMENT_MB", 64) << 20,
+        segment_bytes: env_or("SEGMENT_MB", 64) << 20,
         ..LogConfig::default()
     };
     let (mut log, _) = Log::open(dir.path(), config, 0).unwrap();

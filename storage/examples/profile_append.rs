@@ -1,18 +1,15 @@
 //! A fixed workload for profilers (`perf record`, callgrind): appends 100-byte records
 //! then reopens the log. `cargo run --release -p storage --example profile_append -- N`.
-// The appliance's allocator, so the figures are the product's.
-#[global_allocator]
-static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+mod common;
 
 use std::time::Instant;
+
+use common::{arg_or, env_or};
 
 use storage::{Durability, Log, LogConfig, NewMessage, UserId};
 
 fn main() {
-    let n: u64 = std::env::args()
-        .nth(1)
-        .and_then(|a| a.parse().ok())
-        .unwrap_or(5_000_000);
+    let n = arg_or(5_000_000);
     if let Ok(d) = std::env::var("RECOVER_DIR") {
         // Recovery only, of a log made by an earlier run with KEEP_DIR.
         let t = Instant::now();
@@ -34,10 +31,7 @@ fn main() {
         ..LogConfig::default()
     };
     let (mut log, _) = Log::open(dir.path(), config.clone(), 0).unwrap();
-    let users: u64 = std::env::var("USERS")
-        .ok()
-        .and_then(|u| u.parse().ok())
-        .unwrap_or(100_000);
+    let users = env_or("USERS", 100_000);
     let t = Instant::now();
     // BACKLOG=k: once a user has k pending, each append also erases its oldest.
     let backlog: Option<u64> = std::env::var("BACKLOG").ok().and_then(|b| b.parse().ok());

@@ -5,31 +5,25 @@
 //! does; the log is in `group` mode with its background threads at idle priority (the
 //! default). Bounded: `SECONDS` of load.
 //! `SECONDS=10 RATE=20000 SPINNERS=4 SEGMENT_MB=4 cargo run --release -p storage --example saturated`
-#[global_allocator]
-static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+mod common;
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::env_or;
 use hdrhistogram::Histogram;
 use storage::{Durability, Log, LogConfig, NewMessage, UserId};
 
 fn main() {
-    let env = |k: &str, d: u64| {
-        std::env::var(k)
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(d)
-    };
-    let seconds = env("SECONDS", 10).min(600);
-    let rate = env("RATE", 20_000).clamp(1_000, 1_000_000);
-    let spinners = env("SPINNERS", 4).min(64);
+    let seconds = env_or("SECONDS", 10).min(600);
+    let rate = env_or("RATE", 20_000).clamp(1_000, 1_000_000);
+    let spinners = env_or("SPINNERS", 4).min(64);
     let dir = tempfile::tempdir().unwrap();
     let config = LogConfig {
         durability: Durability::Group,
-        segment_bytes: env("SEGMENT_MB", 4) << 20,
+        segment_bytes: env_or("SEGMENT_MB", 4) << 20,
         ..LogConfig::default()
     };
     let (mut log, _) = Log::open(dir.path(), config, 1).unwrap();
