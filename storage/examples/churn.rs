@@ -8,9 +8,9 @@ mod common;
 
 use std::collections::VecDeque;
 
-use common::{arg_or, env_or};
+use common::{append_round_robin, arg_or, env_or};
 
-use storage::{Durability, Log, LogConfig, NewMessage, UserId};
+use storage::{Durability, Log, LogConfig};
 
 fn main() {
     let n = arg_or(20_000_000);
@@ -25,18 +25,8 @@ fn main() {
     let mut pending = VecDeque::new();
     let random = std::env::var_os("RANDOM").is_some();
     for i in 0..n {
-        let to = UserId::new(1 + i % users).unwrap();
-        let a = log
-            .append_message(&NewMessage {
-                recipient: to,
-                sender: to,
-                msg_id: i,
-                timestamp_ms: 1,
-                expiry_ms: None,
-                body: &[0x42; 36],
-            })
-            .unwrap();
-        pending.push_back((to, a.seq));
+        let (to, seq) = append_round_robin(&mut log, i, users);
+        pending.push_back((to, seq));
         if pending.len() as u64 > backlog * users {
             // RANDOM: acknowledgements in any order (users online at random), not FIFO.
             let k = if random {

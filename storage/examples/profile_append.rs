@@ -4,9 +4,9 @@ mod common;
 
 use std::time::Instant;
 
-use common::{arg_or, env_or};
+use common::{append_round_robin, arg_or, env_or};
 
-use storage::{Durability, Log, LogConfig, NewMessage, UserId};
+use storage::{Durability, Log, LogConfig};
 
 fn main() {
     let n = arg_or(5_000_000);
@@ -37,19 +37,9 @@ fn main() {
     let backlog: Option<u64> = std::env::var("BACKLOG").ok().and_then(|b| b.parse().ok());
     let mut seqs = std::collections::VecDeque::new();
     for i in 0..n {
-        let to = UserId::new(1 + i % users).unwrap();
-        let a = log
-            .append_message(&NewMessage {
-                recipient: to,
-                sender: to,
-                msg_id: i,
-                timestamp_ms: 1,
-                expiry_ms: None,
-                body: &[0x42; 36],
-            })
-            .unwrap();
+        let (to, seq) = append_round_robin(&mut log, i, users);
         if let Some(k) = backlog {
-            seqs.push_back((to, a.seq));
+            seqs.push_back((to, seq));
             if seqs.len() as u64 > k * users {
                 let (u, s) = seqs.pop_front().unwrap();
                 log.erase(u, s).unwrap();
