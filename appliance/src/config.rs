@@ -273,10 +273,32 @@ impl Config {
         }
         self.router.validate().map_err(|e| e.to_string())?;
         self.storage.validate().map_err(|e| e.to_string())?;
+        self.window_fits()?;
         if self.storage.record_bytes_max() < l.frame_bytes_max + 128 {
             return Err(
                 "config: storage.segment_bytes is too small for limits.frame_bytes_max".into(),
             );
+        }
+        Ok(())
+    }
+
+    /// The delivery window must fit in what a connection may have waiting: the router
+    /// pushes up to `router.window_bytes` (plus one frame) to a client that has not
+    /// acknowledged yet, and the client's own answers (ticks, pongs) need room beside.
+    /// Otherwise a client that is reading could be cut as a slow reader for what the
+    /// server itself chose to send.
+    pub fn window_fits(&self) -> Result<(), String> {
+        let need = self.router.window_bytes as usize + self.limits.frame_bytes_max + OUTBOUND_SLACK;
+        if self.limits.outbound_bytes_max < need {
+            return Err(format!(
+                "config: limits.outbound_bytes_max = {} is below what the delivery window can push: \
+                 router.window_bytes ({}) + limits.frame_bytes_max ({}) + {} = {need}; raise the \
+                 first or lower the others",
+                self.limits.outbound_bytes_max,
+                self.router.window_bytes,
+                self.limits.frame_bytes_max,
+                OUTBOUND_SLACK
+            ));
         }
         Ok(())
     }
@@ -309,6 +331,10 @@ impl Config {
     }
 }
 
+/// Room in `limits.outbound_bytes_max` beside the delivery window: a connection's own
+/// ticks, pongs and close.
+pub const OUTBOUND_SLACK: usize = 64 * 1024;
+
 fn cores() -> usize {
     std::thread::available_parallelism()
         .map_or(1, |n| n.get())
@@ -330,5 +356,8 @@ mod tests {
         assert!(e.to_string().contains("unknown field"), "{e}");
         let c: Config = toml::from_str("[storage]\nsegment_bytes = 65536").unwrap();
         assert!(c.validate().unwrap_err().contains("segment_bytes"));
+        let c: Config = toml::from_str("[router]\nwindow_bytes = 1048576").unwrap();
+        let e = c.validate().unwrap_err();
+        assert!(e.contains("outbound_bytes_max") && e.contains("window_bytes"), "{e}");
     }
 }

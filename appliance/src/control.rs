@@ -309,6 +309,10 @@ impl Control {
         let mut c = self.config();
         let old = get_in(&c, name);
         set_field(&mut c, name, value);
+        if let Err(e) = c.window_fits() {
+            set_field(&mut c, name, old);
+            return Err(format!("knob {name}: {} refused: {e}", def.show(value)));
+        }
         self.apply(&c);
         drop(c);
         tracing::info!("knob {name}: {} -> {}", def.show(old), def.show(value));

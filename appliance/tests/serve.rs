@@ -461,3 +461,31 @@ fn a_connection_storm_is_refused_past_the_accept_rate_and_established_users_carr
     cb.ack(seq).unwrap();
     s.stop();
 }
+
+/// Issue 15, 1: 200 offline messages of 60,000 bytes used to close the recipient's login
+/// as a slow reader before `LoggedIn` (64 × 60 KB pushed at once is over the 1 MiB
+/// outbound limit). The window is bounded in bytes too: all of them arrive.
+#[test]
+fn an_inbox_of_large_messages_drains_to_a_reading_client() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path());
+    let (a, b) = (phone(15550000041), phone(15550000042));
+    let (mut ca, _) = s.register(a);
+    let (cb, kb) = s.register(b);
+    drop(cb);
+    const N: u64 = 200;
+    let body = vec![0x5a; 60_000];
+    for i in 0..N {
+        ca.send(b, i, &body).unwrap();
+        ca.wait_for(T, |m| matches!(m, Incoming::ServerAck { .. }))
+            .unwrap();
+    }
+    let mut cb = s.client();
+    assert_eq!(cb.login(b, kb, T).unwrap(), N as u32);
+    for i in 0..N {
+        let (seq, from, id, got) = deliver(&mut cb);
+        assert_eq!((from, id, got.len()), (a, i, body.len()));
+        cb.ack(seq).unwrap();
+    }
+    s.stop();
+}

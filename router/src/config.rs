@@ -12,6 +12,14 @@ pub struct RouterConfig {
     /// Deliveries in flight (sent, not yet acknowledged) per session; the rest waits in
     /// the log. Default: 64. Range: 1 to 65,536.
     pub window: u32,
+    /// Bytes in flight per session, the same deliveries counted as frames on the wire
+    /// (envelope, fields, body, and 22 bytes of TLS record overhead each): the window is
+    /// bounded by `window` frames and by these bytes, whichever comes first. A single
+    /// delivery larger than this still goes when nothing else is in flight. Must stay
+    /// below the gateway's `limits.outbound_bytes_max` (checked): a connection that is
+    /// reading is never cut for what the server chose to push. Default: 512 KiB.
+    /// Range: 4,096 to 1 GiB.
+    pub window_bytes: u64,
     /// How long a registration PIN is valid. Default: 600 s. Range: 30 to 86,400.
     pub pin_ttl_s: u32,
     /// PIN requests per number per hour. Default: 3. Minimum: 1.
@@ -35,6 +43,7 @@ impl Default for RouterConfig {
         RouterConfig {
             partitions: 1024,
             window: 64,
+            window_bytes: 512 * 1024,
             pin_ttl_s: 600,
             pin_requests_per_phone_hour: 3,
             pin_requests_per_source_hour: 20,
@@ -72,6 +81,13 @@ impl RouterConfig {
         }
         if !(1..=65_536).contains(&self.window) {
             return bad("window", self.window.into(), "must be from 1 to 65,536");
+        }
+        if !(4096..=1 << 30).contains(&self.window_bytes) {
+            return bad(
+                "window_bytes",
+                self.window_bytes,
+                "must be from 4,096 to 1,073,741,824",
+            );
         }
         if !(30..=86_400).contains(&self.pin_ttl_s) {
             return bad(

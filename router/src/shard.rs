@@ -21,8 +21,33 @@ struct Session {
     conn: ConnId,
     /// Highest sequence number sent on this connection.
     sent_upto: MsgSeq,
-    /// Sent and not yet acknowledged.
+    /// Sent and not yet acknowledged: frames, and their bytes on the wire
+    /// ([`delivery_bytes`]).
     inflight: u32,
+    inflight_bytes: u64,
+}
+
+impl Session {
+    fn new(conn: ConnId) -> Session {
+        Session {
+            conn,
+            sent_upto: MsgSeq(0),
+            inflight: 0,
+            inflight_bytes: 0,
+        }
+    }
+}
+
+/// What one delivery of a stored record costs the connection: its frame (envelope,
+/// fixed fields, body) and the TLS record around it (22 bytes in TLS 1.3 at most, when
+/// the frame goes in a record of its own).
+fn delivery_bytes(stored_body: &[u8]) -> u64 {
+    const TLS_RECORD: u64 = 22;
+    let frame = match stored::parse(stored_body) {
+        Some(Stored::Message(body)) => 8 + 32 + body.len() as u64,
+        _ => 8 + 40,
+    };
+    frame + TLS_RECORD
 }
 
 /// Counters of a shard (read by the appliance's stats).
@@ -287,14 +312,7 @@ impl Shard {
         if self.log.account(&account_key(user)).is_none() {
             return;
         }
-        self.sessions.insert(
-            user,
-            Session {
-                conn,
-                sent_upto: MsgSeq(0),
-                inflight: 0,
-            },
-        );
+        self.sessions.insert(user, Session::new(conn));
         self.fill(user, now_ms, out);
         self.release(out);
     }
@@ -525,14 +543,7 @@ impl Shard {
             self.id,
             conn.0
         );
-        self.sessions.insert(
-            phone,
-            Session {
-                conn,
-                sent_upto: MsgSeq(0),
-                inflight: 0,
-            },
-        );
+        self.sessions.insert(phone, Session::new(conn));
         Self::reply(
             out,
             conn,
@@ -640,6 +651,7 @@ impl Shard {
         }; // already acked
         let (sender, msg_id) = (m.sender, m.msg_id);
         let was_message = matches!(stored::parse(m.body), Some(Stored::Message(_)));
+        let bytes = delivery_bytes(m.body);
         if self.log.erase(uid(user), seq).is_err() {
             self.stats.storage_errors += 1;
             return; // still pending: delivered again later
@@ -647,6 +659,7 @@ impl Shard {
         if let Some(s) = self.sessions.get_mut(&user) {
             if seq <= s.sent_upto {
                 s.inflight = s.inflight.saturating_sub(1);
+                s.inflight_bytes = s.inflight_bytes.saturating_sub(bytes);
             }
         }
         if was_message {
@@ -701,16 +714,21 @@ impl Shard {
     }
 
     /// Sends a logged-in user's pending messages after the last one sent, in order, up
-    /// to the window; the rest stays in the log until acknowledgements make room.
+    /// to the window (in frames and in bytes); the rest stays in the log until
+    /// acknowledgements make room.
     fn fill(&mut self, user: Phone, now: u64, out: &mut Vec<FromRouter>) {
-        let window = self.config.window;
+        let (window, window_bytes) = (self.config.window, self.config.window_bytes);
         let Some(s) = self.sessions.get_mut(&user) else {
             return;
         };
-        if s.inflight >= window {
+        if s.inflight >= window || s.inflight_bytes >= window_bytes {
             return;
         }
         for m in self.log.pending_after(uid(user), s.sent_upto, now) {
+            let bytes = delivery_bytes(m.body);
+            if s.inflight > 0 && s.inflight_bytes + bytes > window_bytes {
+                break;
+            }
             s.sent_upto = m.seq;
             let Some(from) = phone(m.sender) else {
                 self.stats.unreadable += 1;
@@ -739,6 +757,7 @@ impl Shard {
             out.push(FromRouter::ToClient { conn: s.conn, msg });
             self.stats.pushed += 1;
             s.inflight += 1;
+            s.inflight_bytes += bytes;
             if s.inflight >= window {
                 break;
             }
