@@ -291,7 +291,7 @@ fn worker_families(workers: &[WorkerStats]) -> Vec<Family> {
 
 fn shard_families(shards: &[ShardReport]) -> Vec<Family> {
     type Get = fn(&ShardReport) -> u64;
-    let defs: [(&'static str, &'static str, &'static str, Get); 28] = [
+    let defs: [(&'static str, &'static str, &'static str, Get); 29] = [
         (
             "switchboard_router_sessions",
             "gauge",
@@ -351,6 +351,12 @@ fn shard_families(shards: &[ShardReport]) -> Vec<Family> {
             "counter",
             "Delivery receipts dropped (sender's queue full).",
             |r| r.stats.receipts_dropped,
+        ),
+        (
+            "switchboard_router_reads_unmatched_total",
+            "counter",
+            "Read receipts dropped: the reader never received that message.",
+            |r| r.stats.reads_unmatched,
         ),
         (
             "switchboard_router_refused_full_total",

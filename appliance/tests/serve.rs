@@ -489,3 +489,46 @@ fn an_inbox_of_large_messages_drains_to_a_reading_client() {
     }
     s.stop();
 }
+
+/// Issue 15, 3: a `Read` is forwarded only for a message the reader received. X claims
+/// to have read A's messages to B; A hears only B's real read receipt.
+#[test]
+fn read_receipts_come_only_from_who_received_the_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path());
+    let (a, b, x) = (phone(15550000051), phone(15550000052), phone(15550000053));
+    let (mut ca, _) = s.register(a);
+    let (mut cb, _) = s.register(b);
+    let (mut cx, _) = s.register(x);
+    for i in 1..=3 {
+        ca.send(b, i, b"for b").unwrap();
+        ca.wait_for(T, |m| matches!(m, Incoming::ServerAck { .. }))
+            .unwrap();
+    }
+    for _ in 1..=3 {
+        let (seq, _, _, _) = deliver(&mut cb);
+        cb.ack(seq).unwrap();
+    }
+    for _ in 1..=3 {
+        let (seq, _) = receipt(&mut ca, ReceiptKind::Delivered);
+        ca.ack(seq).unwrap();
+    }
+    for i in 1..=3 {
+        cx.read(a, i).unwrap();
+    }
+    cb.read(a, 4).unwrap(); // never sent
+    cb.read(a, 2).unwrap();
+    match ca.wait_for(T, |m| matches!(m, Incoming::Receipt { .. })).unwrap() {
+        Incoming::Receipt {
+            by,
+            msg_id,
+            kind: ReceiptKind::Read,
+            ..
+        } => assert_eq!((by, msg_id), (b, 2), "the first read receipt is B's"),
+        other => panic!("{other:?}"),
+    }
+    // X's reads went in before B's, on the same path: nothing else comes.
+    let more = ca.next(Duration::from_millis(300)).unwrap();
+    assert!(more.is_none(), "a made-up read receipt reached A: {more:?}");
+    s.stop();
+}

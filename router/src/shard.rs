@@ -64,6 +64,8 @@ pub struct ShardStats {
     pub receipts_dropped: u64,
     pub refused_full: u64,
     pub refused_unknown: u64,
+    /// `Read`s dropped: the reader never received that message.
+    pub reads_unmatched: u64,
     pub storage_errors: u64,
     pub unreadable: u64,
     /// Messages and receipts sent towards recipients' connections (a message can be
@@ -349,7 +351,7 @@ impl Shard {
             ToRouter::Ack { user, seq, .. } => self.ack(user, seq, now, out),
             ToRouter::Read {
                 user, from, msg_id, ..
-            } => self.store_receipt(from, user, msg_id, ReceiptKind::Read, now, now, out),
+            } => self.read(user, from, msg_id, now, out),
             ToRouter::Closed { conn, user } => {
                 if self.sessions.get(&user).is_some_and(|s| s.conn == conn) {
                     self.sessions.remove(&user);
@@ -678,6 +680,43 @@ impl Shard {
             }
         }
         self.fill(user, now, out);
+    }
+
+    /// `user` says it read `from`'s message `msg_id`: a read receipt goes to `from` only
+    /// if `user` received that message (delivered and acknowledged among the recent
+    /// deliveries this shard remembers, or delivered on the current connection and not
+    /// yet acknowledged). Anything else is dropped and counted: a client cannot make up
+    /// receipts for messages it never got.
+    fn read(&mut self, user: Phone, from: Phone, msg_id: u64, now: u64, out: &mut Vec<FromRouter>) {
+        if !self.received(user, from, msg_id, now) {
+            self.stats.reads_unmatched += 1;
+            return;
+        }
+        let receipt = ToRouter::Receipt {
+            to: from,
+            by: user,
+            msg_id,
+            kind: ReceiptKind::Read,
+            timestamp_ms: now,
+        };
+        self.route(receipt, out);
+    }
+
+    fn received(&self, user: Phone, from: Phone, msg_id: u64, now: u64) -> bool {
+        let h = self.dedup.key(user.get(), from.get(), msg_id);
+        if self.dedup.was_delivered(h) {
+            return true;
+        }
+        let Some(sent_upto) = self.sessions.get(&user).map(|s| s.sent_upto) else {
+            return false;
+        };
+        self.dedup.pending.contains_key(&h)
+            && self.log.pending(uid(user), now).any(|m| {
+                m.seq <= sent_upto
+                    && m.sender.get() == from.get()
+                    && m.msg_id == msg_id
+                    && matches!(stored::parse(m.body), Some(Stored::Message(_)))
+            })
     }
 
     #[allow(clippy::too_many_arguments)] // the fields of a receipt

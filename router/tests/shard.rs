@@ -260,6 +260,20 @@ fn two_users_online_get_ticks_and_receipts() {
             seq: rseq,
         });
 
+        // A Read for a message the reader never got (another id; another reader) goes
+        // nowhere.
+        net.send(ToRouter::Read {
+            conn: ConnId(2),
+            user: b,
+            from: a,
+            msg_id: 8,
+        });
+        net.send(ToRouter::Read {
+            conn: ConnId(1),
+            user: a,
+            from: b,
+            msg_id: 7,
+        });
         net.send(ToRouter::Read {
             conn: ConnId(2),
             user: b,

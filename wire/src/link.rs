@@ -87,8 +87,11 @@ impl ToRouter {
             | ToRouter::Verify { phone, .. }
             | ToRouter::Login { phone, .. } => phone,
             ToRouter::Send { to, .. } => to,
-            ToRouter::Ack { user, .. } | ToRouter::Closed { user, .. } => user,
-            ToRouter::Read { from, .. } => from,
+            // A Read goes to the reader's router first: only it knows what the reader
+            // received (the receipt then goes on to the sender's).
+            ToRouter::Ack { user, .. } | ToRouter::Closed { user, .. } | ToRouter::Read { user, .. } => {
+                user
+            }
             ToRouter::Receipt { to, .. } => to,
         }
     }
