@@ -358,6 +358,9 @@ mod tests {
         assert!(c.validate().unwrap_err().contains("segment_bytes"));
         let c: Config = toml::from_str("[router]\nwindow_bytes = 1048576").unwrap();
         let e = c.validate().unwrap_err();
-        assert!(e.contains("outbound_bytes_max") && e.contains("window_bytes"), "{e}");
+        assert!(
+            e.contains("outbound_bytes_max") && e.contains("window_bytes"),
+            "{e}"
+        );
     }
 }

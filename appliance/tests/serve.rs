@@ -518,7 +518,10 @@ fn read_receipts_come_only_from_who_received_the_message() {
     }
     cb.read(a, 4).unwrap(); // never sent
     cb.read(a, 2).unwrap();
-    match ca.wait_for(T, |m| matches!(m, Incoming::Receipt { .. })).unwrap() {
+    match ca
+        .wait_for(T, |m| matches!(m, Incoming::Receipt { .. }))
+        .unwrap()
+    {
         Incoming::Receipt {
             by,
             msg_id,
@@ -530,5 +533,52 @@ fn read_receipts_come_only_from_who_received_the_message() {
     // X's reads went in before B's, on the same path: nothing else comes.
     let more = ca.next(Duration::from_millis(300)).unwrap();
     assert!(more.is_none(), "a made-up read receipt reached A: {more:?}");
+    s.stop();
+}
+
+/// Issue 15, 6: a client that never logs in but keeps talking is closed when the time
+/// to log in (from the accept) runs out, and a pre-login frame larger than any
+/// pre-login frame is refused from its envelope.
+#[test]
+fn talking_without_logging_in_does_not_keep_a_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("short.toml");
+    std::fs::write(&config, "[limits]\nlogin_timeout_ms = 1000\n").unwrap();
+    let s = Server::start_with(
+        &dir.path().join("data"),
+        &["--config", config.to_str().unwrap()],
+    );
+    let mut c = s.client();
+    let started = Instant::now();
+    let ended = loop {
+        assert!(started.elapsed() < Duration::from_secs(10), "still open");
+        if let Err(e) = c.ping(1) {
+            break e;
+        }
+        match c.next(Duration::from_millis(200)) {
+            Ok(_) => {}
+            Err(e) => break e,
+        }
+    };
+    assert!(
+        matches!(
+            ended,
+            ClientError::Closed {
+                code: ErrorCode::LoginTimeout,
+                ..
+            }
+        ),
+        "{ended:?}"
+    );
+    let mut c = s.client();
+    c.send_raw_for_tests(&[0x60, 0xea, 0, 0, 0x20, 0, 0, 0])
+        .unwrap();
+    match c.wait_for(Duration::from_secs(5), |_| false) {
+        Err(ClientError::Closed {
+            code: ErrorCode::FrameTooLarge,
+            ..
+        }) => {}
+        other => panic!("{other:?}"),
+    }
     s.stop();
 }

@@ -26,7 +26,9 @@ pub struct Limits {
     pub outbound_bytes_max: usize,
     /// TLS handshake and `Hello`. Default 10 s.
     pub handshake_timeout_ms: u64,
-    /// Silence allowed before login (registration included). Default 60 s.
+    /// Time from accept to login (registration included: a client waiting for its SMS
+    /// reconnects to send `Verify`). Counted from the accept, whatever the client sends
+    /// meanwhile. Default 60 s.
     pub login_timeout_ms: u64,
     /// Silence allowed after login; a ping goes out at half of it. Default 300 s.
     pub idle_timeout_ms: u64,
@@ -46,6 +48,13 @@ impl Default for Limits {
 
 /// Largest partial TLS record kept between reads (a record is at most 16 KiB + 256).
 const INCOMING_BYTES_MAX: usize = 18 * 1024;
+
+/// Before login, the largest frame payload taken (the largest frame a client may send
+/// then is a `Close` with its 256-byte reason) and the most bytes held between reads
+/// (a partial TLS record and a partial frame together): a connection that has not
+/// logged in costs little however it behaves. Over either, it is closed.
+pub const PRELOGIN_FRAME_BYTES_MAX: usize = 258;
+pub const PRELOGIN_HELD_BYTES_MAX: usize = 2048;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Phase {
@@ -201,9 +210,31 @@ impl Conn {
         if self.ended.is_none() && self.incoming.len() > INCOMING_BYTES_MAX {
             self.end(Ended::Tls("a TLS record over the size limit".into()));
         }
+        if self.ended.is_none() && self.before_login() && !self.tls.is_handshaking() {
+            if self.incoming.len() + self.plain.len() > PRELOGIN_HELD_BYTES_MAX {
+                self.close(
+                    ErrorCode::FrameTooLarge,
+                    "too many bytes held before login",
+                    now_ms,
+                    to_router,
+                );
+            } else {
+                // What a connection that has not logged in keeps is what it holds now,
+                // not the largest read it ever made.
+                self.incoming.shrink_to_fit();
+                self.plain.shrink_to_fit();
+            }
+        }
         free_if_empty(&mut self.incoming);
         free_if_empty(&mut self.plain);
         self.after_write();
+    }
+
+    fn before_login(&self) -> bool {
+        matches!(
+            self.phase,
+            Phase::Handshake | Phase::Open | Phase::LoggingIn(_)
+        )
     }
 
     /// The socket reached end of file or failed.
@@ -262,7 +293,7 @@ impl Conn {
                 now_ms,
                 to_router,
             ),
-            Phase::Open | Phase::LoggingIn(_) if now_ms >= self.last_rx_ms + l.login_timeout_ms => {
+            Phase::Open | Phase::LoggingIn(_) if now_ms >= self.started_ms + l.login_timeout_ms => {
                 self.close(
                     ErrorCode::LoginTimeout,
                     "no login in time",
@@ -290,7 +321,7 @@ impl Conn {
         let l = &self.limits;
         match self.phase {
             Phase::Handshake => self.started_ms + l.handshake_timeout_ms,
-            Phase::Open | Phase::LoggingIn(_) => self.last_rx_ms + l.login_timeout_ms,
+            Phase::Open | Phase::LoggingIn(_) => self.started_ms + l.login_timeout_ms,
             Phase::LoggedIn(_) if !self.pinged => self.last_rx_ms + l.idle_timeout_ms / 2,
             Phase::LoggedIn(_) => self.last_rx_ms + l.idle_timeout_ms,
             Phase::Closed => u64::MAX,
@@ -478,7 +509,12 @@ impl Conn {
     fn frames(&mut self, now_ms: u64, to_router: &mut Vec<ToRouter>) {
         let mut at = 0;
         while self.ended.is_none() {
-            let act = match wire::decode(&self.plain[at..], self.limits.frame_bytes_max) {
+            let max = if self.before_login() {
+                PRELOGIN_FRAME_BYTES_MAX.min(self.limits.frame_bytes_max)
+            } else {
+                self.limits.frame_bytes_max
+            };
+            let act = match wire::decode(&self.plain[at..], max) {
                 Err(FrameError::Incomplete { .. }) => break,
                 Err(e) => Act::Close(e.code(), e.to_string()),
                 Ok((frame, n)) => {

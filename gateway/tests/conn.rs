@@ -512,3 +512,54 @@ fn an_idle_logged_in_connection_holds_little_heap() {
     );
     drop(conns);
 }
+
+/// Issue 15, 6: the time to log in counts from the accept; pinging does not extend it.
+#[test]
+fn pings_do_not_extend_the_time_to_log_in() {
+    let mut p = setup(Limits {
+        login_timeout_ms: 5_000,
+        ..Limits::default()
+    });
+    p.hello();
+    for t in [2_000, 4_000, 5_500] {
+        p.now = t;
+        p.send(Frame::Ping { nonce: t });
+        assert!(p.server.ended().is_none());
+    }
+    assert_eq!(p.server.deadline_ms(), 1_000 + 5_000);
+    p.now = 6_000;
+    p.server.timer(p.now, &mut p.to_router);
+    p.pump();
+    p.closed_with(ErrorCode::LoginTimeout);
+}
+
+/// Issue 15, 6: before login a connection may hold only a little: a frame announced
+/// larger than any pre-login frame is refused from its envelope, and a partial TLS
+/// record past the pre-login bound closes the connection; what is held stays small.
+#[test]
+fn a_connection_that_has_not_logged_in_holds_little() {
+    let mut p = setup(Limits::default());
+    p.hello();
+    // An envelope announcing 60,000 bytes (a Send, before login).
+    p.send_raw(&[0x60, 0xea, 0, 0, 0x20, 0, 0, 0, 1, 2, 3]);
+    p.closed_with(ErrorCode::FrameTooLarge);
+
+    let mut p = setup(Limits::default());
+    p.hello();
+    p.send_raw(&[0x10, 0, 0, 0, 0x14, 0, 0, 0]); // the start of a small frame: fine
+    assert!(p.server.ended().is_none());
+    assert!(
+        p.server.buffered_bytes() <= gateway::conn::PRELOGIN_HELD_BYTES_MAX,
+        "{}",
+        p.server.buffered_bytes()
+    );
+    // Half of a 10 KB TLS record, fed by hand: more than a pre-login connection keeps.
+    p.client.writer().write_all(&[0u8; 10_000]).unwrap();
+    let mut tls = vec![];
+    while p.client.wants_write() {
+        p.client.write_tls(&mut tls).unwrap();
+    }
+    p.server.receive(&tls[..5_000], p.now, &mut p.to_router);
+    p.pump();
+    p.closed_with(ErrorCode::FrameTooLarge);
+}

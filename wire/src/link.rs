@@ -89,9 +89,9 @@ impl ToRouter {
             ToRouter::Send { to, .. } => to,
             // A Read goes to the reader's router first: only it knows what the reader
             // received (the receipt then goes on to the sender's).
-            ToRouter::Ack { user, .. } | ToRouter::Closed { user, .. } | ToRouter::Read { user, .. } => {
-                user
-            }
+            ToRouter::Ack { user, .. }
+            | ToRouter::Closed { user, .. }
+            | ToRouter::Read { user, .. } => user,
             ToRouter::Receipt { to, .. } => to,
         }
     }
