@@ -161,6 +161,9 @@ pub struct LimitsConfig {
     pub login_timeout_ms: u64,
     /// Default: 300,000. Minimum: 2,000.
     pub idle_timeout_ms: u64,
+    /// PIN guesses (`Verify`) on one connection before it is closed with
+    /// `RateLimited`. Default: 10. Minimum: 1.
+    pub pin_guesses_per_connection: u32,
 }
 
 impl Default for LimitsConfig {
@@ -172,6 +175,7 @@ impl Default for LimitsConfig {
             handshake_timeout_ms: d.handshake_timeout_ms,
             login_timeout_ms: d.login_timeout_ms,
             idle_timeout_ms: d.idle_timeout_ms,
+            pin_guesses_per_connection: d.pin_guesses_max,
         }
     }
 }
@@ -212,7 +216,7 @@ impl Config {
     pub fn validate(&self) -> Result<(), String> {
         let l = &self.limits;
         let g = &self.gateway;
-        let checks: [(bool, &str); 11] = [
+        let checks: [(bool, &str); 12] = [
             (self.workers <= 64, "workers: at most 64"),
             (self.shards <= 64, "shards: at most 64"),
             (
@@ -234,6 +238,10 @@ impl Config {
             (
                 l.idle_timeout_ms >= 2000,
                 "limits.idle_timeout_ms: at least 2,000",
+            ),
+            (
+                l.pin_guesses_per_connection >= 1,
+                "limits.pin_guesses_per_connection: at least 1",
             ),
             (
                 g.conns_per_worker >= 1,
@@ -327,6 +335,7 @@ impl Config {
             handshake_timeout_ms: l.handshake_timeout_ms,
             login_timeout_ms: l.login_timeout_ms,
             idle_timeout_ms: l.idle_timeout_ms,
+            pin_guesses_max: l.pin_guesses_per_connection,
         }
     }
 }

@@ -577,6 +577,7 @@ pub(crate) fn spawn_workers(
         .map(|l| l.try_clone().map_err(|e| e.to_string()))
         .collect::<Result<Vec<_>, _>>()?;
     let limits = Arc::new(config.limits());
+    let sources: Arc<dyn uring::SourceLimits> = Arc::new(SourceLimiter::new(&config.router));
     let mut threads = vec![];
     let mut cells = vec![];
     for (w, (listener, (rx, fd))) in listeners.into_iter().zip(ends).enumerate() {
@@ -604,7 +605,8 @@ pub(crate) fn spawn_workers(
             link,
             Arc::clone(stop),
         )
-        .publish_to(cell);
+        .publish_to(cell)
+        .limit_sources(Arc::clone(&sources));
         if let Some(c) = control {
             if let Some(t) = &c.tls {
                 worker = worker.follow_tls(t);
@@ -627,6 +629,55 @@ pub(crate) fn spawn_workers(
         );
     }
     Ok((threads, addr, cells, copies))
+}
+
+/// The gateway process's limits per client address (`router.pin_requests_per_source_hour`,
+/// `router.pin_guesses_per_source_hour`): one count for all its workers, so the limit
+/// means what the configuration says however many shards and routers own the numbers.
+struct SourceLimiter {
+    started: std::time::Instant,
+    requests: std::sync::Mutex<PerSource>,
+    guesses: std::sync::Mutex<PerSource>,
+}
+
+/// A limiter per address and when it last forgot the addresses silent for an hour.
+type PerSource = (router::registration::RateLimiter<std::net::IpAddr>, u64);
+
+impl SourceLimiter {
+    fn new(c: &router::RouterConfig) -> SourceLimiter {
+        SourceLimiter {
+            started: std::time::Instant::now(),
+            requests: std::sync::Mutex::new((
+                router::registration::RateLimiter::new(c.pin_requests_per_source_hour),
+                0,
+            )),
+            guesses: std::sync::Mutex::new((
+                router::registration::RateLimiter::new(c.pin_guesses_per_source_hour),
+                0,
+            )),
+        }
+    }
+
+    fn take(&self, limiter: &std::sync::Mutex<PerSource>, source: std::net::IpAddr) -> bool {
+        let now = self.started.elapsed().as_millis() as u64;
+        let mut l = limiter.lock().unwrap_or_else(|p| p.into_inner());
+        let (limits, swept) = &mut *l;
+        if now >= *swept + 60_000 {
+            limits.sweep(now);
+            *swept = now;
+        }
+        limits.take(source, now)
+    }
+}
+
+impl uring::SourceLimits for SourceLimiter {
+    fn pin_request(&self, source: std::net::IpAddr) -> bool {
+        self.take(&self.requests, source)
+    }
+
+    fn pin_guess(&self, source: std::net::IpAddr) -> bool {
+        self.take(&self.guesses, source)
+    }
 }
 
 /// Listeners taken over from an earlier process (or systemd), the process's upgrade

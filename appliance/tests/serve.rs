@@ -582,3 +582,75 @@ fn talking_without_logging_in_does_not_keep_a_connection() {
     }
     s.stop();
 }
+
+fn code_of<T: std::fmt::Debug>(r: Result<T, ClientError>) -> Option<ErrorCode> {
+    match r {
+        Ok(_) => None,
+        Err(ClientError::Server { code, .. } | ClientError::Closed { code, .. }) => Some(code),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+/// Issue 15, 4 and 5: the limits per source address hold for the whole appliance (two
+/// workers, two shards: they used to count per shard), PIN guesses are limited per
+/// source, and a connection that keeps guessing is closed.
+#[test]
+fn limits_per_source_and_per_connection_hold_across_shards() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("limits.toml");
+    std::fs::write(
+        &config,
+        "workers = 2\nshards = 2\n[router]\npin_requests_per_source_hour = 5\n\
+         pin_guesses_per_source_hour = 7\n[limits]\npin_guesses_per_connection = 3\n",
+    )
+    .unwrap();
+    let s = Server::start_with(
+        &dir.path().join("data"),
+        &["--config", config.to_str().unwrap()],
+    );
+    // Twelve numbers (spread over both shards), each on its own connection (spread over
+    // both workers): five PINs, then RateLimited.
+    let answers: Vec<Option<ErrorCode>> = (0..12)
+        .map(|i| code_of(s.client().request_pin(phone(15550001000 + i), T)))
+        .collect();
+    assert_eq!(
+        answers.iter().filter(|a| a.is_none()).count(),
+        5,
+        "{answers:?}"
+    );
+    assert!(answers[5..]
+        .iter()
+        .all(|a| *a == Some(ErrorCode::RateLimited)));
+
+    // Guesses: three per connection, the fourth closes it.
+    let wrong = Pin::new(1).unwrap();
+    let mut c = s.client();
+    for _ in 0..3 {
+        assert_eq!(
+            code_of(c.verify(phone(15550001000), wrong, T)),
+            Some(ErrorCode::PinWrong)
+        );
+    }
+    assert_eq!(
+        code_of(c.verify(phone(15550001000), wrong, T)),
+        Some(ErrorCode::RateLimited)
+    );
+    // Per source: seven in the hour over all connections (three used), then refused.
+    let mut c = s.client();
+    for _ in 0..3 {
+        assert_eq!(
+            code_of(c.verify(phone(15550001001), wrong, T)),
+            Some(ErrorCode::PinWrong)
+        );
+    }
+    let mut c = s.client();
+    assert_eq!(
+        code_of(c.verify(phone(15550001002), wrong, T)),
+        Some(ErrorCode::PinWrong)
+    );
+    assert_eq!(
+        code_of(c.verify(phone(15550001002), wrong, T)),
+        Some(ErrorCode::RateLimited)
+    );
+    s.stop();
+}

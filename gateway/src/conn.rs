@@ -32,6 +32,9 @@ pub struct Limits {
     pub login_timeout_ms: u64,
     /// Silence allowed after login; a ping goes out at half of it. Default 300 s.
     pub idle_timeout_ms: u64,
+    /// PIN guesses (`Verify`) on one connection; one more closes it with
+    /// `RateLimited`. Default 10.
+    pub pin_guesses_max: u32,
 }
 
 impl Default for Limits {
@@ -42,6 +45,7 @@ impl Default for Limits {
             handshake_timeout_ms: 10_000,
             login_timeout_ms: 60_000,
             idle_timeout_ms: 300_000,
+            pin_guesses_max: 10,
         }
     }
 }
@@ -102,6 +106,8 @@ pub struct Conn {
     started_ms: u64,
     last_rx_ms: u64,
     pinged: bool,
+    /// `Verify` frames taken on this connection.
+    guesses: u32,
     limits: Arc<Limits>,
 }
 
@@ -141,8 +147,14 @@ impl Conn {
             started_ms: now_ms,
             last_rx_ms: now_ms,
             pinged: false,
+            guesses: 0,
             limits,
         })
+    }
+
+    /// The client's address.
+    pub fn peer(&self) -> IpAddr {
+        self.peer
     }
 
     pub fn id(&self) -> ConnId {
@@ -524,8 +536,21 @@ impl Conn {
             };
             match act {
                 Act::Router(req) => {
-                    if let ToRouter::Login { phone, .. } = req {
-                        self.phase = Phase::LoggingIn(phone);
+                    match req {
+                        ToRouter::Login { phone, .. } => self.phase = Phase::LoggingIn(phone),
+                        ToRouter::Verify { .. } => {
+                            self.guesses += 1;
+                            if self.guesses > self.limits.pin_guesses_max {
+                                self.close(
+                                    ErrorCode::RateLimited,
+                                    "too many PIN guesses on this connection",
+                                    now_ms,
+                                    to_router,
+                                );
+                                continue;
+                            }
+                        }
+                        _ => {}
                     }
                     to_router.push(req);
                 }

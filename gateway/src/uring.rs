@@ -305,6 +305,16 @@ pub trait RouterLink: Send {
     }
 }
 
+/// Limits per client address that hold for the whole process (every worker asks the
+/// same one), however many shards and routers own the numbers asked about. Each call
+/// counts one request if it is within the limit and says whether it was.
+pub trait SourceLimits: Send + Sync {
+    /// One more PIN request (`RegisterRequest`) from `source`.
+    fn pin_request(&self, source: std::net::IpAddr) -> bool;
+    /// One more PIN guess (`Verify`) from `source`.
+    fn pin_guess(&self, source: std::net::IpAddr) -> bool;
+}
+
 /// Where a worker sends requests for routers, and how it is woken for replies.
 pub struct WorkerLink {
     pub to_router: Box<dyn RouterLink>,
@@ -345,6 +355,7 @@ pub struct Worker {
     /// Set when another process took the listener over: stop accepting, close the
     /// connections with `Reconnect` at this many per second, end when none is left.
     drain: Option<(Arc<AtomicBool>, u32)>,
+    sources: Option<Arc<dyn SourceLimits>>,
 }
 
 /// What a worker takes from the runtime knobs.
@@ -374,7 +385,16 @@ impl Worker {
             live_tls: None,
             knobs: None,
             drain: None,
+            sources: None,
         }
+    }
+
+    /// Checks PIN requests and guesses against limits per client address shared with
+    /// the process's other workers; one over is answered `Error RateLimited` here and
+    /// never reaches a router.
+    pub fn limit_sources(mut self, limits: Arc<dyn SourceLimits>) -> Worker {
+        self.sources = Some(limits);
+        self
     }
 
     /// Drains when `flag` is set (an upgrade took the listener): accepting stops,
@@ -432,6 +452,7 @@ impl Worker {
             blocked: std::collections::VecDeque::new(),
             paused_slots: Vec::new(),
             retry_armed: false,
+            sources: self.sources.take(),
         };
         let started = Instant::now();
         let now_ms = || started.elapsed().as_millis() as u64;
@@ -747,6 +768,40 @@ struct State {
     /// Requests a full link handed back, oldest first; their connections are paused.
     blocked: std::collections::VecDeque<ToRouter>,
     retry_armed: bool,
+    sources: Option<Arc<dyn SourceLimits>>,
+}
+
+/// Takes out of `to_router[first..]` (what one connection just asked) the PIN requests
+/// and guesses over its address's limits, and answers each `Error RateLimited`.
+fn over_source_limits(
+    limits: &dyn SourceLimits,
+    conn: &mut Conn,
+    first: usize,
+    to_router: &mut Vec<ToRouter>,
+    now: u64,
+) {
+    let mut i = first;
+    while i < to_router.len() {
+        let over =
+            match &to_router[i] {
+                ToRouter::Register { source, .. } => (!limits.pin_request(*source))
+                    .then_some("too many PIN requests from this address"),
+                ToRouter::Verify { .. } => (!limits.pin_guess(conn.peer()))
+                    .then_some("too many PIN guesses from this address"),
+                _ => None,
+            };
+        match over {
+            Some(reason) => {
+                to_router.remove(i);
+                let refusal = ToClient::Error {
+                    code: wire::ErrorCode::RateLimited,
+                    reason: format!("{reason}; try again later"),
+                };
+                conn.deliver(&refusal, now, to_router);
+            }
+            None => i += 1,
+        }
+    }
 }
 
 /// The worker slot a request came from (its `ConnId`'s low 32 bits), if any.
@@ -910,7 +965,11 @@ impl State {
                 self.stats.bytes_in += res as u64;
                 if let Some(bid) = bid {
                     let handshaking = s.conn.tls_handshaking();
+                    let first = to_router.len();
                     s.conn.receive(bufs.buf(bid, res as usize), now, to_router);
+                    if let Some(limits) = &self.sources {
+                        over_source_limits(limits.as_ref(), &mut s.conn, first, to_router, now);
+                    }
                     if handshaking && !s.conn.tls_handshaking() {
                         if s.conn.resumed() {
                             self.stats.handshakes_resumed += 1;

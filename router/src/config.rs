@@ -24,8 +24,14 @@ pub struct RouterConfig {
     pub pin_ttl_s: u32,
     /// PIN requests per number per hour. Default: 3. Minimum: 1.
     pub pin_requests_per_phone_hour: u32,
-    /// PIN requests per source address per hour. Default: 20. Minimum: 1.
+    /// PIN requests per source address per hour, counted by each gateway process over
+    /// all its workers (so it holds however many shards and routers own the numbers;
+    /// a source that reaches several gateway processes has this much at each).
+    /// Default: 20. Minimum: 1.
     pub pin_requests_per_source_hour: u32,
+    /// PIN guesses (`Verify`) per source address per hour, counted like
+    /// `pin_requests_per_source_hour`. Default: 100. Minimum: 1.
+    pub pin_guesses_per_source_hour: u32,
     /// Wrong PINs before the PIN is void. Default: 5. Range: 1 to 100.
     pub pin_wrong_max: u32,
     /// Recently delivered (sender, recipient, message id) remembered to drop resends:
@@ -47,6 +53,7 @@ impl Default for RouterConfig {
             pin_ttl_s: 600,
             pin_requests_per_phone_hour: 3,
             pin_requests_per_source_hour: 20,
+            pin_guesses_per_source_hour: 100,
             pin_wrong_max: 5,
             recent_delivered: 65_536,
             pending_registrations_max: 100_000,
@@ -101,6 +108,9 @@ impl RouterConfig {
         }
         if self.pin_requests_per_source_hour == 0 {
             return bad("pin_requests_per_source_hour", 0, "must be at least 1");
+        }
+        if self.pin_guesses_per_source_hour == 0 {
+            return bad("pin_guesses_per_source_hour", 0, "must be at least 1");
         }
         if !(1..=100).contains(&self.pin_wrong_max) {
             return bad(

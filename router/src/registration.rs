@@ -6,7 +6,6 @@
 
 use std::collections::VecDeque;
 use std::hash::Hash;
-use std::net::IpAddr;
 
 use ahash::AHashMap;
 use sha2::{Digest, Sha256};
@@ -17,14 +16,15 @@ use crate::config::RouterConfig;
 
 const HOUR_MS: u64 = 3_600_000;
 
-/// Counts events per key over the last hour; at most `limit` are kept per key.
-struct RateLimiter<K> {
+/// Counts events per key over the last hour (a sliding window); at most `limit` are
+/// kept per key. Used here per number, and by the gateway per source address.
+pub struct RateLimiter<K> {
     limit: usize,
     seen: AHashMap<K, VecDeque<u64>>,
 }
 
 impl<K: Hash + Eq + Copy> RateLimiter<K> {
-    fn new(limit: u32) -> Self {
+    pub fn new(limit: u32) -> Self {
         RateLimiter {
             limit: limit as usize,
             seen: AHashMap::new(),
@@ -32,7 +32,7 @@ impl<K: Hash + Eq + Copy> RateLimiter<K> {
     }
 
     /// Whether one more event for `key` is within the limit (nothing is counted).
-    fn would_allow(&mut self, key: K, now_ms: u64) -> bool {
+    pub fn would_allow(&mut self, key: K, now_ms: u64) -> bool {
         let Some(q) = self.seen.get_mut(&key) else {
             return true;
         };
@@ -42,11 +42,20 @@ impl<K: Hash + Eq + Copy> RateLimiter<K> {
         q.len() < self.limit
     }
 
-    fn count(&mut self, key: K, now_ms: u64) {
+    pub fn count(&mut self, key: K, now_ms: u64) {
         self.seen.entry(key).or_default().push_back(now_ms);
     }
 
-    fn sweep(&mut self, now_ms: u64) {
+    /// Counts one event for `key` if it is within the limit; whether it was.
+    pub fn take(&mut self, key: K, now_ms: u64) -> bool {
+        let ok = self.would_allow(key, now_ms);
+        if ok {
+            self.count(key, now_ms);
+        }
+        ok
+    }
+
+    pub fn sweep(&mut self, now_ms: u64) {
         self.seen
             .retain(|_, q| q.back().is_some_and(|&t| t + HOUR_MS > now_ms));
     }
@@ -90,7 +99,6 @@ pub struct Registrations {
     max: usize,
     pins: AHashMap<Phone, PinState>,
     per_phone: RateLimiter<Phone>,
-    per_source: RateLimiter<IpAddr>,
 }
 
 impl Registrations {
@@ -101,26 +109,22 @@ impl Registrations {
             max: c.pending_registrations_max,
             pins: AHashMap::new(),
             per_phone: RateLimiter::new(c.pin_requests_per_phone_hour),
-            per_source: RateLimiter::new(c.pin_requests_per_source_hour),
         }
     }
 
-    /// A new PIN for `phone` (replacing any earlier one), within the limits.
-    pub fn request(&mut self, phone: Phone, source: IpAddr, now_ms: u64) -> Requested {
+    /// A new PIN for `phone` (replacing any earlier one), within the number's limit.
+    /// (The limit per source address is the gateway's: it sees every request of a
+    /// source, whichever shard or router owns the number.)
+    pub fn request(&mut self, phone: Phone, now_ms: u64) -> Requested {
         if !self.pins.contains_key(&phone) && self.pins.len() >= self.max {
             self.sweep(now_ms);
             if self.pins.len() >= self.max {
                 return Requested::Busy;
             }
         }
-        // Both limits are checked before either is charged.
-        if !self.per_phone.would_allow(phone, now_ms)
-            || !self.per_source.would_allow(source, now_ms)
-        {
+        if !self.per_phone.take(phone, now_ms) {
             return Requested::RateLimited;
         }
-        self.per_phone.count(phone, now_ms);
-        self.per_source.count(source, now_ms);
         let Some(pin) = random_pin() else {
             return Requested::NoRandomness;
         };
@@ -165,7 +169,6 @@ impl Registrations {
     pub fn sweep(&mut self, now_ms: u64) {
         self.pins.retain(|_, st| st.expires_ms > now_ms);
         self.per_phone.sweep(now_ms);
-        self.per_source.sweep(now_ms);
     }
 
     pub fn waiting(&self) -> usize {
@@ -214,8 +217,6 @@ mod tests {
         Phone::new(n).unwrap()
     }
 
-    const SRC: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
-
     fn sent(r: Requested) -> Pin {
         match r {
             Requested::Sent { pin, .. } => pin,
@@ -226,7 +227,7 @@ mod tests {
     #[test]
     fn right_pin_once_then_invalid() {
         let mut r = regs(RouterConfig::default());
-        let pin = sent(r.request(phone(15550000001), SRC, 0));
+        let pin = sent(r.request(phone(15550000001), 0));
         assert_eq!(r.verify(phone(15550000001), pin, 1), Verified::Ok);
         assert_eq!(r.verify(phone(15550000001), pin, 2), Verified::Invalid);
     }
@@ -234,7 +235,7 @@ mod tests {
     #[test]
     fn five_wrong_void_the_pin() {
         let mut r = regs(RouterConfig::default());
-        let pin = sent(r.request(phone(15550000001), SRC, 0));
+        let pin = sent(r.request(phone(15550000001), 0));
         let wrong = Pin::new((pin.get() + 1) % 100_000).unwrap();
         for left in (1..5).rev() {
             assert_eq!(
@@ -253,7 +254,7 @@ mod tests {
     #[test]
     fn pins_expire() {
         let mut r = regs(RouterConfig::default());
-        let pin = sent(r.request(phone(15550000001), SRC, 0));
+        let pin = sent(r.request(phone(15550000001), 0));
         assert_eq!(
             r.verify(phone(15550000001), pin, 600_000),
             Verified::Invalid
@@ -261,30 +262,19 @@ mod tests {
     }
 
     #[test]
-    fn requests_are_limited_per_number_and_per_source_for_an_hour() {
-        let mut r = regs(RouterConfig {
-            pin_requests_per_source_hour: 5,
-            ..RouterConfig::default()
-        });
+    fn requests_are_limited_per_number_for_an_hour() {
+        let mut r = regs(RouterConfig::default());
         for t in 0..3 {
-            sent(r.request(phone(15550000001), SRC, t));
+            sent(r.request(phone(15550000001), t));
         }
-        // Per number: the 4th within the hour is refused (and not charged to the source).
+        // Per number: the 4th within the hour is refused; other numbers are not.
         assert!(matches!(
-            r.request(phone(15550000001), SRC, 10),
+            r.request(phone(15550000001), 10),
             Requested::RateLimited
         ));
-        sent(r.request(phone(15550000002), SRC, 11));
-        sent(r.request(phone(15550000002), SRC, 12));
-        // Per source: 5 used.
-        assert!(matches!(
-            r.request(phone(15550000003), SRC, 13),
-            Requested::RateLimited
-        ));
-        let other: IpAddr = "10.0.0.1".parse().unwrap();
-        sent(r.request(phone(15550000003), other, 14));
+        sent(r.request(phone(15550000002), 11));
         // An hour later the number may ask again.
-        sent(r.request(phone(15550000001), other, HOUR_MS + 1));
+        sent(r.request(phone(15550000001), HOUR_MS + 1));
     }
 
     #[test]

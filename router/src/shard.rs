@@ -334,11 +334,8 @@ impl Shard {
 
     fn dispatch(&mut self, now: u64, req: ToRouter, out: &mut Vec<FromRouter>) {
         match req {
-            ToRouter::Register {
-                conn,
-                phone,
-                source,
-            } => self.register(conn, phone, source, now, out),
+            // The source address is limited by the gateway, which sees all its requests.
+            ToRouter::Register { conn, phone, .. } => self.register(conn, phone, now, out),
             ToRouter::Verify { conn, phone, pin } => self.verify(conn, phone, pin, now, out),
             ToRouter::Login { conn, phone, key } => self.login(conn, phone, key, now, out),
             ToRouter::Send {
@@ -402,15 +399,8 @@ impl Shard {
         }
     }
 
-    fn register(
-        &mut self,
-        conn: ConnId,
-        phone: Phone,
-        source: std::net::IpAddr,
-        now: u64,
-        out: &mut Vec<FromRouter>,
-    ) {
-        match self.regs.request(phone, source, now) {
+    fn register(&mut self, conn: ConnId, phone: Phone, now: u64, out: &mut Vec<FromRouter>) {
+        match self.regs.request(phone, now) {
             Requested::Sent { pin, expires_in_s } => {
                 out.push(FromRouter::Sms { phone, pin });
                 Self::reply(
