@@ -92,6 +92,14 @@ pub fn link_channel(capacity: usize) -> io::Result<(LinkSender, LinkReceiver)> {
     ))
 }
 
+impl LinkReceiver {
+    /// Takes every frame waiting in the queue (a link that went down gives back what
+    /// it had not sent yet).
+    pub fn take_all(&self) -> Vec<LinkMsg> {
+        self.rx.try_iter().collect()
+    }
+}
+
 impl LinkSender {
     pub fn try_send(&self, m: LinkMsg) -> Result<(), TrySendError<LinkMsg>> {
         self.tx.try_send(m)?;

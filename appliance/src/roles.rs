@@ -193,8 +193,17 @@ fn serve_link(
     }
 }
 
+/// What happens on a dialed link.
+pub(crate) enum LinkEvent<'a> {
+    /// A frame from the router.
+    Frame(LinkMsg),
+    /// The link that was up went down; its queue (what was not sent yet) is there to
+    /// take. Dialing starts again after this.
+    Down(&'a LinkReceiver),
+}
+
 /// Dials `node` for ever (with backoff) and runs the link: `rx`'s frames go out,
-/// received frames go to `on_frame`. `on_connect` queues frames that must go first
+/// received frames and the link going down go to `on_event`. `on_connect` queues frames that must go first
 /// (session re-attachment). `up` says whether the link is up.
 #[allow(clippy::too_many_arguments)] // one call per link kind; the pieces are all distinct
 pub(crate) fn dial(
@@ -210,7 +219,7 @@ pub(crate) fn dial(
     stop: Arc<AtomicBool>,
     up: Arc<AtomicBool>,
     on_connect: impl Fn(&mut Link) -> io::Result<()>,
-    mut on_frame: impl FnMut(LinkMsg),
+    mut on_event: impl FnMut(LinkEvent<'_>),
 ) {
     let mut backoff = Duration::from_millis(50);
     while !stop.load(Ordering::Acquire) {
@@ -248,13 +257,14 @@ pub(crate) fn dial(
         backoff = Duration::from_millis(50);
         tracing::info!("link to router {} ({}) up", node.id, node.address);
         let ended = link.run(&rx, &batch, &stop, |m| {
-            on_frame(m);
+            on_event(LinkEvent::Frame(m));
             true
         });
         up.store(false, Ordering::Release);
         if stop.load(Ordering::Acquire) {
             return;
         }
+        on_event(LinkEvent::Down(&rx));
         tracing::warn!(
             "link to router {} down ({}); reconnecting",
             node.id,
@@ -408,7 +418,129 @@ struct GatewayRoutes {
     up: HashMap<u16, Arc<AtomicBool>>,
     /// Logged-in connections per router, re-attached when its link comes back.
     sessions: HashMap<u16, Arc<Mutex<HashMap<ConnId, Phone>>>>,
+    /// Requests queued for or sent to each router and not answered yet: when its link
+    /// goes down they are answered here, so every request gets exactly one answer.
+    unanswered: HashMap<u16, Arc<Mutex<Unanswered>>>,
     workers: Vec<WorkerInbox>,
+}
+
+/// Requests on their way to one router that expect an answer: sends by (connection,
+/// recipient, message id), registrations and logins by connection (how many, and
+/// whether one is a login). Counts, since a client may resend before the answer.
+#[derive(Default)]
+struct Unanswered {
+    sends: HashMap<(ConnId, u64, u64), u32>,
+    asks: HashMap<ConnId, (u32, bool)>,
+}
+
+/// What a request expecting an answer is known by in [`Unanswered`].
+#[derive(Clone, Copy)]
+enum Expect {
+    Send(ConnId, u64, u64),
+    /// A registration step, or a login (`true`).
+    Ask(ConnId, bool),
+}
+
+impl Expect {
+    fn of(req: &ToRouter) -> Option<Expect> {
+        match *req {
+            ToRouter::Send {
+                conn, to, msg_id, ..
+            } => Some(Expect::Send(conn, to.get(), msg_id)),
+            ToRouter::Register { conn, .. } | ToRouter::Verify { conn, .. } => {
+                Some(Expect::Ask(conn, false))
+            }
+            ToRouter::Login { conn, .. } => Some(Expect::Ask(conn, true)),
+            _ => None,
+        }
+    }
+}
+
+impl Unanswered {
+    fn sent(&mut self, e: Expect) {
+        match e {
+            Expect::Send(conn, to, msg_id) => {
+                *self.sends.entry((conn, to, msg_id)).or_default() += 1
+            }
+            Expect::Ask(conn, login) => {
+                let a = self.asks.entry(conn).or_default();
+                a.0 += 1;
+                a.1 |= login;
+            }
+        }
+    }
+
+    fn answered(&mut self, conn: ConnId, msg: &ToClient) {
+        match *msg {
+            ToClient::ServerAck { to, msg_id } | ToClient::Refused { to, msg_id, .. } => {
+                let key = (conn, to.get(), msg_id);
+                if let Some(n) = self.sends.get_mut(&key) {
+                    *n -= 1;
+                    if *n == 0 {
+                        self.sends.remove(&key);
+                    }
+                }
+            }
+            ToClient::RegisterPending { .. }
+            | ToClient::Registered { .. }
+            | ToClient::LoggedIn { .. }
+            | ToClient::Error { .. }
+            | ToClient::Close { .. } => {
+                if let Some(a) = self.asks.get_mut(&conn) {
+                    a.0 -= 1;
+                    if a.0 == 0 {
+                        self.asks.remove(&conn);
+                    }
+                }
+            }
+            ToClient::Deliver { .. } | ToClient::Receipt { .. } => {}
+        }
+    }
+
+    /// The answers for everything still unanswered: the link went down, so the router
+    /// may or may not have acted on it; the client tries again (a resent message is
+    /// stored once: the router drops duplicates by message id).
+    fn refuse_all(&mut self) -> Vec<(ConnId, ToClient)> {
+        let mut out = vec![];
+        for ((conn, to, msg_id), n) in self.sends.drain() {
+            let to = Phone::new(to).expect("a phone");
+            for _ in 0..n {
+                out.push((
+                    conn,
+                    ToClient::Refused {
+                        to,
+                        msg_id,
+                        code: ErrorCode::TryAgain,
+                    },
+                ));
+            }
+        }
+        for (conn, (n, login)) in self.asks.drain() {
+            if login {
+                out.push((conn, lost_login()));
+                continue;
+            }
+            for _ in 0..n {
+                out.push((
+                    conn,
+                    ToClient::Error {
+                        code: ErrorCode::TryAgain,
+                        reason: "the router for this number went away; try again".into(),
+                    },
+                ));
+            }
+        }
+        out
+    }
+}
+
+/// The answer to a login its router could not take: the connection closes, and the
+/// client connects and logs in again.
+fn lost_login() -> ToClient {
+    ToClient::Close {
+        code: ErrorCode::TryAgain,
+        reason: "the router for this number is unavailable; log in again".into(),
+    }
 }
 
 /// A gateway's queues: its links to the routers, and the tee's to the shadow.
@@ -456,8 +588,19 @@ impl GatewayRoutes {
         let Some(q) = self.queues.get(&owner) else {
             return Ok(());
         };
+        // Queued and recorded under one lock: the link going down takes the queue and
+        // the record together (`LinkEvent::Down`).
+        let mut unanswered = self.unanswered[&owner]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let expect = Expect::of(&req);
         match q.try_send(LinkMsg::Req(req)) {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                if let Some(e) = expect {
+                    unanswered.sent(e);
+                }
+                Ok(())
+            }
             Err(TrySendError::Full(LinkMsg::Req(req)))
                 if self
                     .up
@@ -470,6 +613,7 @@ impl GatewayRoutes {
                 TrySendError::Full(LinkMsg::Req(req))
                 | TrySendError::Disconnected(LinkMsg::Req(req)),
             ) => {
+                drop(unanswered);
                 self.refuse(req);
                 Ok(())
             }
@@ -490,9 +634,8 @@ impl GatewayRoutes {
                     code: ErrorCode::TryAgain,
                 },
             )),
-            ToRouter::Register { conn, .. }
-            | ToRouter::Verify { conn, .. }
-            | ToRouter::Login { conn, .. } => Some((
+            ToRouter::Login { conn, .. } => Some((conn, lost_login())),
+            ToRouter::Register { conn, .. } | ToRouter::Verify { conn, .. } => Some((
                 conn,
                 ToClient::Error {
                     code: ErrorCode::TryAgain,
@@ -528,9 +671,12 @@ pub fn gateway(config: Config, id: u8, source: ConfigSource) -> Result<(), Strin
     let stop = Arc::new(AtomicBool::new(false));
     let link_stop = Arc::new(AtomicBool::new(false));
     let (mut queues, mut sessions, mut ups) = (HashMap::new(), HashMap::new(), HashMap::new());
+    let mut unanswered = HashMap::new();
     for node in cluster.routers.iter().cloned() {
         let (qtx, qrx) = link_channel(cluster.link_queue).map_err(|e| e.to_string())?;
         let mine: Arc<Mutex<HashMap<ConnId, Phone>>> = Arc::default();
+        let waiting: Arc<Mutex<Unanswered>> = Arc::default();
+        unanswered.insert(node.id, Arc::clone(&waiting));
         let link_up = Arc::new(AtomicBool::new(false));
         queues.insert(node.id, qtx);
         sessions.insert(node.id, Arc::clone(&mine));
@@ -573,8 +719,30 @@ pub fn gateway(config: Config, id: u8, source: ConfigSource) -> Result<(), Strin
                         }
                         Ok(())
                     },
-                    move |m| {
+                    move |event| {
+                        let m = match event {
+                            LinkEvent::Frame(m) => m,
+                            LinkEvent::Down(queue) => {
+                                let mut w = waiting.lock().unwrap_or_else(|p| p.into_inner());
+                                let dropped = queue.take_all().len();
+                                let answers = w.refuse_all();
+                                drop(w);
+                                if !answers.is_empty() || dropped > 0 {
+                                    tracing::warn!(
+                                        "link to router down: {} requests answered TryAgain \
+                                         ({dropped} were still queued)",
+                                        answers.len()
+                                    );
+                                }
+                                serve::to_workers(&inboxes, answers);
+                                return;
+                            }
+                        };
                         if let LinkMsg::Resp { conn, msg } = m {
+                            waiting
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .answered(conn, &msg);
                             match &msg {
                                 ToClient::LoggedIn { user, .. } => {
                                     mine.lock()
@@ -598,6 +766,7 @@ pub fn gateway(config: Config, id: u8, source: ConfigSource) -> Result<(), Strin
         queues,
         up: ups,
         sessions,
+        unanswered,
         workers: inboxes.clone(),
     });
     let tee = crate::tee::start_configured(&config, &control, &link_stop, origin)?;

@@ -618,3 +618,95 @@ fn a_split_gateway_tees_its_traffic_to_a_shadow_router() {
     let g = admin_get(&ga, &dg, "/knobs/tee_sample_percent");
     assert_eq!(g.trim(), "100");
 }
+
+/// Issue 15, 2: a send on its way to a router that dies is answered: the gateway
+/// answers `Refused{TryAgain}` for everything its lost link had not had answered, and
+/// the resend (same id) is stored once and delivered.
+#[test]
+fn sends_in_flight_when_a_router_dies_are_answered_try_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let p0 = free_port();
+    let routers = [(0, format!("127.0.0.1:{p0}"), "0-15")];
+    let cfg = config(dir.path(), &routers, "127.0.0.1", None);
+    let cfg = cfg.to_str().unwrap();
+    let d0 = dir.path().join("r0");
+    let r0 = router(None, cfg, 0, &d0);
+    let gw = gateway(None, cfg, "127.0.0.1:0", &dir.path().join("gw"));
+    let (addr, fp) = (
+        gw.listen_addr("switchboard: gateway 1 listening on "),
+        gw.fingerprint(),
+    );
+    let (a, b) = (phone_on(0, 5), phone_on(1, 5));
+    let (mut ca, _) = register(&addr, &fp, &d0.join("sms.log"), a);
+    let (mut cb, _) = register(&addr, &fp, &d0.join("sms.log"), b);
+    ca.send(b, 1, b"before").unwrap();
+    ca.wait_for(T, |m| matches!(m, Incoming::ServerAck { .. }))
+        .unwrap();
+    let (seq, _, _, _) = deliver(&mut cb);
+    cb.ack(seq).unwrap();
+
+    // SAFETY: signalling a child process we started.
+    unsafe { libc::kill(r0.child.id() as i32, libc::SIGSTOP) };
+    for id in 2..10 {
+        ca.send(b, id, b"in flight").unwrap();
+    }
+    assert!(
+        matches!(ca.next(Duration::from_millis(300)), Ok(None)),
+        "a frozen router answers nothing"
+    );
+    r0.kill();
+    let r0 = router(None, cfg, 0, &d0);
+    let mut answered = std::collections::BTreeSet::new();
+    while answered.len() < 8 {
+        match ca
+            .wait_for(Duration::from_secs(20), |m| {
+                matches!(m, Incoming::ServerAck { .. } | Incoming::Refused { .. })
+            })
+            .unwrap()
+        {
+            Incoming::Refused {
+                msg_id,
+                code: wire::ErrorCode::TryAgain,
+                ..
+            } => assert!(answered.insert(msg_id), "{msg_id} answered twice"),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(answered, (2..10).collect());
+    // Resent with the same ids once the router is back: acknowledged and delivered once.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut pending: Vec<u64> = (2..10).collect();
+    while !pending.is_empty() {
+        assert!(Instant::now() < deadline, "not taken again: {pending:?}");
+        for id in &pending {
+            ca.send(b, *id, b"in flight").unwrap();
+        }
+        let mut left = vec![];
+        for _ in 0..pending.len() {
+            match ca
+                .wait_for(T, |m| {
+                    matches!(m, Incoming::ServerAck { .. } | Incoming::Refused { .. })
+                })
+                .unwrap()
+            {
+                Incoming::ServerAck { .. } => {}
+                Incoming::Refused { msg_id, .. } => left.push(msg_id),
+                other => panic!("{other:?}"),
+            }
+        }
+        pending = left;
+        if !pending.is_empty() {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    let mut got = std::collections::BTreeSet::new();
+    while got.len() < 8 {
+        let (seq, from, id, _) = deliver(&mut cb);
+        assert_eq!(from, a);
+        assert!(got.insert(id), "{id} delivered twice");
+        cb.ack(seq).unwrap();
+    }
+    for p in [gw, r0] {
+        p.kill();
+    }
+}
