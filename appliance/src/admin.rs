@@ -291,7 +291,7 @@ fn worker_families(workers: &[WorkerStats]) -> Vec<Family> {
 
 fn shard_families(shards: &[ShardReport]) -> Vec<Family> {
     type Get = fn(&ShardReport) -> u64;
-    let defs: [(&'static str, &'static str, &'static str, Get); 29] = [
+    let defs: [(&'static str, &'static str, &'static str, Get); 33] = [
         (
             "switchboard_router_sessions",
             "gauge",
@@ -359,6 +359,18 @@ fn shard_families(shards: &[ShardReport]) -> Vec<Family> {
             |r| r.stats.reads_unmatched,
         ),
         (
+            "switchboard_router_refused_disk_full_total",
+            "counter",
+            "Sends refused: the disk is full (DiskFull).",
+            |r| r.stats.refused_disk_full,
+        ),
+        (
+            "switchboard_router_ids_reused_total",
+            "counter",
+            "Sends refused: the message id was used already with another body (IdReused).",
+            |r| r.stats.ids_reused,
+        ),
+        (
             "switchboard_router_refused_full_total",
             "counter",
             "Sends refused: the recipient's or the shard's queue is full.",
@@ -405,6 +417,18 @@ fn shard_families(shards: &[ShardReport]) -> Vec<Family> {
             "gauge",
             "Users with pending messages.",
             |r| r.log.users_with_pending,
+        ),
+        (
+            "switchboard_storage_disk_full",
+            "gauge",
+            "1 while the disk holding the log has less free than the reserve kept for acknowledgements (new messages refused with DiskFull).",
+            |r| r.log.disk_full as u64,
+        ),
+        (
+            "switchboard_storage_disk_free_bytes",
+            "gauge",
+            "Free bytes on the filesystem holding the log (looked at every second).",
+            |r| r.log.disk_free_bytes,
         ),
         (
             "switchboard_storage_segments",

@@ -69,6 +69,20 @@ pub struct AlertRule {
     pub for_s: u64,
 }
 
+/// Rules always in force beside the configured ones (a configured rule of the same name
+/// replaces one): `disk_full`, while a shard's disk is under its reserve.
+fn with_builtin_rules(mut rules: Vec<AlertRule>) -> Vec<AlertRule> {
+    if !rules.iter().any(|r| r.name == "disk_full") {
+        rules.push(AlertRule {
+            name: "disk_full".into(),
+            metric: "switchboard_storage_disk_full".into(),
+            above: 0.0,
+            for_s: 0,
+        });
+    }
+    rules
+}
+
 impl ReporterConfig {
     pub fn validate(&self, alerts: &AlertsConfig) -> Result<(), String> {
         if !(1..=3600).contains(&self.interval_s) {
@@ -337,10 +351,10 @@ pub fn start(
             }
             // Alerts on the raw value of their metric, by the rules in force (a
             // reload replaces them; a removed rule's alert ends with it).
-            let rules = match &sources.control {
+            let rules = with_builtin_rules(match &sources.control {
                 Some(c) => c.alerts().rules,
                 None => alerts.rules.clone(),
-            };
+            });
             firing.retain(|name, _| {
                 let kept = rules.iter().any(|r| &r.name == name);
                 if !kept {

@@ -554,3 +554,172 @@ fn the_tee_mirrors_sampled_requests_to_a_shadow_and_a_dead_shadow_costs_the_real
     );
     assert_eq!(real_metric("switchboard_router_refused_full_total"), 0);
 }
+
+/// A tmpfs of `size` mounted on `dir` for the life of the value (root only).
+struct SmallFs(std::path::PathBuf);
+
+impl SmallFs {
+    fn mount(dir: &Path, size: &str) -> Option<SmallFs> {
+        std::fs::create_dir_all(dir).unwrap();
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| SmallFs(dir.to_owned()))
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// Issue 15, 7: a full disk refuses new messages with `DiskFull` (not `TryAgain`),
+/// says so in the metrics and the built-in `disk_full` alert, and still records the
+/// recipient's acknowledgements, so reading frees space and sending works again; and a
+/// disk too small for one segment is refused at start with the space it needs.
+#[test]
+fn a_full_disk_is_reported_refused_by_name_and_drained_by_reading() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("small");
+    let Some(_fs) = SmallFs::mount(&data, "8m") else {
+        eprintln!("skipped: cannot mount a tmpfs here (needs root)");
+        return;
+    };
+    let config = "workers = 1\nshards = 1\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+                  [reporter]\ninterval_s = 1\n\
+                  [storage]\nsegment_bytes = 1048576\nprefault = false\n";
+    let s = start(&data, config);
+    let sms = data.join("sms.log");
+    let (a, b) = (phone(15550000071), phone(15550000072));
+    let (mut ca, _) = common::register(&s.addr, &s.fingerprint, &sms, a);
+    let (cb, kb) = common::register(&s.addr, &s.fingerprint, &sms, b);
+    drop(cb);
+    let body = vec![1u8; 8000];
+    let mut stored = 0u32;
+    let mut id = 0u64;
+    loop {
+        assert!(id < 5000, "the disk never filled");
+        ca.send(b, id, &body).unwrap();
+        match ca
+            .wait_for(T, |m| {
+                matches!(m, Incoming::ServerAck { .. } | Incoming::Refused { .. })
+            })
+            .unwrap()
+        {
+            Incoming::ServerAck { .. } => stored += 1,
+            Incoming::Refused {
+                code: wire::ErrorCode::DiskFull,
+                ..
+            } => break,
+            other => panic!("{other:?}"),
+        }
+        id += 1;
+    }
+    assert!(
+        stored > 100,
+        "only {stored} stored before the disk was full"
+    );
+    // Exported (the shard publishes its figures every 100 ms).
+    let deadline = Instant::now() + T;
+    loop {
+        let metrics = common::admin_get(&s.admin, &data, "/metrics");
+        let full = common::metric_sum(&metrics, "switchboard_storage_disk_full");
+        let refused = common::metric_sum(&metrics, "switchboard_router_refused_disk_full_total");
+        if full == 1 && refused >= 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not exported: full {full}, refused {refused}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let deadline = Instant::now() + T;
+    while !std::fs::read_to_string(data.join("activity.log"))
+        .unwrap_or_default()
+        .contains("disk_full")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no disk_full alert in activity.log"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // The recipient reads and acknowledges everything: its acks are recorded.
+    let trust = Trust::Fingerprint(s.fingerprint.clone());
+    let mut cb = client::Client::connect(&s.addr, &trust, "localhost", T).unwrap();
+    assert_eq!(cb.login(b, kb, T).unwrap(), stored);
+    for _ in 0..stored {
+        let (seq, _, _, _) = deliver(&mut cb);
+        cb.ack(seq).unwrap();
+    }
+    // Space comes back (compaction drops the dead segments): sending works again.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        assert!(Instant::now() < deadline, "the disk never came back");
+        ca.send(b, id, &body).unwrap();
+        match ca
+            .wait_for(T, |m| {
+                matches!(m, Incoming::ServerAck { .. } | Incoming::Refused { .. })
+            })
+            .unwrap()
+        {
+            Incoming::ServerAck { .. } => break,
+            Incoming::Refused {
+                code: wire::ErrorCode::DiskFull,
+                ..
+            } => std::thread::sleep(Duration::from_millis(200)),
+            other => panic!("{other:?}"),
+        }
+    }
+    let (seq, _, got, _) = deliver(&mut cb);
+    assert_eq!(got, id);
+    cb.ack(seq).unwrap();
+    // The ack was taken once A hears its delivery receipt.
+    ca.wait_for(
+        T,
+        |m| matches!(m, Incoming::Receipt { msg_id, .. } if *msg_id == id),
+    )
+    .unwrap();
+    drop(s); // SIGKILL
+    let s = start(&data, config);
+    let mut cb = client::Client::connect(&s.addr, &trust_of(&s), "localhost", T).unwrap();
+    assert_eq!(
+        cb.login(b, kb, T).unwrap(),
+        0,
+        "acknowledged messages came back"
+    );
+    drop(s);
+
+    // A disk smaller than one segment: refused at start, with the space needed.
+    let tiny = dir.path().join("tiny");
+    let Some(_tiny) = SmallFs::mount(&tiny, "1m") else {
+        return;
+    };
+    std::fs::write(
+        tiny.join("big.toml"),
+        "[storage]\nsegment_bytes = 4194304\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+        .arg(&tiny)
+        .arg("--config")
+        .arg(tiny.join("big.toml"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("a segment needs 4194304 bytes") && err.contains("storage.segment_bytes"),
+        "{err}"
+    );
+}
+
+fn trust_of(s: &Server) -> Trust {
+    Trust::Fingerprint(s.fingerprint.clone())
+}

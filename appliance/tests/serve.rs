@@ -654,3 +654,42 @@ fn limits_per_source_and_per_connection_hold_across_shards() {
     );
     s.stop();
 }
+
+/// Issue 15, 8: a message id reused for another body is refused with `IdReused`, while
+/// pending and after delivery; a resend of the same body is acknowledged and stored once.
+#[test]
+fn a_reused_message_id_with_another_body_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path());
+    let (a, b) = (phone(15550000061), phone(15550000062));
+    let (mut ca, _) = s.register(a);
+    let (cb, kb) = s.register(b);
+    drop(cb);
+    let mut answer = |c: &mut Client, id: u64, body: &[u8]| {
+        c.send(b, id, body).unwrap();
+        match c
+            .wait_for(T, |m| {
+                matches!(m, Incoming::ServerAck { .. } | Incoming::Refused { .. })
+            })
+            .unwrap()
+        {
+            Incoming::ServerAck { msg_id, .. } if msg_id == id => None,
+            Incoming::Refused { msg_id, code, .. } if msg_id == id => Some(code),
+            other => panic!("{other:?}"),
+        }
+    };
+    assert_eq!(answer(&mut ca, 1, b"first"), None);
+    assert_eq!(answer(&mut ca, 1, b"other"), Some(ErrorCode::IdReused));
+    assert_eq!(answer(&mut ca, 1, b"first"), None, "a resend");
+    let mut cb = s.client();
+    assert_eq!(cb.login(b, kb, T).unwrap(), 1, "stored once");
+    let (seq, _, id, body) = deliver(&mut cb);
+    assert_eq!((id, &body[..]), (1, &b"first"[..]));
+    cb.ack(seq).unwrap();
+    receipt(&mut ca, ReceiptKind::Delivered);
+    // After delivery, the same: another body is refused, the same is a resend.
+    assert_eq!(answer(&mut ca, 1, b"later"), Some(ErrorCode::IdReused));
+    assert_eq!(answer(&mut ca, 1, b"first"), None);
+    assert!(matches!(cb.next(Duration::from_millis(300)), Ok(None)));
+    s.stop();
+}

@@ -5,7 +5,7 @@
 use std::collections::VecDeque;
 use std::path::Path;
 
-use ahash::{AHashMap, AHashSet};
+use ahash::AHashMap;
 use storage::{Log, LogConfig, Lsn, MsgSeq, NewMessage, RecoveryReport, StorageError, UserId};
 use wire::frame::ReceiptKind;
 use wire::link::{ConnId, FromRouter, ToClient, ToRouter};
@@ -64,6 +64,10 @@ pub struct ShardStats {
     pub receipts_dropped: u64,
     pub refused_full: u64,
     pub refused_unknown: u64,
+    /// Sends refused because the disk is full (`DiskFull`).
+    pub refused_disk_full: u64,
+    /// Sends refused because their id was used already with another body (`IdReused`).
+    pub ids_reused: u64,
     /// `Read`s dropped: the reader never received that message.
     pub reads_unmatched: u64,
     pub storage_errors: u64,
@@ -103,8 +107,10 @@ const PUBLISH_EVERY_MS: u64 = 100;
 struct Dedup {
     hasher: ahash::RandomState,
     pending: AHashMap<u64, u32>,
-    recent: AHashSet<u64>,
-    older: AHashSet<u64>,
+    /// Delivered: the key, and the hash of the body it had (a resend with another body
+    /// is a reused id, refused).
+    recent: AHashMap<u64, u64>,
+    older: AHashMap<u64, u64>,
     recent_max: usize,
 }
 
@@ -113,8 +119,8 @@ impl Dedup {
         Dedup {
             hasher: ahash::RandomState::with_seeds(7, 11, 13, 17),
             pending: AHashMap::new(),
-            recent: AHashSet::new(),
-            older: AHashSet::new(),
+            recent: AHashMap::new(),
+            older: AHashMap::new(),
             recent_max,
         }
     }
@@ -127,7 +133,11 @@ impl Dedup {
         *self.pending.entry(h).or_default() += 1;
     }
 
-    fn delivered(&mut self, h: u64) {
+    fn body_hash(&self, body: &[u8]) -> u64 {
+        self.hasher.hash_one(body)
+    }
+
+    fn delivered(&mut self, h: u64, body_hash: u64) {
         if let Some(n) = self.pending.get_mut(&h) {
             *n -= 1;
             if *n == 0 {
@@ -139,15 +149,20 @@ impl Dedup {
                 let capacity = self.recent.capacity();
                 self.older = std::mem::replace(
                     &mut self.recent,
-                    AHashSet::with_capacity_and_hasher(capacity, Default::default()),
+                    AHashMap::with_capacity_and_hasher(capacity, Default::default()),
                 );
             }
-            self.recent.insert(h);
+            self.recent.insert(h, body_hash);
         }
     }
 
+    /// The body hash of a recent delivery with key `h`.
+    fn delivered_body(&self, h: u64) -> Option<u64> {
+        self.recent.get(&h).or_else(|| self.older.get(&h)).copied()
+    }
+
     fn was_delivered(&self, h: u64) -> bool {
-        self.recent.contains(&h) || self.older.contains(&h)
+        self.delivered_body(h).is_some()
     }
 }
 
@@ -168,6 +183,8 @@ pub struct Shard {
     report: Option<(ReportCell, u64)>,
     /// Asked every tick for a new group-commit interval (a runtime knob).
     flush_knob: Option<FlushKnob>,
+    /// The log's disk was full at the last tick (logged when it changes).
+    disk_full: bool,
 }
 
 /// Returns a new group-commit interval (µs) when it changed.
@@ -220,6 +237,7 @@ impl Shard {
             stats: ShardStats::default(),
             report: None,
             flush_knob: None,
+            disk_full: false,
         };
         Ok((shard, report))
     }
@@ -297,6 +315,27 @@ impl Shard {
         if now_ms >= self.last_sweep_ms + 1000 {
             self.regs.sweep(now_ms);
             self.last_sweep_ms = now_ms;
+        }
+        let disk = self.log.disk();
+        if disk.full != self.disk_full {
+            self.disk_full = disk.full;
+            if disk.full {
+                tracing::error!(
+                    "shard {}: the disk holding {} is full ({} bytes free, {} kept for \
+                     acknowledgements): new messages are refused with DiskFull until space \
+                     is freed",
+                    self.id,
+                    self.log.dir().display(),
+                    disk.free,
+                    disk.reserve
+                );
+            } else {
+                tracing::info!(
+                    "shard {}: disk space is back ({} bytes free): new messages are taken again",
+                    self.id,
+                    disk.free
+                );
+            }
         }
         if self
             .report
@@ -472,10 +511,10 @@ impl Shard {
             Ok(lsn) => lsn,
             Err(e) => {
                 self.stats.storage_errors += 1;
-                let code = if e.is_retryable() {
-                    ErrorCode::TryAgain
-                } else {
-                    ErrorCode::Internal
+                let code = match e {
+                    StorageError::DiskFull { .. } => ErrorCode::DiskFull,
+                    e if e.is_retryable() => ErrorCode::TryAgain,
+                    _ => ErrorCode::Internal,
                 };
                 return Self::error(out, conn, code, "could not store the account");
             }
@@ -571,12 +610,28 @@ impl Shard {
             );
         }
         let h = self.dedup.key(to.get(), from.get(), msg_id);
-        if self.is_duplicate(h, to, from, msg_id, now) {
-            self.stats.duplicates += 1;
-            let lsn = self.log.written();
-            self.waiting
-                .push_back((lsn, conn, ToClient::ServerAck { to, msg_id }));
-            return;
+        match self.earlier_body(h, to, from, msg_id, body, now) {
+            None => {}
+            Some(true) => {
+                // A resend: acknowledged again (once the first copy is durable), stored once.
+                self.stats.duplicates += 1;
+                let lsn = self.log.written();
+                self.waiting
+                    .push_back((lsn, conn, ToClient::ServerAck { to, msg_id }));
+                return;
+            }
+            Some(false) => {
+                self.stats.ids_reused += 1;
+                return Self::reply(
+                    out,
+                    conn,
+                    ToClient::Refused {
+                        to,
+                        msg_id,
+                        code: ErrorCode::IdReused,
+                    },
+                );
+            }
         }
         let mut stored_body = Vec::with_capacity(1 + body.len());
         stored_body.push(stored::MESSAGE);
@@ -596,6 +651,18 @@ impl Shard {
                 self.waiting
                     .push_back((a.lsn, conn, ToClient::ServerAck { to, msg_id }));
                 self.fill(to, now, out);
+            }
+            Err(StorageError::DiskFull { .. }) => {
+                self.stats.refused_disk_full += 1;
+                Self::reply(
+                    out,
+                    conn,
+                    ToClient::Refused {
+                        to,
+                        msg_id,
+                        code: ErrorCode::DiskFull,
+                    },
+                );
             }
             Err(StorageError::Full { .. }) => {
                 self.stats.refused_full += 1;
@@ -624,16 +691,34 @@ impl Shard {
         }
     }
 
-    fn is_duplicate(&self, h: u64, to: Phone, from: Phone, msg_id: u64, now: u64) -> bool {
-        if self.dedup.was_delivered(h) {
-            return true;
+    /// Whether `from` already sent `msg_id` to `to` (pending, or delivered lately):
+    /// `Some(true)` with this same body (a resend), `Some(false)` with another one (the id
+    /// was reused), `None` when it is new.
+    #[allow(clippy::too_many_arguments)] // the fields of a Send request
+    fn earlier_body(
+        &self,
+        h: u64,
+        to: Phone,
+        from: Phone,
+        msg_id: u64,
+        body: &[u8],
+        now: u64,
+    ) -> Option<bool> {
+        if let Some(earlier) = self.dedup.delivered_body(h) {
+            return Some(earlier == self.dedup.body_hash(body));
         }
-        self.dedup.pending.contains_key(&h)
-            && self.log.pending(uid(to), now).any(|m| {
-                m.sender.get() == from.get()
-                    && m.msg_id == msg_id
-                    && matches!(stored::parse(m.body), Some(Stored::Message(_)))
-            })
+        if !self.dedup.pending.contains_key(&h) {
+            return None;
+        }
+        self.log.pending(uid(to), now).find_map(|m| {
+            if m.sender.get() != from.get() || m.msg_id != msg_id {
+                return None;
+            }
+            match stored::parse(m.body) {
+                Some(Stored::Message(earlier)) => Some(earlier == body),
+                _ => None,
+            }
+        })
     }
 
     fn ack(&mut self, user: Phone, seq: u64, now: u64, out: &mut Vec<FromRouter>) {
@@ -644,6 +729,10 @@ impl Shard {
         let (sender, msg_id) = (m.sender, m.msg_id);
         let was_message = matches!(stored::parse(m.body), Some(Stored::Message(_)));
         let bytes = delivery_bytes(m.body);
+        let body_hash = match stored::parse(m.body) {
+            Some(Stored::Message(b)) => Some(self.dedup.body_hash(b)),
+            _ => None,
+        };
         if self.log.erase(uid(user), seq).is_err() {
             self.stats.storage_errors += 1;
             return; // still pending: delivered again later
@@ -656,8 +745,10 @@ impl Shard {
         }
         if was_message {
             self.stats.delivered += 1;
-            self.dedup
-                .delivered(self.dedup.key(user.get(), sender.get(), msg_id));
+            self.dedup.delivered(
+                self.dedup.key(user.get(), sender.get(), msg_id),
+                body_hash.unwrap_or(0),
+            );
             if let Some(sender) = phone(sender) {
                 let receipt = ToRouter::Receipt {
                     to: sender,
@@ -802,7 +893,7 @@ mod tests {
     fn dedup_remembers_at_least_the_last_recent_max_deliveries() {
         let mut d = Dedup::new(3);
         for h in 1..=10u64 {
-            d.delivered(h);
+            d.delivered(h, 0);
             // The last three are always there.
             for k in h.saturating_sub(2).max(1)..=h {
                 assert!(d.was_delivered(k), "{k} forgotten after {h}");
@@ -813,7 +904,7 @@ mod tests {
         assert!((1..=10).filter(|k| d.was_delivered(*k)).count() <= 6);
         // Zero remembers nothing.
         let mut z = Dedup::new(0);
-        z.delivered(5);
+        z.delivered(5, 0);
         assert!(!z.was_delivered(5));
     }
 }

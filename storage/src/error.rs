@@ -38,13 +38,29 @@ pub enum StorageError {
     FlushFailed(String),
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// The filesystem is nearly full: new messages and accounts are refused while less
+    /// than `reserve` bytes are free; acknowledgements (erases) still go into that reserve,
+    /// so recipients can read and free space.
+    #[error("the disk is full: {free} bytes free, {reserve} kept for acknowledgements")]
+    DiskFull { free: u64, reserve: u64 },
+    /// Not even the first segment fits.
+    #[error("{dir}: a segment needs {needed} bytes and the disk has {free} free; free space or lower storage.segment_bytes (the log keeps at least {reserve} free for acknowledgements beside its segments)")]
+    NoSpace {
+        dir: PathBuf,
+        needed: u64,
+        free: u64,
+        reserve: u64,
+    },
 }
 
 impl StorageError {
     /// True when the same request may succeed later without operator action
     /// (a queue drains, a prepared segment arrives).
     pub fn is_retryable(&self) -> bool {
-        matches!(self, StorageError::Full { .. })
+        matches!(
+            self,
+            StorageError::Full { .. } | StorageError::DiskFull { .. }
+        )
     }
 
     pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> Self {

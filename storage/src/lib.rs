@@ -53,7 +53,7 @@ pub mod types;
 
 pub use config::{ConfigError, Durability, LogConfig};
 pub use error::{Limit, StorageError};
-pub use log::{Appended, Log, LogStats, NewMessage, StoredMessage};
+pub use log::{Appended, DiskSpace, Log, LogStats, NewMessage, StoredMessage};
 pub use reclaim::MaintainReport;
 pub use recover::{RecoveryReport, REPORT_NOTES_MAX};
 pub use types::{Lsn, MsgSeq, SegmentId, UserId};

@@ -98,6 +98,15 @@ pub struct NewMessage<'a> {
     pub body: &'a [u8],
 }
 
+/// The free space on a log's filesystem ([`Log::disk`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DiskSpace {
+    pub free: u64,
+    pub reserve: u64,
+    /// `free` is under `reserve`: new messages and accounts are refused.
+    pub full: bool,
+}
+
 /// What an append produced.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Appended {
@@ -160,6 +169,11 @@ pub struct LogStats {
     /// Flushes handed to the rescue thread (in `maintain`) because the flusher was kept
     /// from the CPU while records waited to be made durable.
     pub rescue_flushes: u64,
+    /// Free bytes on the log's filesystem when last looked (at each new segment and
+    /// every second of `maintain`), and whether that is under the reserve kept for
+    /// acknowledgements ([`Log::disk_reserve`]): new messages are refused meanwhile.
+    pub disk_free_bytes: u64,
+    pub disk_full: bool,
 }
 
 pub struct Log {
@@ -184,6 +198,8 @@ pub struct Log {
     rescuing: Option<Lsn>,
     pub(crate) reclaim: crate::reclaim::ReclaimState,
     pub(crate) stats: LogStats,
+    /// When `maintain` last looked at the free space.
+    pub(crate) disk_checked_ms: u64,
 }
 
 impl Log {
@@ -223,7 +239,7 @@ impl Log {
             ),
             _ => None,
         };
-        let log = Log {
+        let mut log = Log {
             dir: dir.to_owned(),
             config,
             _lock: lock,
@@ -240,6 +256,7 @@ impl Log {
             rescuing: None,
             reclaim: Default::default(),
             stats: LogStats::default(),
+            disk_checked_ms: 0,
         };
         let active = log.active();
         let end = Lsn::new(active.seg.id, active.used as u32);
@@ -267,7 +284,44 @@ impl Log {
         log.shared.written.store(end.0, Ordering::Release);
         log.shared.set_durable(end);
         log.preparer.request(SegmentId(active.seg.id.0 + 1));
+        log.check_disk();
         Ok(log)
+    }
+
+    /// Bytes kept free on the log's filesystem for acknowledgements (erase records):
+    /// two segments. Under it new messages and accounts are refused
+    /// ([`StorageError::DiskFull`]); erases go on, so recipients can read and the
+    /// compaction that follows frees space.
+    pub fn disk_reserve(&self) -> u64 {
+        2 * self.config.segment_bytes
+    }
+
+    /// Looks at the free space (segments are allocated whole when made, so the space
+    /// used changes only when a segment is made or deleted, or by other programs).
+    pub(crate) fn check_disk(&mut self) {
+        if let Ok(free) = crate::segment::free_bytes(&self.dir) {
+            self.stats.disk_free_bytes = free;
+            self.stats.disk_full = free < self.disk_reserve();
+        }
+    }
+
+    /// The free space when last looked, and whether it is under the reserve.
+    pub fn disk(&self) -> DiskSpace {
+        DiskSpace {
+            free: self.stats.disk_free_bytes,
+            reserve: self.disk_reserve(),
+            full: self.stats.disk_full,
+        }
+    }
+
+    fn refuse_if_disk_full(&self) -> Result<(), StorageError> {
+        if self.stats.disk_full {
+            return Err(StorageError::DiskFull {
+                free: self.stats.disk_free_bytes,
+                reserve: self.disk_reserve(),
+            });
+        }
+        Ok(())
     }
 
     pub(crate) fn active(&self) -> &SegState {
@@ -572,7 +626,16 @@ impl Log {
             }
         }
         let prev = (active.seg.id, active.used);
-        let mut seg = self.next_segment(next)?;
+        let mut seg = match self.next_segment(next) {
+            Ok(seg) => seg,
+            Err(e) => {
+                if matches!(&e, StorageError::Io { source, .. } if crate::segment::is_no_space(source))
+                {
+                    self.stats.disk_full = true;
+                }
+                return Err(e);
+            }
+        };
         let header = SegmentHeader {
             version: FORMAT_VERSION,
             segment: next,
@@ -604,11 +667,13 @@ impl Log {
         if self.config.durability != Durability::Group {
             self.shared.set_durable(start);
         }
+        self.check_disk();
         Ok(())
     }
 
     /// Stores a message for its recipient. Not deduplicated here: the router does that.
     pub fn append_message(&mut self, m: &NewMessage<'_>) -> Result<Appended, StorageError> {
+        self.refuse_if_disk_full()?;
         let body = m.body.len() as u64;
         let c = &self.config;
         let probe = self.index.probe(m.recipient, &Segs(&self.segments));
@@ -689,6 +754,7 @@ impl Log {
 
     /// Stores or replaces an account value.
     pub fn put_account(&mut self, key: &[u8], value: &[u8]) -> Result<Lsn, StorageError> {
+        self.refuse_if_disk_full()?;
         if !self.accounts.contains_key(key)
             && self.accounts.len() as u64 >= self.config.accounts_max
         {

@@ -59,6 +59,10 @@ impl Log {
         budget_bytes: usize,
     ) -> Result<MaintainReport, StorageError> {
         self.help_flusher();
+        if now_ms >= self.disk_checked_ms + 1000 {
+            self.disk_checked_ms = now_ms;
+            self.check_disk();
+        }
         let mut r = MaintainReport::default();
         let mut budget = budget_bytes;
         self.delete_ready(&mut r)?;

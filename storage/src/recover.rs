@@ -315,7 +315,18 @@ impl Log {
                 .back()
                 .map_or(SegmentId(1), |s| SegmentId(s.seg.id.0 + 1));
             let mut seg = Segment::create(dir, id, config.segment_bytes, config.prefault, true)
-                .map_err(StorageError::io("create segment", dir.join(id.file_name())))?;
+                .map_err(|e| {
+                    if crate::segment::is_no_space(&e) {
+                        StorageError::NoSpace {
+                            dir: dir.to_owned(),
+                            needed: config.segment_bytes,
+                            free: crate::segment::free_bytes(dir).unwrap_or(0),
+                            reserve: 2 * config.segment_bytes,
+                        }
+                    } else {
+                        StorageError::io("create segment", dir.join(id.file_name()))(e)
+                    }
+                })?;
             let header = SegmentHeader {
                 version: FORMAT_VERSION,
                 segment: id,

@@ -26,6 +26,27 @@ pub(crate) struct Segment {
     pub prefaulted: bool,
 }
 
+/// Bytes an unprivileged writer may still allocate on the filesystem holding `dir`
+/// (`statvfs`: available blocks × fragment size).
+pub(crate) fn free_bytes(dir: &Path) -> io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a NUL in the path"))?;
+    // SAFETY: an all-zero `statvfs` is a valid value of this plain C struct.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a NUL-terminated path and `st` a live, writable struct.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    #[allow(clippy::unnecessary_cast)] // the field types differ between platforms
+    Ok(st.f_bavail as u64 * st.f_frsize as u64)
+}
+
+/// Whether an I/O error is the filesystem being full.
+pub(crate) fn is_no_space(e: &io::Error) -> bool {
+    e.raw_os_error() == Some(libc::ENOSPC)
+}
+
 /// The name a segment is prepared under before the writer starts it.
 pub(crate) fn staged_name(id: SegmentId) -> String {
     format!("{}.prep", id.file_name())

@@ -50,6 +50,12 @@ pub enum ErrorCode {
     Normal = 21,
     /// Close: the login did not come in time.
     LoginTimeout = 22,
+    /// Refused: the server's disk is full; new messages wait until recipients read
+    /// theirs (or an operator frees space). Retry later, in minutes, not at once.
+    DiskFull = 23,
+    /// Refused: this `msg_id` was used already for another message to the same
+    /// recipient (a different body); the server keeps the first. Use a new id.
+    IdReused = 24,
 }
 
 impl ErrorCode {
@@ -78,6 +84,8 @@ impl ErrorCode {
             20 => Internal,
             21 => Normal,
             22 => LoginTimeout,
+            23 => DiskFull,
+            24 => IdReused,
             _ => return None,
         })
     }
@@ -90,6 +98,7 @@ impl ErrorCode {
                 | ErrorCode::QueueFull
                 | ErrorCode::TryAgain
                 | ErrorCode::Internal
+                | ErrorCode::DiskFull
         )
     }
 }

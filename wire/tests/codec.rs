@@ -10,7 +10,7 @@ fn phone() -> impl Strategy<Value = Phone> {
 }
 
 fn code() -> impl Strategy<Value = ErrorCode> {
-    (1u16..=22).prop_map(|c| ErrorCode::from_u16(c).unwrap())
+    (1u16..=24).prop_map(|c| ErrorCode::from_u16(c).unwrap())
 }
 
 /// Owned inputs for a frame (bodies and reasons borrow from them).

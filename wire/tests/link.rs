@@ -28,7 +28,7 @@ fn msg() -> impl Strategy<Value = LinkMsg> {
             } else {
                 ReceiptKind::Read
             };
-            let code = ErrorCode::from_u16((n[2] % 22) as u16 + 1).unwrap();
+            let code = ErrorCode::from_u16((n[2] % 24) as u16 + 1).unwrap();
             let source = if v4 {
                 "10.1.2.3".parse().unwrap()
             } else {
