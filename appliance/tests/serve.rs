@@ -665,7 +665,7 @@ fn a_reused_message_id_with_another_body_is_refused() {
     let (mut ca, _) = s.register(a);
     let (cb, kb) = s.register(b);
     drop(cb);
-    let mut answer = |c: &mut Client, id: u64, body: &[u8]| {
+    let answer = |c: &mut Client, id: u64, body: &[u8]| {
         c.send(b, id, body).unwrap();
         match c
             .wait_for(T, |m| {
