@@ -535,7 +535,7 @@ fn families(src: &Sources) -> Vec<Family> {
     all.push(Family {
         name: "switchboard_shard_inbox",
         kind: "gauge",
-        help: "Messages (request batches) waiting in a router shard's inbox.",
+        help: "Requests waiting in a router shard's inbox (at most router.inbox_requests_max from gateways).",
         values: q.map_or(vec![], |q| {
             q.shard_inboxes()
                 .into_iter()

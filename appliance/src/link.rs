@@ -222,7 +222,7 @@ impl Link {
 
     /// Reads what the socket has into `inbuf` (decrypting); 0 at end of stream.
     fn fill(&mut self) -> io::Result<usize> {
-        let mut buf = [0u8; 64 * 1024];
+        let mut buf = [0u8; LINK_CHUNK];
         let n = self.sock.read(&mut buf)?;
         if n == 0 {
             return Ok(0);
@@ -339,10 +339,25 @@ impl Link {
     /// received go to `on_frame` (which returns false to close). Ends when the peer
     /// closes, on an error, or when `stop` is set.
     pub fn run(
+        self,
+        rx: &LinkReceiver,
+        batch_bytes: &AtomicUsize,
+        stop: &AtomicBool,
+        on_frame: impl FnMut(LinkMsg) -> bool,
+    ) -> io::Result<()> {
+        self.run_paced(rx, batch_bytes, stop, || true, on_frame)
+    }
+
+    /// Like [`Link::run`], but frames are read from the peer only while `may_read`
+    /// says so: a router whose shard is behind stops reading a gateway's link (TCP then
+    /// pushes back to the gateway) while it goes on writing its replies, so the shard,
+    /// which may wait for room in this link's queue, is never waited on in turn.
+    pub fn run_paced(
         mut self,
         rx: &LinkReceiver,
         batch_bytes: &AtomicUsize,
         stop: &AtomicBool,
+        may_read: impl Fn() -> bool,
         mut on_frame: impl FnMut(LinkMsg) -> bool,
     ) -> io::Result<()> {
         self.sock.set_nonblocking(true)?;
@@ -386,41 +401,66 @@ impl Link {
                     Err(e) => return Err(e),
                 }
             }
-            let events = libc::POLLIN
+            let reading = may_read();
+            let events = if reading { libc::POLLIN } else { 0 }
                 | if self.outbuf.is_empty() {
                     0
                 } else {
                     libc::POLLOUT
                 };
-            let (revents, woken) = uring::poll_two(fd, events, rx.wake.as_raw_fd(), 100)?;
+            // Paused: look again for room every millisecond.
+            let timeout = if reading { 100 } else { 1 };
+            let (revents, woken) = uring::poll_two(fd, events, rx.wake.as_raw_fd(), timeout)?;
             if woken {
                 uring::drain_eventfd(&rx.wake);
             }
+            // Frames left from before a pause go first.
+            if !self.take_frames(&may_read, &mut on_frame)? {
+                return Ok(());
+            }
+            // Read a chunk (64 KiB) at a time and act on its frames before the next, so
+            // what waits here is one chunk at most when the reader pauses. A hang-up is
+            // read even while paused (to see the end of the link).
             if revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0 {
-                loop {
+                while may_read() || self.inbuf.len() < LINK_CHUNK || revents & libc::POLLIN == 0 {
                     match self.fill() {
                         Ok(0) => return Ok(()), // the peer closed
                         Ok(_) => {}
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                         Err(e) => return Err(e),
                     }
-                }
-                loop {
-                    match decode_link(&self.inbuf) {
-                        Ok((m, n)) => {
-                            self.inbuf.drain(..n);
-                            if !on_frame(m) {
-                                return Ok(());
-                            }
-                        }
-                        Err(LinkError::Incomplete { .. }) => break,
-                        Err(e) => return Err(io::Error::new(io::ErrorKind::InvalidData, e)),
+                    if !self.take_frames(&may_read, &mut on_frame)? {
+                        return Ok(());
                     }
                 }
             }
         }
     }
+
+    /// Acts on the complete frames received, while `may_read` allows; `false`: close.
+    fn take_frames(
+        &mut self,
+        may_read: &impl Fn() -> bool,
+        on_frame: &mut impl FnMut(LinkMsg) -> bool,
+    ) -> io::Result<bool> {
+        while may_read() {
+            match decode_link(&self.inbuf) {
+                Ok((m, n)) => {
+                    self.inbuf.drain(..n);
+                    if !on_frame(m) {
+                        return Ok(false);
+                    }
+                }
+                Err(LinkError::Incomplete { .. }) => break,
+                Err(e) => return Err(io::Error::new(io::ErrorKind::InvalidData, e)),
+            }
+        }
+        Ok(true)
+    }
 }
+
+/// What a link reads from its socket at a time.
+const LINK_CHUNK: usize = 64 * 1024;
 
 #[cfg(test)]
 mod tests {

@@ -166,17 +166,27 @@ fn serve_link(
     let name = peer_name(kind, id);
     tracing::info!("link from {name} ({peer_addr:?}) authenticated");
     let never = AtomicBool::new(false);
-    let ended = link.run(&rx, &routes.batch, &never, |m| {
-        let msg = match (m, gateway) {
-            (LinkMsg::Req(r), _) => ShardMsg::Req(r),
-            (LinkMsg::Attach { conn, user }, Some(_)) => ShardMsg::Attach(conn, user),
-            (other, _) => {
-                tracing::warn!("link from {name}: unexpected {other:?}; closing");
-                return false;
-            }
-        };
-        shard.send(msg)
-    });
+    // The shard's inbox bounds what is read from the link: at its bound the link stops
+    // reading (TCP pushes back to the gateway, whose workers stop reading their
+    // clients) and goes on writing replies.
+    let room = shard.clone();
+    let ended = link.run_paced(
+        &rx,
+        &routes.batch,
+        &never,
+        move || room.room() > 0,
+        |m| {
+            let msg = match (m, gateway) {
+                (LinkMsg::Req(r), _) => ShardMsg::Req(r),
+                (LinkMsg::Attach { conn, user }, Some(_)) => ShardMsg::Attach(conn, user),
+                (other, _) => {
+                    tracing::warn!("link from {name}: unexpected {other:?}; closing");
+                    return false;
+                }
+            };
+            shard.send(msg)
+        },
+    );
     if let Err(e) = ended {
         tracing::warn!("link from {name}: {e}");
     }
@@ -309,7 +319,7 @@ pub fn router(config: Config, id: u16, source: ConfigSource) -> Result<(), Strin
     shard.publish_to(Arc::clone(&report));
     let mut knob = control.flush_interval_us.follow();
     shard.follow_flush_interval(Box::new(move || knob.refresh().then_some(knob.value)));
-    let (tx, rx) = serve::shard_channel();
+    let (tx, rx) = serve::shard_channel(config.router.inbox_requests_max);
     let stop = Arc::new(AtomicBool::new(false));
     let mut peers = HashMap::new();
     for node in cluster.routers.iter().filter(|r| r.id != id).cloned() {

@@ -10,7 +10,7 @@
 use std::io::{self, Write};
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -31,34 +31,62 @@ use crate::sms::Sms;
 /// a gateway worker sends each shard one [`ShardMsg::Batch`] per loop turn, so on a host
 /// where worker and shard share a core there is one context switch per turn, not one
 /// per request.
+///
+/// The inbox is bounded in requests (`router.inbox_requests_max`; a batch counts its
+/// requests): gateway workers check [`ShardTx::room`] and, when the shard is behind,
+/// hand the request back to the worker, which stops reading that client until there is
+/// room (backpressure down to TCP); a router's link threads stop reading their link
+/// while there is no room (`Link::run_paced`; what one read brought may go past the
+/// bound), and the gateway's link queue then fills and pushes back the same way. Shards sending each other receipts
+/// never wait (two shards must not wait on each other): that traffic may go past the
+/// bound by what one batch of another shard produces.
 #[derive(Clone)]
 pub(crate) struct ShardTx {
     tx: crossbeam_channel::Sender<ShardMsg>,
     thread: Arc<std::sync::OnceLock<std::thread::Thread>>,
+    queued: Arc<AtomicUsize>,
+    bound: usize,
 }
 
 /// A shard's inbox, receiving side (see [`ShardTx`]).
 pub(crate) struct ShardRx {
     rx: crossbeam_channel::Receiver<ShardMsg>,
     thread: Arc<std::sync::OnceLock<std::thread::Thread>>,
+    queued: Arc<AtomicUsize>,
 }
 
-pub(crate) fn shard_channel() -> (ShardTx, ShardRx) {
+/// A shard's inbox holding at most `bound` requests from gateways.
+pub(crate) fn shard_channel(bound: usize) -> (ShardTx, ShardRx) {
     let (tx, rx) = crossbeam_channel::unbounded();
     let thread = Arc::new(std::sync::OnceLock::new());
+    let queued = Arc::new(AtomicUsize::new(0));
     (
         ShardTx {
             tx,
             thread: Arc::clone(&thread),
+            queued: Arc::clone(&queued),
+            bound,
         },
-        ShardRx { rx, thread },
+        ShardRx { rx, thread, queued },
     )
+}
+
+impl ShardMsg {
+    /// What a message counts against the inbox's bound.
+    fn requests(&self) -> usize {
+        match self {
+            ShardMsg::Req(_) | ShardMsg::Attach(..) => 1,
+            ShardMsg::Batch(b) => b.len(),
+            ShardMsg::GatewayGone(_) | ShardMsg::Stop => 0,
+        }
+    }
 }
 
 impl ShardTx {
     /// Queues and wakes the shard (before it has started, it finds the message within
-    /// 1 ms). `false`: the shard is gone.
+    /// 1 ms), whatever the bound says. `false`: the shard is gone.
     pub(crate) fn send(&self, m: ShardMsg) -> bool {
+        self.queued.fetch_add(m.requests(), Ordering::Relaxed);
         let sent = self.tx.send(m).is_ok();
         if let Some(t) = self.thread.get() {
             t.unpark();
@@ -66,9 +94,15 @@ impl ShardTx {
         sent
     }
 
-    /// Messages waiting in the inbox (for the queue gauges; read by the admin thread).
+    /// Requests the inbox can take before it reaches its bound.
+    pub(crate) fn room(&self) -> usize {
+        self.bound
+            .saturating_sub(self.queued.load(Ordering::Relaxed))
+    }
+
+    /// Requests waiting in the inbox (for the queue gauges; read by the admin thread).
     pub(crate) fn queued(&self) -> usize {
-        self.tx.len()
+        self.queued.load(Ordering::Relaxed)
     }
 }
 
@@ -79,10 +113,19 @@ struct ShardBatches(Vec<Vec<ToRouter>>);
 impl ShardBatches {
     fn push(&mut self, map: &PartitionMap, req: ToRouter) {
         let s = map.shard_of(req.route_key()) as usize;
+        self.push_to(s, req);
+    }
+
+    fn push_to(&mut self, s: usize, req: ToRouter) {
         if self.0.len() <= s {
             self.0.resize_with(s + 1, Vec::new);
         }
         self.0[s].push(req);
+    }
+
+    /// Requests gathered for shard `s` so far.
+    fn gathered(&self, s: usize) -> usize {
+        self.0.get(s).map_or(0, Vec::len)
     }
 
     fn send(&mut self, shards: &[ShardTx]) {
@@ -172,8 +215,14 @@ struct InProcLink {
 }
 
 impl RouterLink for InProcLink {
+    /// Hands the request back when its shard's inbox is at its bound (with what this
+    /// turn gathered for it): the worker stops reading that client until there is room.
     fn send(&mut self, req: ToRouter) -> Result<(), ToRouter> {
-        self.batches.push(&self.routes.map, req);
+        let s = self.routes.map.shard_of(req.route_key()) as usize;
+        if self.batches.gathered(s) >= self.routes.shards[s].room() {
+            return Err(req);
+        }
+        self.batches.push_to(s, req);
         Ok(())
     }
 
@@ -307,7 +356,7 @@ pub fn unix_ms() -> u64 {
 
 pub(crate) fn run_shard<D: Dispatch>(mut shard: Shard, inbox: ShardRx, d: Arc<D>) {
     let _ = inbox.thread.set(std::thread::current());
-    let rx = inbox.rx;
+    let (rx, queued) = (inbox.rx, inbox.queued);
     let mut out = Vec::new();
     let mut last_tick = Instant::now();
     // The clock is read once per batch: a batch takes well under a millisecond.
@@ -332,6 +381,7 @@ pub(crate) fn run_shard<D: Dispatch>(mut shard: Shard, inbox: ShardRx, d: Arc<D>
             match rx.try_recv() {
                 Ok(m) => {
                     got += 1;
+                    queued.fetch_sub(m.requests(), Ordering::Relaxed);
                     if !on(&mut shard, m, now, &mut out) {
                         d.dispatch(&mut out);
                         break 'run;
@@ -1011,7 +1061,7 @@ pub fn serve(config: Config, source: crate::control::ConfigSource) -> Result<(),
     let inline = workers == 1 && shards == 1 && config.process.inline_shard;
     let (mut shard_txs, mut shard_rxs) = (vec![], vec![]);
     for _ in 0..if inline { 0 } else { shards } {
-        let (tx, rx) = shard_channel();
+        let (tx, rx) = shard_channel(config.router.inbox_requests_max);
         shard_txs.push(tx);
         shard_rxs.push(rx);
     }

@@ -723,3 +723,107 @@ fn a_full_disk_is_reported_refused_by_name_and_drained_by_reading() {
 fn trust_of(s: &Server) -> Trust {
     Trust::Fingerprint(s.fingerprint.clone())
 }
+
+/// Issue 16, 1: a slow but live shard (its thread held to 0.5 % of a CPU, not stopped)
+/// pushes back to the gateway: the sender stalls, the inbox stays at or under its bound,
+/// the server's memory stays flat, and every acknowledged message is delivered once the
+/// shard catches up. (The inbox used to be unbounded: 160 MB went into memory.)
+#[test]
+fn a_slow_shard_pushes_back_to_the_sender_with_a_bounded_inbox() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let s = start(
+        &data,
+        "workers = 1\nshards = 1\n[process]\ninline_shard = false\n\
+         [router]\ninbox_requests_max = 256\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+         [storage]\nuser_bytes_max = 1073741824\n",
+    );
+    let sms = data.join("sms.log");
+    let (a, b) = (phone(15550000081), phone(15550000082));
+    let (mut ca, _) = common::register(&s.addr, &s.fingerprint, &sms, a);
+    let (mut cb, _) = common::register(&s.addr, &s.fingerprint, &sms, b);
+    let pid = s.child.id();
+    let Some(slow) = common::Throttled::thread(pid, "shard-0", 5) else {
+        eprintln!(
+            "skipped: cannot put a thread in a cpu cgroup here (needs root and cgroup v1 cpu)"
+        );
+        return;
+    };
+    const N: u64 = 20_000;
+    let body = vec![7u8; 8 * 1024];
+    let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let s2 = sent.clone();
+    let sender = std::thread::spawn(move || {
+        let mut acked = 0;
+        for i in 0..N {
+            ca.send(b, i, &body).unwrap();
+            s2.store(i + 1, std::sync::atomic::Ordering::Relaxed);
+            while let Some(m) = ca.next(Duration::ZERO).unwrap() {
+                match m {
+                    Incoming::ServerAck { .. } => acked += 1,
+                    Incoming::Receipt { .. } => {} // B's ticks: not this test's subject
+                    other => panic!("{other:?}"),
+                }
+            }
+        }
+        while acked < N {
+            ca.wait_for(Duration::from_secs(60), |m| {
+                matches!(m, Incoming::ServerAck { .. })
+            })
+            .unwrap();
+            acked += 1;
+        }
+    });
+    let receiver = std::thread::spawn(move || {
+        let mut got = std::collections::BTreeSet::new();
+        while (got.len() as u64) < N {
+            let (seq, _, id, _) = deliver_within(&mut cb, Duration::from_secs(60));
+            got.insert(id);
+            cb.ack(seq).unwrap();
+        }
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let rss_before = common::rss_anon_kb(pid);
+    let mut inbox_max = 0;
+    for _ in 0..30 {
+        let m = common::admin_get(&s.admin, &data, "/metrics");
+        inbox_max = inbox_max.max(common::metric_sum(&m, "switchboard_shard_inbox"));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let stalled_at = sent.load(std::sync::atomic::Ordering::Relaxed);
+    let rss_after = common::rss_anon_kb(pid);
+    eprintln!(
+        "slow shard: sent {stalled_at} of {N}, inbox at most {inbox_max}, rss {rss_before} -> {rss_after} kB"
+    );
+    assert!(
+        inbox_max <= 256,
+        "the inbox went past its bound: {inbox_max}"
+    );
+    assert!(
+        stalled_at < N / 2,
+        "the sender was not slowed: {stalled_at} of {N} × 8 KiB"
+    );
+    assert!(
+        rss_after < rss_before + 64 * 1024,
+        "the server's memory grew: {rss_before} -> {rss_after} kB"
+    );
+    drop(slow);
+    sender.join().unwrap();
+    receiver.join().unwrap();
+}
+
+fn deliver_within(c: &mut client::Client, t: Duration) -> (u64, Phone, u64, Vec<u8>) {
+    match c
+        .wait_for(t, |m| matches!(m, Incoming::Deliver { .. }))
+        .unwrap()
+    {
+        Incoming::Deliver {
+            seq,
+            from,
+            msg_id,
+            body,
+            ..
+        } => (seq, from, msg_id, body),
+        _ => unreachable!(),
+    }
+}

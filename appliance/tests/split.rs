@@ -710,3 +710,109 @@ fn sends_in_flight_when_a_router_dies_are_answered_try_again() {
         p.kill();
     }
 }
+
+/// Issue 16, 1, split: a router whose shard is slow but alive (0.5 % of a CPU) pushes
+/// back over the link: its link thread waits at the inbox's bound, the gateway's link
+/// queue fills, the gateway stops reading the sender; neither process grows, and every
+/// acknowledged message is delivered once the shard catches up.
+#[test]
+fn a_slow_router_shard_pushes_back_over_the_link() {
+    let dir = tempfile::tempdir().unwrap();
+    let p0 = free_port();
+    let routers = [(0, format!("127.0.0.1:{p0}"), "0-15")];
+    let cfg = config(dir.path(), &routers, "127.0.0.1", None);
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("[router]\n", "[router]\ninbox_requests_max = 256\n")
+        .replace(
+            &format!("secret = \"{SECRET}\"\n"),
+            &format!("secret = \"{SECRET}\"\nlink_queue = 256\n"),
+        )
+        .replace("[storage]\n", "[storage]\nuser_bytes_max = 1073741824\n");
+    std::fs::write(&cfg, text).unwrap();
+    let cfg = cfg.to_str().unwrap();
+    let d0 = dir.path().join("r0");
+    let r0 = router(None, cfg, 0, &d0);
+    let gw = gateway(None, cfg, "127.0.0.1:0", &dir.path().join("gw"));
+    let (addr, fp) = (
+        gw.listen_addr("switchboard: gateway 1 listening on "),
+        gw.fingerprint(),
+    );
+    let (a, b) = (phone_on(0, 7), phone_on(1, 7));
+    let (mut ca, _) = register(&addr, &fp, &d0.join("sms.log"), a);
+    let (mut cb, _) = register(&addr, &fp, &d0.join("sms.log"), b);
+    let Some(slow) = Throttled::thread(r0.child.id(), "shard-0", 5) else {
+        eprintln!(
+            "skipped: cannot put a thread in a cpu cgroup here (needs root and cgroup v1 cpu)"
+        );
+        return;
+    };
+    const N: u64 = 20_000;
+    let body = vec![7u8; 8 * 1024];
+    let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let s2 = sent.clone();
+    let sender = std::thread::spawn(move || {
+        let mut acked = 0;
+        for i in 0..N {
+            ca.send(b, i, &body).unwrap();
+            s2.store(i + 1, std::sync::atomic::Ordering::Relaxed);
+            while let Some(m) = ca.next(Duration::ZERO).unwrap() {
+                match m {
+                    Incoming::ServerAck { .. } => acked += 1,
+                    Incoming::Receipt { .. } => {}
+                    other => panic!("{other:?}"),
+                }
+            }
+        }
+        while acked < N {
+            ca.wait_for(Duration::from_secs(60), |m| {
+                matches!(m, Incoming::ServerAck { .. })
+            })
+            .unwrap();
+            acked += 1;
+        }
+    });
+    let receiver = std::thread::spawn(move || {
+        let mut got = std::collections::BTreeSet::new();
+        while (got.len() as u64) < N {
+            match cb
+                .wait_for(Duration::from_secs(60), |m| {
+                    matches!(m, Incoming::Deliver { .. })
+                })
+                .unwrap()
+            {
+                Incoming::Deliver { seq, msg_id, .. } => {
+                    got.insert(msg_id);
+                    cb.ack(seq).unwrap();
+                }
+                _ => unreachable!(),
+            }
+        }
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let (r_before, g_before) = (rss_anon_kb(r0.child.id()), rss_anon_kb(gw.child.id()));
+    std::thread::sleep(Duration::from_secs(3));
+    let stalled_at = sent.load(std::sync::atomic::Ordering::Relaxed);
+    let (r_after, g_after) = (rss_anon_kb(r0.child.id()), rss_anon_kb(gw.child.id()));
+    eprintln!(
+        "slow router shard: sent {stalled_at} of {N}; router {r_before} -> {r_after} kB, gateway {g_before} -> {g_after} kB"
+    );
+    assert!(
+        stalled_at < N / 2,
+        "the sender was not slowed: {stalled_at} of {N}"
+    );
+    assert!(
+        r_after < r_before + 64 * 1024,
+        "the router grew: {r_before} -> {r_after} kB"
+    );
+    assert!(
+        g_after < g_before + 64 * 1024,
+        "the gateway grew: {g_before} -> {g_after} kB"
+    );
+    drop(slow);
+    sender.join().unwrap();
+    receiver.join().unwrap();
+    for p in [gw, r0] {
+        p.kill();
+    }
+}

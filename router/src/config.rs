@@ -42,6 +42,10 @@ pub struct RouterConfig {
     pub pending_registrations_max: usize,
     /// Reclaim work per tick (`Log::maintain`). Default: 1 MiB. Minimum: 4096.
     pub maintain_bytes_per_tick: usize,
+    /// Requests a shard's inbox holds from gateways; when it is full, gateways stop
+    /// reading the clients whose requests wait (backpressure). Default: 65,536.
+    /// Range: 64 to 16,777,216.
+    pub inbox_requests_max: usize,
 }
 
 impl Default for RouterConfig {
@@ -58,6 +62,7 @@ impl Default for RouterConfig {
             recent_delivered: 65_536,
             pending_registrations_max: 100_000,
             maintain_bytes_per_tick: 1 << 20,
+            inbox_requests_max: 65_536,
         }
     }
 }
@@ -121,6 +126,13 @@ impl RouterConfig {
         }
         if self.pending_registrations_max == 0 {
             return bad("pending_registrations_max", 0, "must be at least 1");
+        }
+        if !(64..=1 << 24).contains(&self.inbox_requests_max) {
+            return bad(
+                "inbox_requests_max",
+                self.inbox_requests_max as u64,
+                "must be from 64 to 16,777,216",
+            );
         }
         if self.maintain_bytes_per_tick < 4096 {
             return bad(

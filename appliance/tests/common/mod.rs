@@ -398,3 +398,52 @@ pub fn metric_sum(text: &str, name: &str) -> u64 {
         })
         .sum()
 }
+
+/// Moves one thread of a process into a v1 `cpu` cgroup limited to `permille` of a CPU
+/// for the life of the value: a shard that is slow but alive (root only).
+pub struct Throttled {
+    dir: std::path::PathBuf,
+    tid: String,
+}
+
+impl Throttled {
+    pub fn thread(pid: u32, name: &str, permille: u32) -> Option<Throttled> {
+        let tid = std::fs::read_dir(format!("/proc/{pid}/task"))
+            .ok()?
+            .flatten()
+            .find(|t| {
+                std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim() == name)
+            })?
+            .file_name()
+            .to_string_lossy()
+            .into_owned();
+        let dir = std::path::PathBuf::from(format!("/sys/fs/cgroup/cpu/switchboard-test-{pid}"));
+        std::fs::create_dir_all(&dir).ok()?;
+        let t = Throttled { dir, tid };
+        std::fs::write(t.dir.join("cpu.cfs_period_us"), "1000000").ok()?;
+        std::fs::write(
+            t.dir.join("cpu.cfs_quota_us"),
+            (permille * 1000).to_string(),
+        )
+        .ok()?;
+        std::fs::write(t.dir.join("tasks"), &t.tid).ok()?;
+        Some(t)
+    }
+}
+
+impl Drop for Throttled {
+    fn drop(&mut self) {
+        let _ = std::fs::write("/sys/fs/cgroup/cpu/tasks", &self.tid);
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+/// Anonymous resident memory (the log's mapped segments are file pages, not counted).
+pub fn rss_anon_kb(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("RssAnon:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
