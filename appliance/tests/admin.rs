@@ -730,20 +730,34 @@ fn trust_of(s: &Server) -> Trust {
 /// shard catches up. (The inbox used to be unbounded: 160 MB went into memory.)
 #[test]
 fn a_slow_shard_pushes_back_to_the_sender_with_a_bounded_inbox() {
+    slow_shard(false);
+}
+
+/// The same with the shard in the gateway worker's thread (`inline_shard`): there is no
+/// inbox; the slow thread is the worker, which then reads less.
+#[test]
+fn a_slow_inline_shard_slows_its_worker_and_the_sender() {
+    slow_shard(true);
+}
+
+fn slow_shard(inline: bool) {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let s = start(
         &data,
-        "workers = 1\nshards = 1\n[process]\ninline_shard = false\n\
-         [router]\ninbox_requests_max = 256\n[admin]\nlisten = \"127.0.0.1:0\"\n\
-         [storage]\nuser_bytes_max = 1073741824\n",
+        &format!(
+            "workers = 1\nshards = 1\n[process]\ninline_shard = {inline}\n\
+             [router]\ninbox_requests_max = 256\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+             [storage]\nuser_bytes_max = 1073741824\n"
+        ),
     );
     let sms = data.join("sms.log");
     let (a, b) = (phone(15550000081), phone(15550000082));
     let (mut ca, _) = common::register(&s.addr, &s.fingerprint, &sms, a);
     let (mut cb, _) = common::register(&s.addr, &s.fingerprint, &sms, b);
     let pid = s.child.id();
-    let Some(slow) = common::Throttled::thread(pid, "shard-0", 5) else {
+    let thread = if inline { "gateway-0" } else { "shard-0" };
+    let Some(slow) = common::Throttled::thread(pid, thread, 5) else {
         eprintln!(
             "skipped: cannot put a thread in a cpu cgroup here (needs root and cgroup v1 cpu)"
         );
@@ -793,7 +807,8 @@ fn a_slow_shard_pushes_back_to_the_sender_with_a_bounded_inbox() {
     let stalled_at = sent.load(std::sync::atomic::Ordering::Relaxed);
     let rss_after = common::rss_anon_kb(pid);
     eprintln!(
-        "slow shard: sent {stalled_at} of {N}, inbox at most {inbox_max}, rss {rss_before} -> {rss_after} kB"
+        "slow shard (inline {inline}): sent {stalled_at} of {N}, inbox at most {inbox_max}, \
+         rss {rss_before} -> {rss_after} kB"
     );
     assert!(
         inbox_max <= 256,
