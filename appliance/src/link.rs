@@ -14,7 +14,6 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use gateway::uring;
 use hmac::{KeyInit, Mac};
 use rustls::pki_types::ServerName;
 use wire::linkcodec::{decode_link, LinkError, LinkMsg, PeerKind};
@@ -82,7 +81,7 @@ pub struct LinkReceiver {
 
 pub fn link_channel(capacity: usize) -> io::Result<(LinkSender, LinkReceiver)> {
     let (tx, rx) = crossbeam_channel::bounded(capacity);
-    let wake = Arc::new(uring::eventfd()?);
+    let wake = Arc::new(gateway::wake::eventfd()?);
     Ok((
         LinkSender {
             tx,
@@ -103,7 +102,7 @@ impl LinkReceiver {
 impl LinkSender {
     pub fn try_send(&self, m: LinkMsg) -> Result<(), TrySendError<LinkMsg>> {
         self.tx.try_send(m)?;
-        uring::wake(&self.wake);
+        gateway::wake::wake(&self.wake);
         Ok(())
     }
 
@@ -116,7 +115,7 @@ impl LinkSender {
     /// Blocks while the queue is full.
     pub fn send(&self, m: LinkMsg) -> Result<(), SendError<LinkMsg>> {
         self.tx.send(m)?;
-        uring::wake(&self.wake);
+        gateway::wake::wake(&self.wake);
         Ok(())
     }
 }
@@ -410,9 +409,10 @@ impl Link {
                 };
             // Paused: look again for room every millisecond.
             let timeout = if reading { 100 } else { 1 };
-            let (revents, woken) = uring::poll_two(fd, events, rx.wake.as_raw_fd(), timeout)?;
+            let (revents, woken) =
+                gateway::wake::poll_two(fd, events, rx.wake.as_raw_fd(), timeout)?;
             if woken {
-                uring::drain_eventfd(&rx.wake);
+                gateway::wake::drain_eventfd(&rx.wake);
             }
             // Frames left from before a pause go first.
             if !self.take_frames(&may_read, &mut on_frame)? {

@@ -18,7 +18,7 @@ use crossbeam_channel::TrySendError;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use gateway::uring::RouterLink;
+use gateway::link::RouterLink;
 use router::PartitionMap;
 use wire::link::{ConnId, FromRouter, ToClient, ToRouter};
 use wire::linkcodec::{LinkMsg, PeerKind};
@@ -91,7 +91,10 @@ impl Dispatch for RouterRoutes {
 /// A gateway process by its origin: `gateway 1`, or `gateway 1 (epoch 2)` for a process
 /// that took over from another.
 fn origin_name(origin: u16) -> String {
-    let (g, epoch) = (ConnId::gateway_of_origin(origin), origin & 3);
+    let (g, epoch) = (
+        ConnId::gateway_of_origin(origin),
+        ConnId::epoch_of_origin(origin),
+    );
     if epoch == 0 {
         format!("gateway {g}")
     } else {
@@ -666,7 +669,7 @@ pub fn gateway(config: Config, id: u8, source: ConfigSource) -> Result<(), Strin
     let takeover = source.takeover;
     let (inherited, epoch) = serve::inherit_listeners(&config, takeover)?;
     // What this process's connections carry, and what its links announce.
-    let origin = ((id as u16) << 2) | epoch as u16;
+    let origin = ConnId::origin_of(id, epoch);
     let cluster = config.cluster.validate(config.router.partitions)?;
     let me = cluster
         .gateways

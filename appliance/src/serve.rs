@@ -16,8 +16,9 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use gateway::link::{RouterLink, WorkerLink};
 use gateway::tls::{server_config, Identity};
-use gateway::uring::{self, RouterLink, StatsCell, Worker, WorkerConfig, WorkerLink, WorkerStats};
+use gateway::uring::{StatsCell, Worker, WorkerConfig, WorkerStats};
 use router::{PartitionMap, Shard};
 use rustls::ServerConfig;
 use wire::link::{ConnId, FromRouter, ToClient, ToRouter};
@@ -164,7 +165,7 @@ pub(crate) fn to_workers(
 ) {
     let mut batches: Vec<Vec<(ConnId, ToClient)>> = Vec::new();
     for (conn, msg) in replies {
-        let w = uring::worker_of(conn) as usize;
+        let w = conn.worker() as usize;
         if w < workers.len() {
             if batches.len() <= w {
                 batches.resize_with(w + 1, Vec::new);
@@ -176,7 +177,7 @@ pub(crate) fn to_workers(
         if !batch.is_empty() {
             let (tx, fd) = &workers[w];
             let _ = tx.send(batch);
-            uring::wake(fd);
+            gateway::wake::wake(fd);
         }
     }
 }
@@ -576,7 +577,7 @@ pub(crate) fn worker_channels(n: usize) -> Result<(Vec<WorkerInbox>, Vec<WorkerE
     let (mut inboxes, mut ends) = (vec![], vec![]);
     for _ in 0..n {
         let (tx, rx) = mpsc::channel();
-        let fd = Arc::new(uring::eventfd().map_err(|e| format!("eventfd: {e}"))?);
+        let fd = Arc::new(gateway::wake::eventfd().map_err(|e| format!("eventfd: {e}"))?);
         inboxes.push((tx, Arc::clone(&fd)));
         ends.push((rx, fd));
     }
@@ -611,14 +612,15 @@ pub(crate) fn spawn_workers(
     let mut listeners = handover.inherited;
     if listeners.is_empty() {
         listeners.push(
-            uring::reuseport_listener(config.listen, 4096)
+            gateway::wake::reuseport_listener(config.listen, 4096)
                 .map_err(|e| format!("listen on {}: {e}", config.listen))?,
         );
     }
     let addr = listeners[0].local_addr().map_err(|e| e.to_string())?;
     while listeners.len() < ends.len() {
         listeners.push(
-            uring::reuseport_listener(addr, 4096).map_err(|e| format!("listen on {addr}: {e}"))?,
+            gateway::wake::reuseport_listener(addr, 4096)
+                .map_err(|e| format!("listen on {addr}: {e}"))?,
         );
     }
     // Copies to hand to a later process (an upgrade); the sockets stay shared.
@@ -627,13 +629,15 @@ pub(crate) fn spawn_workers(
         .map(|l| l.try_clone().map_err(|e| e.to_string()))
         .collect::<Result<Vec<_>, _>>()?;
     let limits = Arc::new(config.limits());
-    let sources: Arc<dyn uring::SourceLimits> = Arc::new(SourceLimiter::new(&config.router));
+    let sources: Arc<dyn gateway::link::SourceLimits> =
+        Arc::new(SourceLimiter::new(&config.router));
     let mut threads = vec![];
     let mut cells = vec![];
     for (w, (listener, (rx, fd))) in listeners.into_iter().zip(ends).enumerate() {
         let cfg = WorkerConfig {
             gateway: gateway_id,
-            worker: uring::worker_byte(epoch, w),
+            epoch,
+            worker: w as u8,
             conns_max: config.gateway.conns_per_worker,
             accepts_per_sec: config.gateway.accepts_per_sec,
             buffers: config.gateway.buffers,
@@ -720,7 +724,7 @@ impl SourceLimiter {
     }
 }
 
-impl uring::SourceLimits for SourceLimiter {
+impl gateway::link::SourceLimits for SourceLimiter {
     fn pin_request(&self, source: std::net::IpAddr) -> bool {
         self.take(&self.requests, source)
     }
@@ -731,7 +735,7 @@ impl uring::SourceLimits for SourceLimiter {
 }
 
 /// Listeners taken over from an earlier process (or systemd), the process's upgrade
-/// epoch (in every connection id; see `gateway::uring::worker_byte`), and the flag that
+/// epoch (in every connection id; see `wire::link::ConnId`), and the flag that
 /// makes the workers drain (and the rate, per worker) when a later process takes them.
 #[derive(Default)]
 pub(crate) struct Handover {
@@ -826,7 +830,7 @@ pub(crate) fn offer_takeover(
                         );
                         drain.store(true, Ordering::Release);
                         for (_, fd) in &inboxes {
-                            uring::wake(fd);
+                            gateway::wake::wake(fd);
                         }
                         let _ = std::fs::remove_file(&path);
                         return;
@@ -1005,7 +1009,7 @@ pub(crate) fn wait(
 pub(crate) fn stop_workers(stop: &AtomicBool, inboxes: &[WorkerInbox], workers: Workers) {
     stop.store(true, Ordering::Release);
     for (_, fd) in inboxes {
-        uring::wake(fd);
+        gateway::wake::wake(fd);
     }
     for t in workers {
         match t.join() {

@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use gateway::uring::RouterLink;
+use gateway::link::RouterLink;
 use router::PartitionMap;
 use serde::Deserialize;
 use wire::link::ToRouter;

@@ -11,16 +11,24 @@
 //! - `uring` (Linux): the io_uring worker: listener, buffer ring, sends, timers.
 //! - `handover` (Unix): listening sockets passed to a new process or from systemd.
 //! - [`live`]: values replaced at run time that workers follow.
+//! - [`link`]: a worker's side of the way to routers (`RouterLink`, `WorkerLink`,
+//!   `SourceLimits`), whatever drives its sockets.
+//! - `wake` (Unix): eventfd rings, `poll` on a socket and an eventfd, the reuseport
+//!   listener: for threads outside the io_uring driver.
 #![deny(unsafe_code)] // allowed only in `uring` and `handover`
 
 pub mod conn;
 #[cfg(unix)]
 #[allow(unsafe_code)] // SCM_RIGHTS control messages and inherited descriptors; SAFETY notes
 pub mod handover;
+pub mod link;
 pub mod live;
 pub mod tls;
 #[cfg(target_os = "linux")]
 #[allow(unsafe_code)] // buffers handed to the kernel; every block has a SAFETY note
 pub mod uring;
+#[cfg(unix)]
+#[allow(unsafe_code)] // eventfd, read/write of 8 bytes, poll; every block has a SAFETY note
+pub mod wake;
 
 pub use conn::{Conn, Ended, Limits, Phase};

@@ -14,17 +14,16 @@
 //! says why the buffer outlives the operation.
 
 use std::io;
-use std::net::{SocketAddr, TcpListener};
+use std::net::TcpListener;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 
-use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::link::{RouterLink, SourceLimits, WorkerLink};
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 use rustls::ServerConfig;
-use socket2::{Domain, Protocol, Socket, Type};
 use wire::link::{ConnId, ToClient, ToRouter};
 use wire::ErrorCode;
 
@@ -34,9 +33,10 @@ use crate::live::{Follower, Live};
 /// Settings of one worker.
 #[derive(Clone, Debug)]
 pub struct WorkerConfig {
-    /// Gateway id (top 8 bits of every `ConnId`).
+    /// Gateway id, the process's upgrade epoch and this worker's index: what every
+    /// `ConnId` of its connections carries (`wire::link::ConnId`).
     pub gateway: u8,
-    /// Worker byte of its connections' ids (next 8 bits; see [`worker_byte`]).
+    pub epoch: u8,
     pub worker: u8,
     pub ring_entries: u32,
     /// Buffers in the provided-buffer ring (power of two, ≤ 32,768) and their size.
@@ -53,6 +53,7 @@ impl Default for WorkerConfig {
     fn default() -> Self {
         WorkerConfig {
             gateway: 0,
+            epoch: 0,
             worker: 0,
             ring_entries: 4096,
             buffers: 1024,
@@ -124,38 +125,6 @@ impl WorkerStats {
         self.backlog_bytes_sum += o.backlog_bytes_sum;
         self.backlog_bytes_max = self.backlog_bytes_max.max(o.backlog_bytes_max);
     }
-}
-
-/// A `SO_REUSEPORT` listener: every worker binds its own on the same address.
-pub fn reuseport_listener(addr: SocketAddr, backlog: i32) -> io::Result<TcpListener> {
-    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-    s.set_reuse_address(true)?;
-    s.set_reuse_port(true)?;
-    s.bind(&addr.into())?;
-    s.listen(backlog)?;
-    Ok(s.into())
-}
-
-/// ConnId layout: gateway (8 bits) | worker byte (8: upgrade epoch, 2, and worker
-/// index, 6; see [`worker_byte`]) | generation (16) | slot (32).
-pub fn conn_id(gateway: u8, worker: u8, gen: u16, slot: u32) -> ConnId {
-    ConnId(((gateway as u64) << 56) | ((worker as u64) << 48) | ((gen as u64) << 32) | slot as u64)
-}
-
-/// Workers per gateway process at most (the worker index has 6 bits).
-pub const WORKERS_MAX: usize = 64;
-
-/// A worker's byte of its connections' ids: the process's upgrade epoch (0 to 3: a
-/// process taking over from another uses the next, so the connections of the two never
-/// share an id) and the worker's index.
-pub fn worker_byte(epoch: u8, worker: usize) -> u8 {
-    debug_assert!(worker < WORKERS_MAX);
-    ((epoch & 3) << 6) | (worker as u8 & 0x3f)
-}
-
-/// The index of the worker holding a connection.
-pub fn worker_of(id: ConnId) -> u8 {
-    (id.0 >> 48) as u8 & 0x3f
 }
 
 const OP_ACCEPT: u64 = 1;
@@ -277,69 +246,6 @@ impl Drop for BufRing {
         // SAFETY: unmapping what `new` mapped; the ring that used it is gone.
         unsafe { libc::munmap(self.ring.cast(), self.ring_bytes) };
     }
-}
-
-/// Where one worker's requests for routers go. Each worker owns its own (no locks
-/// between workers).
-pub trait RouterLink: Send {
-    /// Offers a request. `Err(req)` hands it back: the link cannot take it now (its
-    /// queue is full). The worker then stops reading that connection and offers the
-    /// request again shortly (backpressure: the client's bytes stay in the kernel and
-    /// TCP slows it down).
-    fn send(&mut self, req: ToRouter) -> Result<(), ToRouter>;
-    /// Called once after each loop turn's requests were offered: a link that gathers
-    /// requests sends them, and wakes its consumer, here (once per turn). `true`: the
-    /// link may have put replies in [`WorkerLink::replies`] already (a router running
-    /// in this thread): the worker reads them in the same turn, without a wake-up.
-    fn flush(&mut self) -> bool {
-        false
-    }
-    /// How often [`RouterLink::tick`] wants to run (a router in this thread keeps its
-    /// timers there). `None`: never.
-    fn tick_every(&self) -> Option<Duration> {
-        None
-    }
-    /// Periodic work; `true` as for [`RouterLink::flush`].
-    fn tick(&mut self) -> bool {
-        false
-    }
-}
-
-/// Limits per client address that hold for the whole process (every worker asks the
-/// same one), however many shards and routers own the numbers asked about. Each call
-/// counts one request if it is within the limit and says whether it was.
-pub trait SourceLimits: Send + Sync {
-    /// One more PIN request (`RegisterRequest`) from `source`.
-    fn pin_request(&self, source: std::net::IpAddr) -> bool;
-    /// One more PIN guess (`Verify`) from `source`.
-    fn pin_guess(&self, source: std::net::IpAddr) -> bool;
-}
-
-/// Where a worker sends requests for routers, and how it is woken for replies.
-pub struct WorkerLink {
-    pub to_router: Box<dyn RouterLink>,
-    /// Router replies for this worker's connections, in batches.
-    pub replies: Receiver<Vec<(ConnId, ToClient)>>,
-    /// Written (8 bytes) by whoever queues a reply, to wake the worker.
-    pub wake: Arc<OwnedFd>,
-}
-
-/// An eventfd for [`WorkerLink::wake`].
-pub fn eventfd() -> io::Result<OwnedFd> {
-    // SAFETY: plain syscall; the descriptor is owned from here on.
-    let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `fd` is a fresh descriptor nobody else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-/// Wakes a worker blocked in its ring.
-pub fn wake(fd: &OwnedFd) {
-    let one = 1u64.to_ne_bytes();
-    // SAFETY: writes 8 bytes from a live buffer to an eventfd.
-    unsafe { libc::write(fd.as_raw_fd(), one.as_ptr().cast(), 8) };
 }
 
 pub struct Worker {
@@ -813,7 +719,7 @@ fn slot_of(req: &ToRouter) -> Option<u32> {
         | ToRouter::Send { conn, .. }
         | ToRouter::Ack { conn, .. }
         | ToRouter::Read { conn, .. }
-        | ToRouter::Closed { conn, .. } => Some(conn.0 as u32),
+        | ToRouter::Closed { conn, .. } => Some(conn.slot()),
         ToRouter::Receipt { .. } => None,
     }
 }
@@ -912,7 +818,7 @@ impl State {
             }
         };
         let gen = self.next_gen();
-        let id = conn_id(cfg.gateway, cfg.worker, gen, slot);
+        let id = ConnId::new(cfg.gateway, cfg.epoch, cfg.worker, gen, slot);
         let Ok(conn) = Conn::new(Arc::clone(tls), Arc::clone(limits), id, peer, now) else {
             self.free.push(slot);
             return;
@@ -1081,39 +987,3 @@ impl State {
 
 // `RawFd` appears in signatures of the platform calls above.
 const _: Option<RawFd> = None;
-
-/// Waits until `fd` is ready for `events` (POLLIN/POLLOUT) or `wake` is readable, at most
-/// `timeout_ms`. Returns (revents of `fd`, whether `wake` fired). For link threads,
-/// which wait on a socket and on an eventfd rung by whoever queues a frame for them.
-pub fn poll_two(fd: RawFd, events: i16, wake: RawFd, timeout_ms: i32) -> io::Result<(i16, bool)> {
-    let mut fds = [
-        libc::pollfd {
-            fd,
-            events,
-            revents: 0,
-        },
-        libc::pollfd {
-            fd: wake,
-            events: libc::POLLIN,
-            revents: 0,
-        },
-    ];
-    // SAFETY: `fds` is a live array of two pollfd for the duration of the call.
-    let rc = unsafe { libc::poll(fds.as_mut_ptr(), 2, timeout_ms) };
-    if rc < 0 {
-        let e = io::Error::last_os_error();
-        return if e.kind() == io::ErrorKind::Interrupted {
-            Ok((0, false))
-        } else {
-            Err(e)
-        };
-    }
-    Ok((fds[0].revents, fds[1].revents & libc::POLLIN != 0))
-}
-
-/// Resets an eventfd rung by [`wake`].
-pub fn drain_eventfd(fd: &OwnedFd) {
-    let mut b = [0u8; 8];
-    // SAFETY: reads 8 bytes into a live buffer from our (non-blocking) eventfd.
-    unsafe { libc::read(fd.as_raw_fd(), b.as_mut_ptr().cast(), 8) };
-}

@@ -9,13 +9,47 @@ use crate::error::ErrorCode;
 use crate::frame::{Frame, ReceiptKind};
 use crate::types::{Key, Phone, Pin};
 
-/// A client connection on some gateway process. Layout: gateway id (8 bits) | the
-/// process's upgrade epoch (2 bits) | worker (6 bits) | generation (16) | slot (32).
-/// The router reads only [`ConnId::origin`]: which gateway process holds it.
+/// A client connection on some gateway process. The one place its layout is written:
+///
+/// ```text
+/// bit 63       56 55  54 53    48 47          32 31                0
+///     | gateway  | epoch | worker | generation   | slot              |
+///       8 bits     2       6        16             32
+/// ```
+///
+/// The gateway id and the process's upgrade epoch together are the connection's
+/// *origin* (the top 10 bits): the gateway process holding it, all a router reads. The
+/// worker holds it in `slot`; `generation` tells a reused slot's connections apart.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ConnId(pub u64);
 
 impl ConnId {
+    /// Workers per gateway process at most (the worker index has 6 bits).
+    pub const WORKERS_MAX: usize = 64;
+    /// Upgrade epochs (2 bits): a process taking over from another uses the next one.
+    pub const EPOCHS: u8 = 4;
+
+    /// Panics when `epoch` or `worker` does not fit its bits (a bug of the caller:
+    /// configurations are checked against [`ConnId::WORKERS_MAX`] at start).
+    pub fn new(gateway: u8, epoch: u8, worker: u8, generation: u16, slot: u32) -> ConnId {
+        assert!(epoch < Self::EPOCHS, "upgrade epoch {epoch} over 2 bits");
+        assert!(
+            (worker as usize) < Self::WORKERS_MAX,
+            "worker {worker} over 6 bits"
+        );
+        ConnId(
+            (Self::origin_of(gateway, epoch) as u64) << 54
+                | (worker as u64) << 48
+                | (generation as u64) << 32
+                | slot as u64,
+        )
+    }
+
+    /// The origin of the connections of gateway `gateway`'s process of upgrade `epoch`.
+    pub fn origin_of(gateway: u8, epoch: u8) -> u16 {
+        (gateway as u16) << 2 | (epoch & 3) as u16
+    }
+
     /// The gateway process the connection lives on: gateway id and upgrade epoch (the
     /// top 10 bits). While a new gateway process takes over from the old one both run
     /// with the same gateway id and different epochs, each with its own router links.
@@ -26,6 +60,61 @@ impl ConnId {
     /// The gateway id of an [`ConnId::origin`].
     pub fn gateway_of_origin(origin: u16) -> u8 {
         (origin >> 2) as u8
+    }
+
+    /// The upgrade epoch of an [`ConnId::origin`].
+    pub fn epoch_of_origin(origin: u16) -> u8 {
+        (origin & 3) as u8
+    }
+
+    pub fn gateway(self) -> u8 {
+        (self.0 >> 56) as u8
+    }
+
+    pub fn epoch(self) -> u8 {
+        Self::epoch_of_origin(self.origin())
+    }
+
+    /// The index of the worker holding the connection.
+    pub fn worker(self) -> u8 {
+        (self.0 >> 48) as u8 & 0x3f
+    }
+
+    pub fn generation(self) -> u16 {
+        (self.0 >> 32) as u16
+    }
+
+    pub fn slot(self) -> u32 {
+        self.0 as u32
+    }
+}
+
+#[cfg(test)]
+mod conn_id_tests {
+    use super::ConnId;
+
+    #[test]
+    fn every_field_reads_back_and_the_origin_is_gateway_and_epoch() {
+        for (g, e, w, gen, slot) in [
+            (0, 0, 0, 0, 0),
+            (255, 3, 63, u16::MAX, u32::MAX),
+            (7, 2, 5, 9, 11),
+        ] {
+            let c = ConnId::new(g, e, w, gen, slot);
+            assert_eq!(
+                (c.gateway(), c.epoch(), c.worker(), c.generation(), c.slot()),
+                (g, e, w, gen, slot)
+            );
+            assert_eq!(c.origin(), ConnId::origin_of(g, e));
+            assert_eq!(ConnId::gateway_of_origin(c.origin()), g);
+            assert_eq!(ConnId::epoch_of_origin(c.origin()), e);
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "over 6 bits")]
+    fn a_worker_over_its_bits_is_refused() {
+        ConnId::new(1, 0, 64, 0, 0);
     }
 }
 
