@@ -676,17 +676,18 @@ impl Shard {
                     },
                 );
             }
-            Err(_) => {
+            Err(e) => {
+                // By kind: a transient failure is worth a retry soon; one that stays (a
+                // failed flush: the log no longer acknowledges) is `Internal`, so clients
+                // back off instead of retrying at once for ever.
                 self.stats.storage_errors += 1;
-                Self::reply(
-                    out,
-                    conn,
-                    ToClient::Refused {
-                        to,
-                        msg_id,
-                        code: ErrorCode::TryAgain,
-                    },
-                );
+                tracing::debug!("shard {}: a message not stored: {e}", self.id);
+                let code = if e.is_retryable() {
+                    ErrorCode::TryAgain
+                } else {
+                    ErrorCode::Internal
+                };
+                Self::reply(out, conn, ToClient::Refused { to, msg_id, code });
             }
         }
     }
