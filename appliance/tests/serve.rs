@@ -24,6 +24,14 @@ struct Server {
     data: PathBuf,
 }
 
+/// A test that fails half-way must not leave its server running.
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 impl Server {
     fn start(data: &Path) -> Server {
         Server::start_with(data, &[])

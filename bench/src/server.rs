@@ -62,6 +62,7 @@ impl Drop for Server {
 const CONFIG: &str = "\
 [router]
 pin_requests_per_source_hour = 100000000
+pin_guesses_per_source_hour = 100000000
 pin_requests_per_phone_hour = 1000
 pending_registrations_max = 1000000
 [limits]
