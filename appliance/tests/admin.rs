@@ -753,8 +753,8 @@ fn slow_shard(inline: bool) {
     );
     let sms = data.join("sms.log");
     let (a, b) = (phone(15550000081), phone(15550000082));
-    let (mut ca, _) = common::register(&s.addr, &s.fingerprint, &sms, a);
-    let (mut cb, _) = common::register(&s.addr, &s.fingerprint, &sms, b);
+    let (ca, _) = common::register(&s.addr, &s.fingerprint, &sms, a);
+    let (cb, _) = common::register(&s.addr, &s.fingerprint, &sms, b);
     let pid = s.child.id();
     let thread = if inline { "gateway-0" } else { "shard-0" };
     let Some(slow) = common::Throttled::thread(pid, thread, 5) else {
@@ -766,36 +766,8 @@ fn slow_shard(inline: bool) {
     const N: u64 = 20_000;
     let body = vec![7u8; 8 * 1024];
     let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let s2 = sent.clone();
-    let sender = std::thread::spawn(move || {
-        let mut acked = 0;
-        for i in 0..N {
-            ca.send(b, i, &body).unwrap();
-            s2.store(i + 1, std::sync::atomic::Ordering::Relaxed);
-            while let Some(m) = ca.next(Duration::ZERO).unwrap() {
-                match m {
-                    Incoming::ServerAck { .. } => acked += 1,
-                    Incoming::Receipt { .. } => {} // B's ticks: not this test's subject
-                    other => panic!("{other:?}"),
-                }
-            }
-        }
-        while acked < N {
-            ca.wait_for(Duration::from_secs(60), |m| {
-                matches!(m, Incoming::ServerAck { .. })
-            })
-            .unwrap();
-            acked += 1;
-        }
-    });
-    let receiver = std::thread::spawn(move || {
-        let mut got = std::collections::BTreeSet::new();
-        while (got.len() as u64) < N {
-            let (seq, _, id, _) = deliver_within(&mut cb, Duration::from_secs(60));
-            got.insert(id);
-            cb.ack(seq).unwrap();
-        }
-    });
+    let sender = common::send_pipelined(ca, b, N, body, sent.clone());
+    let receiver = common::receive_all(cb, N);
     std::thread::sleep(Duration::from_millis(500));
     let rss_before = common::rss_anon_kb(pid);
     let mut inbox_max = 0;
@@ -825,20 +797,4 @@ fn slow_shard(inline: bool) {
     drop(slow);
     sender.join().unwrap();
     receiver.join().unwrap();
-}
-
-fn deliver_within(c: &mut client::Client, t: Duration) -> (u64, Phone, u64, Vec<u8>) {
-    match c
-        .wait_for(t, |m| matches!(m, Incoming::Deliver { .. }))
-        .unwrap()
-    {
-        Incoming::Deliver {
-            seq,
-            from,
-            msg_id,
-            body,
-            ..
-        } => (seq, from, msg_id, body),
-        _ => unreachable!(),
-    }
 }

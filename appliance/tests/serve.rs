@@ -37,6 +37,13 @@ impl Server {
         Server::start_with(data, &[])
     }
 
+    /// Starts with `toml` as its configuration (written to `dir`), data in `dir/data`.
+    fn with_config(dir: &Path, toml: &str) -> Server {
+        let config = dir.join("test.toml");
+        std::fs::write(&config, toml).unwrap();
+        Server::start_with(&dir.join("data"), &["--config", config.to_str().unwrap()])
+    }
+
     fn start_with(data: &Path, extra: &[&str]) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
             .args(["serve", "--listen", "127.0.0.1:0", "--data"])
@@ -410,12 +417,7 @@ fn a_bad_config_is_refused_with_the_field_named() {
 #[test]
 fn a_truncated_frame_then_silence_is_closed_with_a_timeout_reason() {
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("short.toml");
-    std::fs::write(&config, "[limits]\nlogin_timeout_ms = 1000\n").unwrap();
-    let s = Server::start_with(
-        &dir.path().join("data"),
-        &["--config", config.to_str().unwrap()],
-    );
+    let s = Server::with_config(dir.path(), "[limits]\nlogin_timeout_ms = 1000\n");
     let mut c = s.client();
     c.send_raw_for_tests(&[16, 0, 0]).unwrap();
     assert!(
@@ -435,12 +437,7 @@ fn a_truncated_frame_then_silence_is_closed_with_a_timeout_reason() {
 #[test]
 fn a_connection_storm_is_refused_past_the_accept_rate_and_established_users_carry_on() {
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("storm.toml");
-    std::fs::write(&config, "workers = 1\n[gateway]\naccepts_per_sec = 5\n").unwrap();
-    let s = Server::start_with(
-        &dir.path().join("data"),
-        &["--config", config.to_str().unwrap()],
-    );
+    let s = Server::with_config(dir.path(), "workers = 1\n[gateway]\naccepts_per_sec = 5\n");
     let (a, b) = (phone(15550000051), phone(15550000052));
     let (mut ca, _) = s.register(a);
     std::thread::sleep(Duration::from_millis(1100)); // a fresh one-second window
@@ -550,12 +547,7 @@ fn read_receipts_come_only_from_who_received_the_message() {
 #[test]
 fn talking_without_logging_in_does_not_keep_a_connection() {
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("short.toml");
-    std::fs::write(&config, "[limits]\nlogin_timeout_ms = 1000\n").unwrap();
-    let s = Server::start_with(
-        &dir.path().join("data"),
-        &["--config", config.to_str().unwrap()],
-    );
+    let s = Server::with_config(dir.path(), "[limits]\nlogin_timeout_ms = 1000\n");
     let mut c = s.client();
     let started = Instant::now();
     let ended = loop {
@@ -605,16 +597,10 @@ fn code_of<T: std::fmt::Debug>(r: Result<T, ClientError>) -> Option<ErrorCode> {
 #[test]
 fn limits_per_source_and_per_connection_hold_across_shards() {
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("limits.toml");
-    std::fs::write(
-        &config,
+    let s = Server::with_config(
+        dir.path(),
         "workers = 2\nshards = 2\n[router]\npin_requests_per_source_hour = 5\n\
          pin_guesses_per_source_hour = 7\n[limits]\npin_guesses_per_connection = 3\n",
-    )
-    .unwrap();
-    let s = Server::start_with(
-        &dir.path().join("data"),
-        &["--config", config.to_str().unwrap()],
     );
     // Twelve numbers (spread over both shards), each on its own connection (spread over
     // both workers): five PINs, then RateLimited.

@@ -739,8 +739,8 @@ fn a_slow_router_shard_pushes_back_over_the_link() {
         gw.fingerprint(),
     );
     let (a, b) = (phone_on(0, 7), phone_on(1, 7));
-    let (mut ca, _) = register(&addr, &fp, &d0.join("sms.log"), a);
-    let (mut cb, _) = register(&addr, &fp, &d0.join("sms.log"), b);
+    let (ca, _) = register(&addr, &fp, &d0.join("sms.log"), a);
+    let (cb, _) = register(&addr, &fp, &d0.join("sms.log"), b);
     let Some(slow) = Throttled::thread(r0.child.id(), "shard-0", 5) else {
         eprintln!(
             "skipped: cannot put a thread in a cpu cgroup here (needs root and cgroup v1 cpu)"
@@ -750,45 +750,8 @@ fn a_slow_router_shard_pushes_back_over_the_link() {
     const N: u64 = 20_000;
     let body = vec![7u8; 8 * 1024];
     let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let s2 = sent.clone();
-    let sender = std::thread::spawn(move || {
-        let mut acked = 0;
-        for i in 0..N {
-            ca.send(b, i, &body).unwrap();
-            s2.store(i + 1, std::sync::atomic::Ordering::Relaxed);
-            while let Some(m) = ca.next(Duration::ZERO).unwrap() {
-                match m {
-                    Incoming::ServerAck { .. } => acked += 1,
-                    Incoming::Receipt { .. } => {}
-                    other => panic!("{other:?}"),
-                }
-            }
-        }
-        while acked < N {
-            ca.wait_for(Duration::from_secs(60), |m| {
-                matches!(m, Incoming::ServerAck { .. })
-            })
-            .unwrap();
-            acked += 1;
-        }
-    });
-    let receiver = std::thread::spawn(move || {
-        let mut got = std::collections::BTreeSet::new();
-        while (got.len() as u64) < N {
-            match cb
-                .wait_for(Duration::from_secs(60), |m| {
-                    matches!(m, Incoming::Deliver { .. })
-                })
-                .unwrap()
-            {
-                Incoming::Deliver { seq, msg_id, .. } => {
-                    got.insert(msg_id);
-                    cb.ack(seq).unwrap();
-                }
-                _ => unreachable!(),
-            }
-        }
-    });
+    let sender = send_pipelined(ca, b, N, body, sent.clone());
+    let receiver = receive_all(cb, N);
     std::thread::sleep(Duration::from_millis(500));
     let (r_before, g_before) = (rss_anon_kb(r0.child.id()), rss_anon_kb(gw.child.id()));
     std::thread::sleep(Duration::from_secs(3));

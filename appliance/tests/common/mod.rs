@@ -194,8 +194,13 @@ pub fn register(addr: &str, fp: &str, sms_log: &Path, p: Phone) -> (Client, Key)
 
 /// Waits for the next delivery: (seq, from, msg_id, body).
 pub fn deliver(c: &mut Client) -> (u64, Phone, u64, Vec<u8>) {
+    deliver_within(c, T)
+}
+
+/// [`deliver`], waiting up to `t`.
+pub fn deliver_within(c: &mut Client, t: Duration) -> (u64, Phone, u64, Vec<u8>) {
     match c
-        .wait_for(T, |m| matches!(m, Incoming::Deliver { .. }))
+        .wait_for(t, |m| matches!(m, Incoming::Deliver { .. }))
         .unwrap()
     {
         Incoming::Deliver {
@@ -446,4 +451,48 @@ pub fn rss_anon_kb(pid: u32) -> u64 {
         .find_map(|l| l.strip_prefix("RssAnon:"))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .unwrap_or(0)
+}
+
+/// Sends `n` messages of `body` from `c` to `to` as fast as the connection takes them
+/// (counting them in `sent`), then waits for every `ServerAck` (receipts are ignored).
+pub fn send_pipelined(
+    mut c: Client,
+    to: Phone,
+    n: u64,
+    body: Vec<u8>,
+    sent: std::sync::Arc<std::sync::atomic::AtomicU64>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut acked = 0;
+        for i in 0..n {
+            c.send(to, i, &body).unwrap();
+            sent.store(i + 1, std::sync::atomic::Ordering::Relaxed);
+            while let Some(m) = c.next(Duration::ZERO).unwrap() {
+                match m {
+                    Incoming::ServerAck { .. } => acked += 1,
+                    Incoming::Receipt { .. } => {} // the recipient's ticks
+                    other => panic!("{other:?}"),
+                }
+            }
+        }
+        while acked < n {
+            c.wait_for(Duration::from_secs(60), |m| {
+                matches!(m, Incoming::ServerAck { .. })
+            })
+            .unwrap();
+            acked += 1;
+        }
+    })
+}
+
+/// Receives and acknowledges deliveries on `c` until `n` distinct message ids came.
+pub fn receive_all(mut c: Client, n: u64) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut got = std::collections::BTreeSet::new();
+        while (got.len() as u64) < n {
+            let (seq, _, id, _) = deliver_within(&mut c, Duration::from_secs(60));
+            got.insert(id);
+            c.ack(seq).unwrap();
+        }
+    })
 }
