@@ -5,7 +5,9 @@
 //!
 //! A [`Shard`] is sans-I/O: it is driven by [`wire::link::ToRouter`] requests, a `now`
 //! passed in, and [`Shard::tick`]; it answers with [`wire::link::FromRouter`] values. The
-//! appliance moves those over channels (all-in-one) or the private-NIC link.
+//! appliance moves those over channels (all-in-one) or the private-NIC link. It works
+//! over a [`Store`] (`storage::Log` in service, [`MemStore`] in tests, whose durability
+//! the test advances by hand) and draws PINs and keys from a random source passed in.
 //!
 //! Delivery semantics (DESIGN.md): a message is appended to the recipient's queue before
 //! `ServerAck` (and, with group/always durability, only once the log is durable past
@@ -19,6 +21,8 @@
 //! - [`partition`]: phone → partition, partition → shard.
 //! - [`registration`]: PINs, their limits, keys (CSPRNG, hashed).
 //! - [`shard`]: `Shard`, the state machine.
+//! - [`store`]: what a shard needs of its storage (`Store`), for `storage::Log` and
+//!   in memory (`MemStore`).
 //! - `stored`: how the router marks messages and receipts in the log.
 #![forbid(unsafe_code)]
 
@@ -26,8 +30,10 @@ pub mod config;
 pub mod partition;
 pub mod registration;
 pub mod shard;
+pub mod store;
 mod stored;
 
 pub use config::RouterConfig;
 pub use partition::{partition_of, PartitionMap};
-pub use shard::{FlushKnob, ReportCell, Shard, ShardReport, ShardStats};
+pub use shard::{os_random, FlushKnob, Random, ReportCell, Shard, ShardReport, ShardStats};
+pub use store::{MemStore, Store};

@@ -115,7 +115,12 @@ impl Registrations {
     /// A new PIN for `phone` (replacing any earlier one), within the number's limit.
     /// (The limit per source address is the gateway's: it sees every request of a
     /// source, whichever shard or router owns the number.)
-    pub fn request(&mut self, phone: Phone, now_ms: u64) -> Requested {
+    pub fn request(
+        &mut self,
+        phone: Phone,
+        now_ms: u64,
+        random: &mut dyn FnMut(&mut [u8]) -> bool,
+    ) -> Requested {
         if !self.pins.contains_key(&phone) && self.pins.len() >= self.max {
             self.sweep(now_ms);
             if self.pins.len() >= self.max {
@@ -125,7 +130,7 @@ impl Registrations {
         if !self.per_phone.take(phone, now_ms) {
             return Requested::RateLimited;
         }
-        let Some(pin) = random_pin() else {
+        let Some(pin) = random_pin(random) else {
             return Requested::NoRandomness;
         };
         self.pins.insert(
@@ -176,12 +181,14 @@ impl Registrations {
     }
 }
 
-/// Five uniform decimal digits from the OS CSPRNG (rejection sampling: no modulo bias).
-fn random_pin() -> Option<Pin> {
+/// Five uniform decimal digits from `random` (rejection sampling: no modulo bias).
+fn random_pin(random: &mut dyn FnMut(&mut [u8]) -> bool) -> Option<Pin> {
     const ZONE: u32 = u32::MAX - u32::MAX % 100_000;
     loop {
         let mut b = [0u8; 4];
-        getrandom::fill(&mut b).ok()?;
+        if !random(&mut b) {
+            return None;
+        }
         let v = u32::from_le_bytes(b);
         if v < ZONE {
             return Pin::new(v % 100_000);
@@ -189,11 +196,10 @@ fn random_pin() -> Option<Pin> {
     }
 }
 
-/// A fresh device key: 256 bits from the OS CSPRNG.
-pub fn new_key() -> Option<Key> {
+/// A fresh device key: 256 bits from `random` (the OS CSPRNG in service).
+pub fn new_key(random: &mut dyn FnMut(&mut [u8]) -> bool) -> Option<Key> {
     let mut k = [0u8; 32];
-    getrandom::fill(&mut k).ok()?;
-    Some(Key(k))
+    random(&mut k).then_some(Key(k))
 }
 
 pub fn key_hash(key: &Key) -> [u8; 32] {
@@ -217,6 +223,10 @@ mod tests {
         Phone::new(n).unwrap()
     }
 
+    fn os(b: &mut [u8]) -> bool {
+        getrandom::fill(b).is_ok()
+    }
+
     fn sent(r: Requested) -> Pin {
         match r {
             Requested::Sent { pin, .. } => pin,
@@ -227,7 +237,7 @@ mod tests {
     #[test]
     fn right_pin_once_then_invalid() {
         let mut r = regs(RouterConfig::default());
-        let pin = sent(r.request(phone(15550000001), 0));
+        let pin = sent(r.request(phone(15550000001), 0, &mut os));
         assert_eq!(r.verify(phone(15550000001), pin, 1), Verified::Ok);
         assert_eq!(r.verify(phone(15550000001), pin, 2), Verified::Invalid);
     }
@@ -235,7 +245,7 @@ mod tests {
     #[test]
     fn five_wrong_void_the_pin() {
         let mut r = regs(RouterConfig::default());
-        let pin = sent(r.request(phone(15550000001), 0));
+        let pin = sent(r.request(phone(15550000001), 0, &mut os));
         let wrong = Pin::new((pin.get() + 1) % 100_000).unwrap();
         for left in (1..5).rev() {
             assert_eq!(
@@ -254,7 +264,7 @@ mod tests {
     #[test]
     fn pins_expire() {
         let mut r = regs(RouterConfig::default());
-        let pin = sent(r.request(phone(15550000001), 0));
+        let pin = sent(r.request(phone(15550000001), 0, &mut os));
         assert_eq!(
             r.verify(phone(15550000001), pin, 600_000),
             Verified::Invalid
@@ -265,28 +275,28 @@ mod tests {
     fn requests_are_limited_per_number_for_an_hour() {
         let mut r = regs(RouterConfig::default());
         for t in 0..3 {
-            sent(r.request(phone(15550000001), t));
+            sent(r.request(phone(15550000001), t, &mut os));
         }
         // Per number: the 4th within the hour is refused; other numbers are not.
         assert!(matches!(
-            r.request(phone(15550000001), 10),
+            r.request(phone(15550000001), 10, &mut os),
             Requested::RateLimited
         ));
-        sent(r.request(phone(15550000002), 11));
+        sent(r.request(phone(15550000002), 11, &mut os));
         // An hour later the number may ask again.
-        sent(r.request(phone(15550000001), HOUR_MS + 1));
+        sent(r.request(phone(15550000001), HOUR_MS + 1, &mut os));
     }
 
     #[test]
     fn pins_are_uniformish_and_keys_hash() {
         let pins: std::collections::HashSet<u32> = (0..200)
-            .filter_map(|_| random_pin())
+            .filter_map(|_| random_pin(&mut os))
             .map(|p| p.get())
             .collect();
         assert!(pins.len() > 190, "{} distinct of 200", pins.len());
-        let k = new_key().unwrap();
+        let k = new_key(&mut os).unwrap();
         assert!(key_matches(&key_hash(&k), &k));
-        assert!(!key_matches(&key_hash(&k), &new_key().unwrap()));
+        assert!(!key_matches(&key_hash(&k), &new_key(&mut os).unwrap()));
         assert!(!key_matches(&[0u8; 31], &k));
     }
 }

@@ -14,6 +14,7 @@ use wire::{ErrorCode, Key, Phone, Pin};
 use crate::config::RouterConfig;
 use crate::partition::PartitionMap;
 use crate::registration::{key_hash, key_matches, new_key, Registrations, Requested, Verified};
+use crate::store::Store;
 use crate::stored::{self, Stored};
 
 /// A logged-in user's connection and its delivery stream.
@@ -166,11 +167,21 @@ impl Dedup {
     }
 }
 
-pub struct Shard {
+/// A source of random bytes (`false`: it failed). The OS CSPRNG by default; tests may
+/// pass their own.
+pub type Random = Box<dyn FnMut(&mut [u8]) -> bool + Send>;
+
+/// The OS CSPRNG.
+pub fn os_random() -> Random {
+    Box::new(|b| getrandom::fill(b).is_ok())
+}
+
+pub struct Shard<S: Store = Log> {
     id: u16,
     map: PartitionMap,
     config: RouterConfig,
-    log: Log,
+    log: S,
+    random: Random,
     sessions: AHashMap<Phone, Session>,
     regs: Registrations,
     /// Answers that wait for the log to be durable up to their position.
@@ -190,6 +201,9 @@ pub struct Shard {
 /// Returns a new group-commit interval (µs) when it changed.
 pub type FlushKnob = Box<dyn FnMut() -> Option<u64> + Send>;
 
+// Every phone is a user id of the log (and `uid` cannot fail): the two ranges agree.
+const _: () = assert!(Phone::MAX <= UserId::MAX && Phone::MIN >= 1);
+
 fn uid(p: Phone) -> UserId {
     UserId::new(p.get()).expect("every phone is a user id")
 }
@@ -202,7 +216,7 @@ fn account_key(p: Phone) -> [u8; 8] {
     p.get().to_le_bytes()
 }
 
-impl Shard {
+impl Shard<Log> {
     /// Opens shard `id`'s log in `dir` (recovering it) and rebuilds what the router keeps
     /// in memory from it.
     pub fn open(
@@ -214,21 +228,39 @@ impl Shard {
         now_ms: u64,
     ) -> Result<(Shard, RecoveryReport), StorageError> {
         let (log, report) = Log::open(dir, log_config, now_ms)?;
+        Ok((
+            Shard::with_store(id, map, config, log, os_random(), now_ms),
+            report,
+        ))
+    }
+}
+
+impl<S: Store> Shard<S> {
+    /// A shard over `store` (what it holds already is taken up: pending messages are
+    /// remembered for duplicates), drawing PINs and keys from `random`.
+    pub fn with_store(
+        id: u16,
+        map: PartitionMap,
+        config: RouterConfig,
+        log: S,
+        random: Random,
+        now_ms: u64,
+    ) -> Shard<S> {
         let mut dedup = Dedup::new(config.recent_delivered);
-        let users: Vec<UserId> = log.users_with_pending().collect();
-        for u in users {
-            for m in log.pending(u, now_ms) {
+        for u in log.users_with_pending() {
+            for m in log.pending(u, None, now_ms) {
                 if let Some(Stored::Message(_)) = stored::parse(m.body) {
                     dedup.stored(dedup.key(u.get(), m.sender.get(), m.msg_id));
                 }
             }
         }
-        let shard = Shard {
+        Shard {
             id,
             map,
             regs: Registrations::new(&config),
             config,
             log,
+            random,
             sessions: AHashMap::new(),
             waiting: VecDeque::new(),
             local: VecDeque::new(),
@@ -238,8 +270,7 @@ impl Shard {
             report: None,
             flush_knob: None,
             disk_full: false,
-        };
-        Ok((shard, report))
+        }
     }
 
     pub fn id(&self) -> u16 {
@@ -278,8 +309,13 @@ impl Shard {
         }
     }
 
-    pub fn log(&self) -> &Log {
+    pub fn log(&self) -> &S {
         &self.log
+    }
+
+    /// The store, to change it from outside (a test making its writes durable).
+    pub fn store_mut(&mut self) -> &mut S {
+        &mut self.log
     }
 
     /// Whether `phone` belongs to this shard.
@@ -325,7 +361,7 @@ impl Shard {
                      acknowledgements): new messages are refused with DiskFull until space \
                      is freed",
                     self.id,
-                    self.log.dir().display(),
+                    self.log.describe(),
                     disk.free,
                     disk.reserve
                 );
@@ -439,7 +475,7 @@ impl Shard {
     }
 
     fn register(&mut self, conn: ConnId, phone: Phone, now: u64, out: &mut Vec<FromRouter>) {
-        match self.regs.request(phone, now) {
+        match self.regs.request(phone, now, &mut self.random) {
             Requested::Sent { pin, expires_in_s } => {
                 out.push(FromRouter::Sms { phone, pin });
                 Self::reply(
@@ -504,7 +540,7 @@ impl Shard {
                 );
             }
         }
-        let Some(key) = new_key() else {
+        let Some(key) = new_key(&mut self.random) else {
             return Self::error(out, conn, ErrorCode::Internal, "no randomness for a key");
         };
         let lsn = match self.log.put_account(&account_key(phone), &key_hash(&key)) {
@@ -711,7 +747,7 @@ impl Shard {
         if !self.dedup.pending.contains_key(&h) {
             return None;
         }
-        self.log.pending(uid(to), now).find_map(|m| {
+        self.log.pending(uid(to), None, now).find_map(|m| {
             if m.sender.get() != from.get() || m.msg_id != msg_id {
                 return None;
             }
@@ -793,7 +829,7 @@ impl Shard {
             return false;
         };
         self.dedup.pending.contains_key(&h)
-            && self.log.pending(uid(user), now).any(|m| {
+            && self.log.pending(uid(user), None, now).any(|m| {
                 m.seq <= sent_upto
                     && m.sender.get() == from.get()
                     && m.msg_id == msg_id
@@ -845,7 +881,7 @@ impl Shard {
         if s.inflight >= window || s.inflight_bytes >= window_bytes {
             return;
         }
-        for m in self.log.pending_after(uid(user), s.sent_upto, now) {
+        for m in self.log.pending(uid(user), Some(s.sent_upto), now) {
             let bytes = delivery_bytes(m.body);
             if s.inflight > 0 && s.inflight_bytes + bytes > window_bytes {
                 break;
