@@ -203,12 +203,22 @@ fn stat(a: &AdminArgs, interval: u64, count: u64, columns: &[String]) -> ExitCod
         Err(code) => return code,
     };
     let interval = std::time::Duration::from_secs(interval.max(1));
-    let mut prev = match stat_sample(a, &token) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("switchboard stat: {e}");
-            return ExitCode::from(2);
+    // The reporter's figures (/activity) appear after its first sample, a second or so
+    // after the process starts: a column not there yet is waited for, up to 3 s.
+    let patience = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    let mut prev = loop {
+        let sample = match stat_sample(a, &token) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("switchboard stat: {e}");
+                return ExitCode::from(2);
+            }
+        };
+        let missing = columns.iter().any(|c| !sample.contains_key(c));
+        if !missing || std::time::Instant::now() >= patience {
+            break sample;
         }
+        std::thread::sleep(std::time::Duration::from_millis(100));
     };
     if let Some(c) = columns.iter().find(|c| !prev.contains_key(*c)) {
         eprintln!("switchboard stat: no figure named {c:?} (see /metrics and /activity)");

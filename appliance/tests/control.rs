@@ -98,6 +98,26 @@ fn identity(dir: &Path) -> String {
         .to_string()
 }
 
+/// Tries `ok` every 50 ms until it holds (at most `T`).
+fn retry_until(mut ok: impl FnMut() -> bool, what: &str) {
+    let deadline = Instant::now() + T;
+    while !ok() {
+        assert!(Instant::now() < deadline, "{what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Runs `close`, which ends one connection, and waits until the server has counted it
+/// closed (its log line, if any, is written by then).
+fn closed_one(s: &Server, close: impl FnOnce()) {
+    let before = s.metric("switchboard_gateway_closed_total");
+    close();
+    retry_until(
+        || s.metric("switchboard_gateway_closed_total") > before,
+        "the connection was not closed",
+    );
+}
+
 fn connect(s: &Server, fp: &str) -> Result<Client, client::ClientError> {
     Client::connect(&s.addr, &Trust::Fingerprint(fp.to_string()), "localhost", T)
 }
@@ -147,21 +167,20 @@ fn knobs_change_a_running_appliance_without_reconnects() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(stdout(&o).trim(), "accepts_per_sec: 1000 -> 1");
     s.saw("knob accepts_per_sec: 1000 -> 1");
-    // The worker picks a change up within a sweep (250 ms).
-    std::thread::sleep(Duration::from_millis(400));
+    // The worker picks a change up within a sweep (250 ms): bursts until it refuses.
     let before = s.metric("switchboard_gateway_refused_rate_total");
-    let burst: Vec<TcpStream> = (0..6)
-        .map(|_| TcpStream::connect(&s.addr).unwrap())
-        .collect();
     let deadline = Instant::now() + T;
     while s.metric("switchboard_gateway_refused_rate_total") < before + 4 {
         assert!(
             Instant::now() < deadline,
             "the new accept rate was not applied"
         );
+        let burst: Vec<TcpStream> = (0..6)
+            .map(|_| TcpStream::connect(&s.addr).unwrap())
+            .collect();
         std::thread::sleep(Duration::from_millis(50));
+        drop(burst);
     }
-    drop(burst);
     // ...while the connections already up carry on, never reconnected.
     ca.send(b, 1, b"still here").unwrap();
     let (seq, from, id, body) = deliver(&mut cb);
@@ -175,8 +194,10 @@ fn knobs_change_a_running_appliance_without_reconnects() {
         .cli(&["knob", "set", "accepts_per_sec", "1000"])
         .status
         .success());
-    std::thread::sleep(Duration::from_millis(1200));
-    assert!(connect(&s, &fp).is_ok());
+    retry_until(
+        || connect(&s, &fp).is_ok(),
+        "connections are not accepted again",
+    );
 
     // The storage knob reaches the shard.
     let o = s.cli(&["knob", "set", "flush_interval_us", "5000"]);
@@ -249,9 +270,11 @@ fn a_certificate_rotates_on_sighup_while_clients_stay_connected() {
     install(&two);
     s.hup();
     s.saw("switchboard: reloaded: certificate reloaded");
-    std::thread::sleep(Duration::from_millis(400)); // a sweep: the worker takes it
-                                                    // New handshakes present the new certificate...
-    assert!(connect(&s, &fp2).is_ok());
+    // New handshakes present the new certificate (the worker takes it at a sweep)...
+    retry_until(
+        || connect(&s, &fp2).is_ok(),
+        "the new certificate is not presented",
+    );
     assert!(connect(&s, &fp1).is_err());
     // ...and the connections made with the old one carry on.
     ca.send(b, 1, b"across the rotation").unwrap();
@@ -317,8 +340,7 @@ fn the_log_level_and_the_alert_rules_change_while_running() {
 
     // At info, a login and a closed connection print nothing.
     let (_ca, _) = common::register(&s.addr, &fp, &sms, phone(15550000021));
-    drop(TcpStream::connect(&s.addr).unwrap());
-    std::thread::sleep(Duration::from_millis(500));
+    closed_one(&s, || drop(TcpStream::connect(&s.addr).unwrap()));
     assert_eq!(count(&s, "switchboard: debug: "), 0);
 
     // At debug, both do.
@@ -338,8 +360,7 @@ fn the_log_level_and_the_alert_rules_change_while_running() {
         .success());
     let seen = count(&s, "switchboard: debug: ");
     let (_cc, _) = common::register(&s.addr, &fp, &sms, phone(15550000023));
-    drop(TcpStream::connect(&s.addr).unwrap());
-    std::thread::sleep(Duration::from_millis(500));
+    closed_one(&s, || drop(TcpStream::connect(&s.addr).unwrap()));
     assert_eq!(count(&s, "switchboard: debug: "), seen);
 
     // A rule added by a reload fires (three clients are connected)...
