@@ -44,7 +44,11 @@ cp "$out/cmdline" "$root/etc/kernel/cmdline" 2>/dev/null || { mkdir -p "$root/et
 cp "$(ls "$root"/boot/vmlinuz-* | head -1)" "$out/vmlinuz"
 cp "$(ls "$root"/boot/initrd.img-* | head -1)" "$out/initrd.img"
 echo "image: ext4 image and qcow2" >&2
-size_mb=$(( $(du -sm "$root" | cut -f1) + 512 ))
+# Room for the logs: each shard allocates its segments whole (64 MiB each: the active one
+# and the next, prepared ahead), and new messages are refused while less than two
+# segments are free (kept for acknowledgements). 2 GiB holds a few shards and their
+# queues; grow the filesystem (resize2fs) for more.
+size_mb=$(( $(du -sm "$root" | cut -f1) + 2048 ))
 rm -f "$out/switchboard.raw" "$out/switchboard.qcow2"
 mkfs.ext4 -q -F -L switchboard -d "$root" "$out/switchboard.raw" "${size_mb}M"
 qemu-img convert -O qcow2 "$out/switchboard.raw" "$out/switchboard.qcow2"
