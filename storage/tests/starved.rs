@@ -106,7 +106,9 @@ fn run_until(log: &mut Log, done: impl Fn(&LogStats) -> bool) -> (LogStats, u64)
         if done(&s) || Instant::now() > deadline {
             return (s, n);
         }
-        for _ in 0..20 {
+        // A third of a segment a turn: the preparer must keep up with a rollover every
+        // few milliseconds, which a starved one cannot (however fast the disk).
+        for _ in 0..100 {
             n += 1;
             log.append_message(&msg(1 + n % 5, 9, n, &body)).unwrap();
         }
