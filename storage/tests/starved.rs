@@ -78,9 +78,14 @@ fn starve_log_threads() {
     }
 }
 
+/// One saturated CPU at a time: the two tests would otherwise share it (both pin to the
+/// first CPU) and each change what the other's threads get of it.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// Runs `work` on a thread pinned to one CPU beside a spinning thread, with a log opened
 /// there whose flusher and preparer are starved.
 fn on_a_saturated_cpu<T: Send>(dir: &std::path::Path, work: impl FnOnce(Log) -> T + Send) -> T {
+    let _alone = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     std::thread::scope(|s| {
         s.spawn(|| {
             pin_to_first_cpu();
@@ -94,10 +99,10 @@ fn on_a_saturated_cpu<T: Send>(dir: &std::path::Path, work: impl FnOnce(Log) -> 
     })
 }
 
-/// Appends one message per turn and runs `maintain` as the router's tick does, sleeping
-/// 1 ms between turns, until `done` says so (at most 10 s); returns the stats and how
-/// many messages went in.
-fn run_until(log: &mut Log, done: impl Fn(&LogStats) -> bool) -> (LogStats, u64) {
+/// Appends `per_turn` messages a turn and runs `maintain` as the router's tick does,
+/// sleeping 1 ms between turns, until `done` says so (at most 10 s); returns the stats
+/// and how many messages went in.
+fn run_until(log: &mut Log, per_turn: u64, done: impl Fn(&LogStats) -> bool) -> (LogStats, u64) {
     let body = [0x5a; 200];
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut n = 0;
@@ -106,9 +111,7 @@ fn run_until(log: &mut Log, done: impl Fn(&LogStats) -> bool) -> (LogStats, u64)
         if done(&s) || Instant::now() > deadline {
             return (s, n);
         }
-        // A third of a segment a turn: the preparer must keep up with a rollover every
-        // few milliseconds, which a starved one cannot (however fast the disk).
-        for _ in 0..100 {
+        for _ in 0..per_turn {
             n += 1;
             log.append_message(&msg(1 + n % 5, 9, n, &body)).unwrap();
         }
@@ -121,7 +124,10 @@ fn run_until(log: &mut Log, done: impl Fn(&LogStats) -> bool) -> (LogStats, u64)
 fn a_starved_preparer_does_not_hold_up_the_writer() {
     let dir = tempfile::tempdir().unwrap();
     let (mut log, mut sent, stats) = on_a_saturated_cpu(dir.path(), |mut log| {
-        let (stats, sent) = run_until(&mut log, |s| s.prepare_takeovers >= 2);
+        // A third of a segment a turn: the preparer must keep up with a rollover every
+        // few milliseconds, which a starved one cannot however fast the disk (at a
+        // twentieth, an idle-class preparer on a fast disk kept up for 10 s once).
+        let (stats, sent) = run_until(&mut log, 100, |s| s.prepare_takeovers >= 2);
         (log, sent, stats)
     });
     assert!(stats.prepare_takeovers >= 2, "{stats:?}");
@@ -147,7 +153,7 @@ fn a_starved_preparer_does_not_hold_up_the_writer() {
 fn a_starved_flusher_does_not_hold_up_durability() {
     let dir = tempfile::tempdir().unwrap();
     on_a_saturated_cpu(dir.path(), |mut log| {
-        let (stats, _) = run_until(&mut log, |s| s.rescue_flushes >= 3);
+        let (stats, _) = run_until(&mut log, 20, |s| s.rescue_flushes >= 3);
         assert!(stats.rescue_flushes >= 3, "{stats:?}");
         // What the rescue thread flushed is reported durable like the flusher's work.
         let written = log.written();
