@@ -44,19 +44,22 @@ fn the_flusher_and_the_preparer_run_at_nice_10_by_default_and_normal_when_asked(
         // The threads set their priority first thing: wait until both have started. The
         // rescue thread, which stands in for a starved flusher, stays at normal priority.
         let want = [(libc::SCHED_OTHER, nice)];
+        let normal = [(libc::SCHED_OTHER, 0)];
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         loop {
             let (f, p) = (priorities("log-flusher"), priorities("log-preparer"));
-            if f == want && p == want {
+            // The rescue thread too names itself once started: waited for like the others
+            // (it was read once, and was sometimes not there yet).
+            let r = priorities("log-rescue");
+            if f == want && p == want && r == normal {
                 break;
             }
             assert!(
                 std::time::Instant::now() < deadline,
-                "low {low}: flusher {f:?}, preparer {p:?}, want {want:?}"
+                "low {low}: flusher {f:?}, preparer {p:?}, want {want:?}; rescue {r:?}, want {normal:?}"
             );
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
-        assert_eq!(priorities("log-rescue"), [(libc::SCHED_OTHER, 0)]);
         log.close().unwrap();
     }
     // The setting's name before: still read.
