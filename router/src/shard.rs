@@ -810,6 +810,11 @@ impl<S: Store> Shard<S> {
             self.stats.reads_unmatched += 1;
             return;
         }
+        if self.owns(from) {
+            // The sender is this shard's too: stored at once, without a trip through the
+            // local queue.
+            return self.store_receipt(from, user, msg_id, ReceiptKind::Read, now, now, out);
+        }
         let receipt = ToRouter::Receipt {
             to: from,
             by: user,

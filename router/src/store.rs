@@ -9,9 +9,6 @@ use storage::{
     StorageError, StoredMessage, UserId,
 };
 
-/// Pending messages of one user, in sequence order.
-pub type Pending<'a> = Box<dyn Iterator<Item = StoredMessage<'a>> + 'a>;
-
 /// A shard's storage: messages pending per recipient until erased, accounts, and a
 /// durable position that answers wait for.
 pub trait Store {
@@ -21,8 +18,15 @@ pub trait Store {
     /// `Ok(None)`: not pending (nothing written).
     fn erase(&mut self, recipient: UserId, seq: MsgSeq) -> Result<Option<Lsn>, StorageError>;
     fn get(&self, user: UserId, seq: MsgSeq, now_ms: u64) -> Option<StoredMessage<'_>>;
-    /// Pending messages with a sequence number above `after` (all with `None`).
-    fn pending(&self, user: UserId, after: Option<MsgSeq>, now_ms: u64) -> Pending<'_>;
+    /// Pending messages with a sequence number above `after` (all with `None`), in
+    /// order. (An iterator of the store's own type: no allocation per call, which the
+    /// delivery path makes for every message.)
+    fn pending(
+        &self,
+        user: UserId,
+        after: Option<MsgSeq>,
+        now_ms: u64,
+    ) -> impl Iterator<Item = StoredMessage<'_>> + '_;
     /// (messages, bytes) pending for `user`.
     fn pending_count(&self, user: UserId) -> (u64, u64);
     fn users_with_pending(&self) -> Vec<UserId>;
@@ -54,10 +58,15 @@ impl Store for Log {
     fn get(&self, user: UserId, seq: MsgSeq, now_ms: u64) -> Option<StoredMessage<'_>> {
         Log::get(self, user, seq, now_ms)
     }
-    fn pending(&self, user: UserId, after: Option<MsgSeq>, now_ms: u64) -> Pending<'_> {
+    fn pending(
+        &self,
+        user: UserId,
+        after: Option<MsgSeq>,
+        now_ms: u64,
+    ) -> impl Iterator<Item = StoredMessage<'_>> + '_ {
         match after {
-            None => Box::new(Log::pending(self, user, now_ms)),
-            Some(after) => Box::new(Log::pending_after(self, user, after, now_ms)),
+            None => Either::First(Log::pending(self, user, now_ms)),
+            Some(after) => Either::Second(Log::pending_after(self, user, after, now_ms)),
         }
     }
     fn pending_count(&self, user: UserId) -> (u64, u64) {
@@ -89,6 +98,22 @@ impl Store for Log {
     }
     fn close(self) -> Result<(), StorageError> {
         Log::close(self)
+    }
+}
+
+/// One of two iterators of the same items.
+enum Either<A, B> {
+    First(A),
+    Second(B),
+}
+
+impl<T, A: Iterator<Item = T>, B: Iterator<Item = T>> Iterator for Either<A, B> {
+    type Item = T;
+    fn next(&mut self) -> Option<T> {
+        match self {
+            Either::First(a) => a.next(),
+            Either::Second(b) => b.next(),
+        }
     }
 }
 
@@ -199,16 +224,17 @@ impl Store for MemStore {
         let k = self.messages.get(&user)?.get(&seq)?;
         (k.expiry_ms > now_ms).then(|| Self::view(user, seq, k))
     }
-    fn pending(&self, user: UserId, after: Option<MsgSeq>, now_ms: u64) -> Pending<'_> {
-        let Some(q) = self.messages.get(&user) else {
-            return Box::new(std::iter::empty());
-        };
+    fn pending(
+        &self,
+        user: UserId,
+        after: Option<MsgSeq>,
+        now_ms: u64,
+    ) -> impl Iterator<Item = StoredMessage<'_>> + '_ {
         let from = after.map_or(MsgSeq(0), |a| MsgSeq(a.0 + 1));
-        Box::new(
-            q.range(from..)
-                .filter(move |(_, k)| k.expiry_ms > now_ms)
-                .map(move |(seq, k)| Self::view(user, *seq, k)),
-        )
+        (self.messages.get(&user).into_iter())
+            .flat_map(move |q| q.range(from..))
+            .filter(move |(_, k)| k.expiry_ms > now_ms)
+            .map(move |(seq, k)| Self::view(user, *seq, k))
     }
     fn pending_count(&self, user: UserId) -> (u64, u64) {
         self.messages.get(&user).map_or((0, 0), |q| {
