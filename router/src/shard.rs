@@ -688,41 +688,24 @@ impl<S: Store> Shard<S> {
                     .push_back((a.lsn, conn, ToClient::ServerAck { to, msg_id }));
                 self.fill(to, now, out);
             }
-            Err(StorageError::DiskFull { .. }) => {
-                self.stats.refused_disk_full += 1;
-                Self::reply(
-                    out,
-                    conn,
-                    ToClient::Refused {
-                        to,
-                        msg_id,
-                        code: ErrorCode::DiskFull,
-                    },
-                );
-            }
-            Err(StorageError::Full { .. }) => {
-                self.stats.refused_full += 1;
-                Self::reply(
-                    out,
-                    conn,
-                    ToClient::Refused {
-                        to,
-                        msg_id,
-                        code: ErrorCode::QueueFull,
-                    },
-                );
-            }
             Err(e) => {
-                // By kind: a transient failure is worth a retry soon; one that stays (a
-                // failed flush: the log no longer acknowledges) is `Internal`, so clients
-                // back off instead of retrying at once for ever.
-                self.stats.storage_errors += 1;
-                tracing::debug!("shard {}: a message not stored: {e}", self.id);
-                let code = if e.is_retryable() {
-                    ErrorCode::TryAgain
-                } else {
-                    ErrorCode::Internal
+                // By kind, each with its counter: the disk or a queue is full (the client
+                // retries later); anything else stays until an operator acts (a failed
+                // flush, an I/O error: the only retryable errors are the two above), so
+                // `Internal`, and clients back off instead of retrying at once for ever.
+                let (count, code) = match e {
+                    StorageError::DiskFull { .. } => {
+                        (&mut self.stats.refused_disk_full, ErrorCode::DiskFull)
+                    }
+                    StorageError::Full { .. } => {
+                        (&mut self.stats.refused_full, ErrorCode::QueueFull)
+                    }
+                    e => {
+                        tracing::debug!("shard {}: a message not stored: {e}", self.id);
+                        (&mut self.stats.storage_errors, ErrorCode::Internal)
+                    }
                 };
+                *count += 1;
                 Self::reply(out, conn, ToClient::Refused { to, msg_id, code });
             }
         }
