@@ -28,7 +28,9 @@ use crate::cluster::{Cluster, RouterNode};
 use crate::config::Config;
 use crate::control::{ConfigSource, Control, Role};
 use crate::link::{link_channel, Link, LinkReceiver, LinkSender, LinkTls};
-use crate::serve::{self, Dispatch, ShardMsg, ShardTx, WorkerInbox};
+use router::driver::{self, Dispatch, ShardMsg, ShardTx};
+
+use crate::serve::{self, WorkerInbox};
 use crate::sms::Sms;
 
 // ---------------------------------------------------------------------------------
@@ -322,7 +324,7 @@ pub fn router(config: Config, id: u16, source: ConfigSource) -> Result<(), Strin
     shard.publish_to(Arc::clone(&report));
     let mut knob = control.flush_interval_us.follow();
     shard.follow_flush_interval(Box::new(move || knob.refresh().then_some(knob.value)));
-    let (tx, rx) = serve::shard_channel(config.router.inbox_requests_max);
+    let (tx, rx) = driver::inbox(config.router.inbox_requests_max);
     let stop = Arc::new(AtomicBool::new(false));
     let mut peers = HashMap::new();
     for node in cluster.routers.iter().filter(|r| r.id != id).cloned() {

@@ -10,7 +10,7 @@
 use std::io::{self, Write};
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -19,141 +19,13 @@ use std::time::{Duration, Instant};
 use gateway::link::{RouterLink, WorkerLink};
 use gateway::tls::{server_config, Identity};
 use gateway::uring::{StatsCell, Worker, WorkerConfig, WorkerStats};
+use router::driver::{self, unix_ms, Dispatch, ShardBatches, ShardMsg, ShardRx, ShardTx};
 use router::{PartitionMap, Shard};
 use rustls::ServerConfig;
 use wire::link::{ConnId, FromRouter, ToClient, ToRouter};
-use wire::Phone;
 
 use crate::config::Config;
 use crate::sms::Sms;
-
-/// A shard's inbox, sending side. The shard never blocks in `recv` (it drains with
-/// `try_recv` and parks), so a send is a queue push and an unpark. Senders batch:
-/// a gateway worker sends each shard one [`ShardMsg::Batch`] per loop turn, so on a host
-/// where worker and shard share a core there is one context switch per turn, not one
-/// per request.
-///
-/// The inbox is bounded in requests (`router.inbox_requests_max`; a batch counts its
-/// requests): gateway workers check [`ShardTx::room`] and, when the shard is behind,
-/// hand the request back to the worker, which stops reading that client until there is
-/// room (backpressure down to TCP); a router's link threads stop reading their link
-/// while there is no room (`Link::run_paced`; what one read brought may go past the
-/// bound), and the gateway's link queue then fills and pushes back the same way. Shards sending each other receipts
-/// never wait (two shards must not wait on each other): that traffic may go past the
-/// bound by what one batch of another shard produces.
-#[derive(Clone)]
-pub(crate) struct ShardTx {
-    tx: crossbeam_channel::Sender<ShardMsg>,
-    thread: Arc<std::sync::OnceLock<std::thread::Thread>>,
-    queued: Arc<AtomicUsize>,
-    bound: usize,
-}
-
-/// A shard's inbox, receiving side (see [`ShardTx`]).
-pub(crate) struct ShardRx {
-    rx: crossbeam_channel::Receiver<ShardMsg>,
-    thread: Arc<std::sync::OnceLock<std::thread::Thread>>,
-    queued: Arc<AtomicUsize>,
-}
-
-/// A shard's inbox holding at most `bound` requests from gateways.
-pub(crate) fn shard_channel(bound: usize) -> (ShardTx, ShardRx) {
-    let (tx, rx) = crossbeam_channel::unbounded();
-    let thread = Arc::new(std::sync::OnceLock::new());
-    let queued = Arc::new(AtomicUsize::new(0));
-    (
-        ShardTx {
-            tx,
-            thread: Arc::clone(&thread),
-            queued: Arc::clone(&queued),
-            bound,
-        },
-        ShardRx { rx, thread, queued },
-    )
-}
-
-impl ShardMsg {
-    /// What a message counts against the inbox's bound.
-    fn requests(&self) -> usize {
-        match self {
-            ShardMsg::Req(_) | ShardMsg::Attach(..) => 1,
-            ShardMsg::Batch(b) => b.len(),
-            ShardMsg::GatewayGone(_) | ShardMsg::Stop => 0,
-        }
-    }
-}
-
-impl ShardTx {
-    /// Queues and wakes the shard (before it has started, it finds the message within
-    /// 1 ms), whatever the bound says. `false`: the shard is gone.
-    pub(crate) fn send(&self, m: ShardMsg) -> bool {
-        self.queued.fetch_add(m.requests(), Ordering::Relaxed);
-        let sent = self.tx.send(m).is_ok();
-        if let Some(t) = self.thread.get() {
-            t.unpark();
-        }
-        sent
-    }
-
-    /// Requests the inbox can take before it reaches its bound.
-    pub(crate) fn room(&self) -> usize {
-        self.bound
-            .saturating_sub(self.queued.load(Ordering::Relaxed))
-    }
-
-    /// Requests waiting in the inbox (for the queue gauges; read by the admin thread).
-    pub(crate) fn queued(&self) -> usize {
-        self.queued.load(Ordering::Relaxed)
-    }
-}
-
-/// Requests gathered per shard, then sent as one [`ShardMsg::Batch`] per shard.
-#[derive(Default)]
-struct ShardBatches(Vec<Vec<ToRouter>>);
-
-impl ShardBatches {
-    fn push(&mut self, map: &PartitionMap, req: ToRouter) {
-        let s = map.shard_of(req.route_key()) as usize;
-        self.push_to(s, req);
-    }
-
-    fn push_to(&mut self, s: usize, req: ToRouter) {
-        if self.0.len() <= s {
-            self.0.resize_with(s + 1, Vec::new);
-        }
-        self.0[s].push(req);
-    }
-
-    /// Requests gathered for shard `s` so far.
-    fn gathered(&self, s: usize) -> usize {
-        self.0.get(s).map_or(0, Vec::len)
-    }
-
-    fn send(&mut self, shards: &[ShardTx]) {
-        for (s, batch) in self.0.iter_mut().enumerate() {
-            if !batch.is_empty() {
-                let next = Vec::with_capacity(batch.len());
-                shards[s].send(ShardMsg::Batch(std::mem::replace(batch, next)));
-            }
-        }
-    }
-}
-
-pub(crate) enum ShardMsg {
-    Req(ToRouter),
-    /// Requests in the order given (see [`ShardBatches`]).
-    Batch(Vec<ToRouter>),
-    /// A gateway re-attaches a logged-in connection after its link came back.
-    Attach(ConnId, Phone),
-    /// A gateway process's link is gone: drop its sessions (by `ConnId::origin`).
-    GatewayGone(u16),
-    Stop,
-}
-
-/// Where a shard's output goes.
-pub(crate) trait Dispatch: Send + Sync + 'static {
-    fn dispatch(&self, out: &mut Vec<FromRouter>);
-}
 
 /// A gateway worker's reply queue and the eventfd that wakes it.
 pub(crate) type WorkerInbox = (Sender<Vec<(ConnId, ToClient)>>, Arc<OwnedFd>);
@@ -349,68 +221,6 @@ pub fn process_stats() -> String {
     format!("rss {rss} kB, AnonHugePages {huge} kB")
 }
 
-pub fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
-pub(crate) fn run_shard<D: Dispatch>(mut shard: Shard, inbox: ShardRx, d: Arc<D>) {
-    let _ = inbox.thread.set(std::thread::current());
-    let (rx, queued) = (inbox.rx, inbox.queued);
-    let mut out = Vec::new();
-    let mut last_tick = Instant::now();
-    // The clock is read once per batch: a batch takes well under a millisecond.
-    let on = |shard: &mut Shard, m: ShardMsg, now: u64, out: &mut Vec<FromRouter>| -> bool {
-        match m {
-            ShardMsg::Req(r) => shard.handle(now, r, out),
-            ShardMsg::Batch(rs) => {
-                for r in rs {
-                    shard.handle(now, r, out);
-                }
-            }
-            ShardMsg::Attach(conn, user) => shard.attach(conn, user, now, out),
-            ShardMsg::GatewayGone(g) => shard.gateway_gone(g),
-            ShardMsg::Stop => return false,
-        }
-        true
-    };
-    'run: loop {
-        let mut got = 0;
-        let now = unix_ms();
-        while got < 4096 {
-            match rx.try_recv() {
-                Ok(m) => {
-                    got += 1;
-                    queued.fetch_sub(m.requests(), Ordering::Relaxed);
-                    if !on(&mut shard, m, now, &mut out) {
-                        d.dispatch(&mut out);
-                        break 'run;
-                    }
-                }
-                Err(crossbeam_channel::TryRecvError::Empty) => break,
-                Err(crossbeam_channel::TryRecvError::Disconnected) => break 'run,
-            }
-        }
-        if last_tick.elapsed() >= Duration::from_millis(1) {
-            shard.tick(unix_ms(), &mut out);
-            last_tick = Instant::now();
-        }
-        d.dispatch(&mut out);
-        if got == 0 {
-            // Woken by `ShardTx::send`; the timeout keeps the tick (and a message sent
-            // before this thread was known) at most 1 ms late.
-            std::thread::park_timeout(Duration::from_millis(1));
-        }
-    }
-    shard.tick(unix_ms(), &mut out);
-    d.dispatch(&mut out);
-    let id = shard.id();
-    if let Err(e) = shard.close() {
-        tracing::warn!("shard {id}: closing its log: {e}");
-    }
-}
-
 /// Raises the open-files limit to the hard limit; says so when that is below what the
 /// configuration may need.
 fn raise_nofile(needed: u64) {
@@ -565,7 +375,7 @@ pub(crate) fn spawn_shard<D: Dispatch>(
         .spawn(move || {
             tune_thread(&c, cpu, false);
             let _ = tuned.send(());
-            run_shard(shard, rx, d)
+            driver::run(shard, rx, d)
         })
         .map_err(|e| e.to_string())
 }
@@ -1065,7 +875,7 @@ pub fn serve(config: Config, source: crate::control::ConfigSource) -> Result<(),
     let inline = workers == 1 && shards == 1 && config.process.inline_shard;
     let (mut shard_txs, mut shard_rxs) = (vec![], vec![]);
     for _ in 0..if inline { 0 } else { shards } {
-        let (tx, rx) = shard_channel(config.router.inbox_requests_max);
+        let (tx, rx) = driver::inbox(config.router.inbox_requests_max);
         shard_txs.push(tx);
         shard_rxs.push(rx);
     }

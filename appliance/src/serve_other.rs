@@ -3,12 +3,6 @@
 
 use crate::config::Config;
 
-pub fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 pub fn serve(_config: Config) -> Result<(), String> {
     Err("serve needs the io_uring gateway driver (Linux); the kqueue driver for this OS is not built yet".into())
 }

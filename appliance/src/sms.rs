@@ -163,7 +163,7 @@ impl Sms {
     pub fn send(&self, phone: Phone, pin: Pin) {
         match self {
             Sms::Log(file) => {
-                let line = format!("{} {phone} {pin}\n", crate::serve::unix_ms());
+                let line = format!("{} {phone} {pin}\n", router::driver::unix_ms());
                 let mut f = file.lock().unwrap_or_else(|p| p.into_inner());
                 if let Err(e) = f.write_all(line.as_bytes()).and_then(|()| f.flush()) {
                     tracing::warn!("sms log: {e}");

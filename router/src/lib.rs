@@ -18,6 +18,7 @@
 //!
 //! # Layout
 //! - [`config`]: the router configuration (`RouterConfig`).
+//! - [`driver`]: the thread that runs a shard: its bounded inbox and loop.
 //! - [`partition`]: phone → partition, partition → shard.
 //! - [`registration`]: PINs, their limits, keys (CSPRNG, hashed).
 //! - [`shard`]: `Shard`, the state machine.
@@ -27,6 +28,7 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod driver;
 pub mod partition;
 pub mod registration;
 pub mod shard;

@@ -42,6 +42,7 @@ impl Session {
 /// What one delivery of a stored record costs the connection: its frame (envelope,
 /// fixed fields, body) and the TLS record around it (22 bytes in TLS 1.3 at most, when
 /// the frame goes in a record of its own).
+#[inline]
 fn delivery_bytes(stored_body: &[u8]) -> u64 {
     const TLS_RECORD: u64 = 22;
     let frame = match stored::parse(stored_body) {
@@ -126,18 +127,22 @@ impl Dedup {
         }
     }
 
+    #[inline]
     fn key(&self, to: u64, from: u64, msg_id: u64) -> u64 {
         self.hasher.hash_one((to, from, msg_id))
     }
 
+    #[inline]
     fn stored(&mut self, h: u64) {
         *self.pending.entry(h).or_default() += 1;
     }
 
+    #[inline]
     fn body_hash(&self, body: &[u8]) -> u64 {
         self.hasher.hash_one(body)
     }
 
+    #[inline]
     fn delivered(&mut self, h: u64, body_hash: u64) {
         if let Some(n) = self.pending.get_mut(&h) {
             *n -= 1;
@@ -158,10 +163,12 @@ impl Dedup {
     }
 
     /// The body hash of a recent delivery with key `h`.
+    #[inline]
     fn delivered_body(&self, h: u64) -> Option<u64> {
         self.recent.get(&h).or_else(|| self.older.get(&h)).copied()
     }
 
+    #[inline]
     fn was_delivered(&self, h: u64) -> bool {
         self.delivered_body(h).is_some()
     }
@@ -204,14 +211,17 @@ pub type FlushKnob = Box<dyn FnMut() -> Option<u64> + Send>;
 // Every phone is a user id of the log (and `uid` cannot fail): the two ranges agree.
 const _: () = assert!(Phone::MAX <= UserId::MAX && Phone::MIN >= 1);
 
+#[inline]
 fn uid(p: Phone) -> UserId {
     UserId::new(p.get()).expect("every phone is a user id")
 }
 
+#[inline]
 fn phone(u: UserId) -> Option<Phone> {
     Phone::new(u.get())
 }
 
+#[inline]
 fn account_key(p: Phone) -> [u8; 8] {
     p.get().to_le_bytes()
 }
@@ -747,8 +757,8 @@ impl<S: Store> Shard<S> {
             return;
         }; // already acked
         let (sender, msg_id) = (m.sender, m.msg_id);
-        let was_message = matches!(stored::parse(m.body), Some(Stored::Message(_)));
         let bytes = delivery_bytes(m.body);
+        // A message's body hash, kept to tell a resend from a reused id (a receipt has none).
         let body_hash = match stored::parse(m.body) {
             Some(Stored::Message(b)) => Some(self.dedup.body_hash(b)),
             _ => None,
@@ -763,12 +773,10 @@ impl<S: Store> Shard<S> {
                 s.inflight_bytes = s.inflight_bytes.saturating_sub(bytes);
             }
         }
-        if was_message {
+        if let Some(body_hash) = body_hash {
             self.stats.delivered += 1;
-            self.dedup.delivered(
-                self.dedup.key(user.get(), sender.get(), msg_id),
-                body_hash.unwrap_or(0),
-            );
+            self.dedup
+                .delivered(self.dedup.key(user.get(), sender.get(), msg_id), body_hash);
             if let Some(sender) = phone(sender) {
                 let receipt = ToRouter::Receipt {
                     to: sender,

@@ -43,21 +43,27 @@ pub trait Store {
 }
 
 impl Store for Log {
+    #[inline]
     fn account(&self, key: &[u8]) -> Option<&[u8]> {
         Log::account(self, key)
     }
+    #[inline]
     fn put_account(&mut self, key: &[u8], value: &[u8]) -> Result<Lsn, StorageError> {
         Log::put_account(self, key, value)
     }
+    #[inline]
     fn append_message(&mut self, m: &NewMessage<'_>) -> Result<Appended, StorageError> {
         Log::append_message(self, m)
     }
+    #[inline]
     fn erase(&mut self, recipient: UserId, seq: MsgSeq) -> Result<Option<Lsn>, StorageError> {
         Log::erase(self, recipient, seq)
     }
+    #[inline]
     fn get(&self, user: UserId, seq: MsgSeq, now_ms: u64) -> Option<StoredMessage<'_>> {
         Log::get(self, user, seq, now_ms)
     }
+    #[inline]
     fn pending(
         &self,
         user: UserId,
@@ -69,33 +75,43 @@ impl Store for Log {
             Some(after) => Either::Second(Log::pending_after(self, user, after, now_ms)),
         }
     }
+    #[inline]
     fn pending_count(&self, user: UserId) -> (u64, u64) {
         Log::pending_count(self, user)
     }
+    #[inline]
     fn users_with_pending(&self) -> Vec<UserId> {
         Log::users_with_pending(self).collect()
     }
+    #[inline]
     fn written(&self) -> Lsn {
         Log::written(self)
     }
+    #[inline]
     fn durable(&self) -> Lsn {
         Log::durable(self)
     }
+    #[inline]
     fn maintain(&mut self, now_ms: u64, budget_bytes: usize) -> Result<(), StorageError> {
         Log::maintain(self, now_ms, budget_bytes).map(|_| ())
     }
+    #[inline]
     fn set_group_interval_us(&mut self, us: u64) -> Result<(), ConfigError> {
         Log::set_group_interval_us(self, us)
     }
+    #[inline]
     fn stats(&self) -> LogStats {
         Log::stats(self)
     }
+    #[inline]
     fn disk(&self) -> DiskSpace {
         Log::disk(self)
     }
+    #[inline]
     fn describe(&self) -> String {
         self.dir().display().to_string()
     }
+    #[inline]
     fn close(self) -> Result<(), StorageError> {
         Log::close(self)
     }
