@@ -113,7 +113,7 @@ pub enum Command {
 #[derive(clap::Args, Debug)]
 pub struct AdminArgs {
     /// The admin API's address.
-    #[arg(long, global = true, default_value = crate::admin::DEFAULT_LISTEN)]
+    #[arg(long, global = true, default_value = crate::config::DEFAULT_LISTEN)]
     pub admin: String,
     /// The file holding the token (default: DATA/admin.token).
     #[arg(long, global = true)]
@@ -418,7 +418,7 @@ pub fn main() -> ExitCode {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("switchboard serve: {e}");
-                    ExitCode::from(1)
+                    ExitCode::from(e.exit_code())
                 }
             }
         }
@@ -448,7 +448,10 @@ fn role(
     listen: Option<std::net::SocketAddr>,
     data: Option<PathBuf>,
     takeover: bool,
-    run: impl FnOnce(crate::config::Config, crate::control::ConfigSource) -> Result<(), String>,
+    run: impl FnOnce(
+        crate::config::Config,
+        crate::control::ConfigSource,
+    ) -> Result<(), crate::error::Error>,
 ) -> ExitCode {
     let source = crate::control::ConfigSource {
         path: Some(path.to_path_buf()),
@@ -467,7 +470,7 @@ fn role(
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("switchboard: {e}");
-            ExitCode::from(1)
+            ExitCode::from(e.exit_code())
         }
     }
 }
@@ -477,16 +480,15 @@ fn run_gateway(
     c: crate::config::Config,
     id: u8,
     s: crate::control::ConfigSource,
-) -> Result<(), String> {
+) -> Result<(), crate::error::Error> {
     crate::roles::gateway(c, id, s)
 }
 
-#[cfg(target_os = "linux")]
 fn run_router(
     c: crate::config::Config,
     id: u16,
     s: crate::control::ConfigSource,
-) -> Result<(), String> {
+) -> Result<(), crate::error::Error> {
     crate::roles::router(c, id, s)
 }
 
@@ -495,15 +497,6 @@ fn run_gateway(
     _c: crate::config::Config,
     _id: u8,
     _s: crate::control::ConfigSource,
-) -> Result<(), String> {
+) -> Result<(), crate::error::Error> {
     Err("gateway needs the io_uring driver (Linux)".into())
-}
-
-#[cfg(not(target_os = "linux"))]
-fn run_router(
-    _c: crate::config::Config,
-    _id: u16,
-    _s: crate::control::ConfigSource,
-) -> Result<(), String> {
-    Err("router processes are built for Linux only so far".into())
 }

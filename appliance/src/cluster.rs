@@ -183,6 +183,37 @@ impl ClusterConfig {
     }
 }
 
+impl Cluster {
+    /// How to dial `node`: TLS pinned to its fingerprint when the cluster's links use TLS.
+    pub fn link_tls_to(&self, node: &RouterNode) -> Result<link::LinkTls, String> {
+        match (&node.fingerprint, self.link_tls) {
+            (Some(fp), true) => link::LinkTls::pinned(fp),
+            _ => Ok(link::LinkTls::Off),
+        }
+    }
+
+    /// Where and as whom to dial `node` (no source address or interface: those are a
+    /// gateway's, set by the caller).
+    pub fn dial(
+        &self,
+        node: &RouterNode,
+        tls: link::LinkTls,
+        peer: wire::linkcodec::PeerKind,
+        id: u16,
+    ) -> link::Dial {
+        link::Dial {
+            router: node.id,
+            address: node.address,
+            source: None,
+            interface: None,
+            secret: self.secret.clone(),
+            tls,
+            peer,
+            id,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -24,10 +24,12 @@
 //! [log]                        # level: error, warn, info, debug, trace (a knob)
 //! ```
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+
+use crate::cluster::ClusterConfig;
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -50,18 +52,17 @@ pub struct Config {
     /// The cluster map, for `switchboard gateway` and `switchboard router`.
     pub cluster: crate::cluster::ClusterConfig,
     /// The admin API (metrics, status).
-    pub admin: crate::admin::AdminConfig,
+    pub admin: AdminConfig,
     /// The activity reporter.
-    pub reporter: crate::reporter::ReporterConfig,
+    pub reporter: ReporterConfig,
     /// Queue alert rules and their webhook.
-    pub alerts: crate::reporter::AlertsConfig,
+    pub alerts: AlertsConfig,
     /// Upgrades: how fast connections are drained when a new process takes over.
     pub upgrade: UpgradeConfig,
     /// The appliance's log lines: their level.
     pub log: crate::logging::LogConfig,
-    /// Mirroring a sample of the traffic to a shadow cluster (Linux).
-    #[cfg(target_os = "linux")]
-    pub tee: crate::tee::TeeConfig,
+    /// Mirroring a sample of the traffic to a shadow cluster (by gateways).
+    pub tee: TeeConfig,
 }
 
 /// `[upgrade]` (docs/OPERATIONS.md, "Upgrade").
@@ -127,13 +128,12 @@ impl Default for Config {
             storage: storage::LogConfig::default(),
             process: ProcessConfig::default(),
             cluster: crate::cluster::ClusterConfig::default(),
-            admin: crate::admin::AdminConfig::default(),
-            reporter: crate::reporter::ReporterConfig::default(),
-            alerts: crate::reporter::AlertsConfig::default(),
+            admin: AdminConfig::default(),
+            reporter: ReporterConfig::default(),
+            alerts: AlertsConfig::default(),
             upgrade: UpgradeConfig::default(),
             log: crate::logging::LogConfig::default(),
-            #[cfg(target_os = "linux")]
-            tee: crate::tee::TeeConfig::default(),
+            tee: TeeConfig::default(),
         }
     }
 }
@@ -196,7 +196,7 @@ pub struct GatewayConfig {
 
 impl Default for GatewayConfig {
     fn default() -> Self {
-        let d = gateway::uring::WorkerConfig::default();
+        let d = gateway::worker::WorkerConfig::default();
         GatewayConfig {
             conns_per_worker: d.conns_max,
             accepts_per_sec: d.accepts_per_sec,
@@ -272,7 +272,6 @@ impl Config {
         self.reporter
             .validate(&self.alerts)
             .map_err(|e| format!("config: {e}"))?;
-        #[cfg(target_os = "linux")]
         self.tee
             .validate(self.router.partitions)
             .map_err(|e| format!("config: {e}"))?;
@@ -355,6 +354,24 @@ mod tests {
     use super::*;
 
     #[test]
+    fn only_loopback_and_private_addresses_are_admin_addresses() {
+        for ok in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "::1",
+            "fd00::1",
+            "fe80::1",
+        ] {
+            assert!(is_private(ok.parse().unwrap()), "{ok}");
+        }
+        for bad in ["0.0.0.0", "8.8.8.8", "172.32.0.1", "::", "2001:db8::1"] {
+            assert!(!is_private(bad.parse().unwrap()), "{bad}");
+        }
+    }
+
+    #[test]
     fn defaults_validate_and_bad_values_are_named() {
         Config::default().validate().unwrap();
         let c: Config = toml::from_str("[limits]\nframe_bytes_max = 10").unwrap();
@@ -371,5 +388,188 @@ mod tests {
             e.contains("outbound_bytes_max") && e.contains("window_bytes"),
             "{e}"
         );
+    }
+}
+
+// The sections of the appliance's own features (each module reads its section from
+// here, so the configuration depends on none of them).
+
+/// `[admin]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Serve the admin API. Default: true.
+    pub enabled: bool,
+    /// Where: a loopback or private (RFC 1918, ULA) address; port 0 picks one.
+    /// Default: `127.0.0.1:7480`, and then only a warning if that port is taken (a
+    /// second appliance on the host); an address given here that cannot be bound stops
+    /// the start.
+    pub listen: Option<SocketAddr>,
+    /// File holding the bearer token (one line). Default: `data_dir/admin.token`,
+    /// created with a random token (mode 0600) when missing.
+    pub token_file: Option<PathBuf>,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            enabled: true,
+            listen: None,
+            token_file: None,
+        }
+    }
+}
+
+/// The admin address when none is configured.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7480";
+
+impl AdminConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.enabled && !is_private(self.addr().ip()) {
+            return Err(format!(
+                "admin.listen: {} is not a loopback or private address (the admin API must not face the public network)",
+                self.addr()
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.listen
+            .unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("valid"))
+    }
+}
+
+/// Loopback, RFC 1918, link-local, or IPv6 unique-local.
+pub fn is_private(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4.is_loopback() || v4.is_private() || v4.is_link_local(),
+        IpAddr::V6(v6) => {
+            v6.is_loopback()
+                || (v6.segments()[0] & 0xfe00) == 0xfc00
+                || (v6.segments()[0] & 0xffc0) == 0xfe80
+        }
+    }
+}
+
+/// `[reporter]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ReporterConfig {
+    /// Run the reporter (and the alerts). Default: true.
+    pub enabled: bool,
+    /// Seconds between lines in the activity log while no alert fires. Default: 60.
+    pub interval_s: u64,
+    /// The activity log rolls over at this size. Default: 16 MiB.
+    pub file_bytes_max: u64,
+}
+
+impl Default for ReporterConfig {
+    fn default() -> Self {
+        ReporterConfig {
+            enabled: true,
+            interval_s: 60,
+            file_bytes_max: 16 << 20,
+        }
+    }
+}
+
+/// `[alerts]`: where firing and resolving alerts are POSTed, and the rules.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AlertsConfig {
+    /// `http://` URL that receives a JSON POST per firing and resolving. Default: none.
+    pub webhook: Option<String>,
+    #[serde(rename = "rule")]
+    pub rules: Vec<AlertRule>,
+}
+
+/// `[[alerts.rule]]`: a queue (any figure of `/metrics`, summed over its label sets)
+/// above `above` for `for_s` seconds.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertRule {
+    pub name: String,
+    pub metric: String,
+    pub above: f64,
+    #[serde(default)]
+    pub for_s: u64,
+}
+
+impl ReporterConfig {
+    pub fn validate(&self, alerts: &AlertsConfig) -> Result<(), String> {
+        if !(1..=3600).contains(&self.interval_s) {
+            return Err("reporter.interval_s: from 1 to 3,600".into());
+        }
+        if self.file_bytes_max < 4096 {
+            return Err("reporter.file_bytes_max: at least 4,096".into());
+        }
+        if let Some(w) = &alerts.webhook {
+            if !w.starts_with("http://") && !w.starts_with("https://") {
+                return Err(format!(
+                    "alerts.webhook: {w:?} is not an http:// or https:// URL"
+                ));
+            }
+        }
+        let known = crate::metrics::metric_names();
+        let mut names = std::collections::HashSet::new();
+        for r in &alerts.rules {
+            if !known.iter().any(|k| *k == r.metric) {
+                return Err(format!(
+                    "alerts.rule {:?}: no metric named {:?} (see docs/OPERATIONS.md for the list)",
+                    r.name, r.metric
+                ));
+            }
+            if !names.insert(&r.name) {
+                return Err(format!("alerts.rule {:?}: the name is used twice", r.name));
+            }
+            if r.for_s > 86_400 {
+                return Err(format!("alerts.rule {:?}: for_s at most 86,400", r.name));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `[tee]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TeeConfig {
+    /// Mirror traffic. Default: false.
+    pub enabled: bool,
+    /// Percentage of users whose requests are mirrored (0 to 100). Default: 0.
+    pub sample_percent: u64,
+    /// Frames queued per shadow router; past it copies are dropped. Default: 10,000.
+    pub queue: usize,
+    /// The shadow cluster (secret, routers and their partitions).
+    pub cluster: ClusterConfig,
+}
+
+impl Default for TeeConfig {
+    fn default() -> Self {
+        TeeConfig {
+            enabled: false,
+            sample_percent: 0,
+            queue: 10_000,
+            cluster: ClusterConfig::default(),
+        }
+    }
+}
+
+impl TeeConfig {
+    pub fn validate(&self, partitions: u32) -> Result<(), String> {
+        if self.sample_percent > 100 {
+            return Err("tee.sample_percent: from 0 to 100".into());
+        }
+        if !self.enabled {
+            return Ok(());
+        }
+        if !(16..=10_000_000).contains(&self.queue) {
+            return Err("tee.queue: from 16 to 10,000,000".into());
+        }
+        self.cluster
+            .validate(partitions)
+            .map(|_| ())
+            .map_err(|e| format!("tee.{e}"))
     }
 }

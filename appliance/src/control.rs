@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use gateway::live::Live;
-use gateway::uring::WorkerKnobs;
+use gateway::worker::WorkerKnobs;
 use rustls::ServerConfig;
 
 use crate::config::Config;
@@ -161,14 +161,8 @@ fn values_of(c: &Config) -> [u64; 6] {
     ]
 }
 
-#[cfg(target_os = "linux")]
 fn tee_percent(c: &Config) -> u64 {
     c.tee.sample_percent
-}
-
-#[cfg(not(target_os = "linux"))]
-fn tee_percent(_c: &Config) -> u64 {
-    0
 }
 
 /// Writes knob `name`'s value into the configuration.
@@ -177,7 +171,6 @@ fn set_field(c: &mut Config, name: &str, v: u64) {
         "accepts_per_sec" => c.gateway.accepts_per_sec = v as u32,
         "outbound_bytes_max" => c.limits.outbound_bytes_max = v as usize,
         "flush_interval_us" => c.storage.group_interval_us = v,
-        #[cfg(target_os = "linux")]
         "tee_sample_percent" => c.tee.sample_percent = v,
         "link_batch_bytes" => c.cluster.link_batch_bytes = v as usize,
         "log_level" => c.log.level = crate::logging::LEVELS[v as usize].to_string(),
@@ -256,7 +249,7 @@ impl Control {
     }
 
     /// The alert rules in force (a reload replaces them).
-    pub fn alerts(&self) -> crate::reporter::AlertsConfig {
+    pub fn alerts(&self) -> crate::config::AlertsConfig {
         self.config().alerts.clone()
     }
 
@@ -356,7 +349,7 @@ impl Control {
         };
         let mut c = self.config();
         // Settings that need a restart: named when the file changes them, kept as running.
-        let mut restart: Vec<&str> = [
+        let restart: Vec<&str> = [
             (new.listen != c.listen, "listen"),
             (new.data_dir != c.data_dir, "data_dir"),
             (
@@ -365,14 +358,11 @@ impl Control {
             ),
             (new.admin.listen != c.admin.listen, "admin.listen"),
             (new.alerts.webhook != c.alerts.webhook, "alerts.webhook"),
+            (new.tee.enabled != c.tee.enabled, "tee.enabled"),
         ]
         .into_iter()
         .filter_map(|(changed, name)| changed.then_some(name))
         .collect();
-        #[cfg(target_os = "linux")]
-        if new.tee.enabled != c.tee.enabled {
-            restart.push("tee.enabled");
-        }
         let mut changes = vec![];
         for (k, new_v) in KNOBS.iter().zip(values_of(&new)) {
             if !k.roles.contains(&self.role) {
@@ -384,7 +374,7 @@ impl Control {
                 set_field(&mut c, k.name, new_v);
             }
         }
-        let rules = |a: &crate::reporter::AlertsConfig| format!("{:?}", a.rules);
+        let rules = |a: &crate::config::AlertsConfig| format!("{:?}", a.rules);
         let alerts_changed = rules(&new.alerts) != rules(&c.alerts);
         c.alerts.rules = new.alerts.rules.clone();
         c.tls = new.tls.clone();
@@ -433,4 +423,40 @@ fn get_in(c: &Config, name: &str) -> u64 {
         .zip(values_of(c))
         .find(|(k, _)| k.name == name)
         .map_or(0, |(_, v)| v)
+}
+
+/// The TLS server configuration: the configured certificate and key, or a self-signed
+/// pair in `data_dir/tls` (made on first use).
+pub fn load_tls(config: &Config) -> Result<Arc<rustls::ServerConfig>, String> {
+    let identity = match &config.tls {
+        Some(t) => {
+            gateway::tls::Identity::from_pem_files(&t.cert, &t.key).map_err(|e| e.to_string())?
+        }
+        None => {
+            let dir = config.data_dir.join("tls");
+            std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            let (id, made) =
+                gateway::tls::Identity::self_signed_in(&dir, &[]).map_err(|e| e.to_string())?;
+            if made {
+                tracing::info!("generated a self-signed certificate in {}", dir.display());
+            }
+            id
+        }
+    };
+    tracing::info!("certificate sha256 fingerprint {}", identity.fingerprint());
+    gateway::tls::server_config(identity).map_err(|e| e.to_string())
+}
+
+/// Reloads the configuration and says what happened (SIGHUP, `POST /reload`).
+pub fn reload_logged(control: &Control) -> Result<String, String> {
+    match control.reload(load_tls) {
+        Ok(summary) => {
+            tracing::info!("reloaded: {summary}");
+            Ok(summary)
+        }
+        Err(e) => {
+            tracing::warn!("reload refused, the running configuration stays: {e}");
+            Err(e)
+        }
+    }
 }

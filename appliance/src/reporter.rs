@@ -18,56 +18,12 @@ use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-use serde::Deserialize;
-
 use crate::admin::Sources;
-
-/// `[reporter]`.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct ReporterConfig {
-    /// Run the reporter (and the alerts). Default: true.
-    pub enabled: bool,
-    /// Seconds between lines in the activity log while no alert fires. Default: 60.
-    pub interval_s: u64,
-    /// The activity log rolls over at this size. Default: 16 MiB.
-    pub file_bytes_max: u64,
-}
-
-impl Default for ReporterConfig {
-    fn default() -> Self {
-        ReporterConfig {
-            enabled: true,
-            interval_s: 60,
-            file_bytes_max: 16 << 20,
-        }
-    }
-}
-
-/// `[alerts]`: where firing and resolving alerts are POSTed, and the rules.
-#[derive(Clone, Debug, Default, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct AlertsConfig {
-    /// `http://` URL that receives a JSON POST per firing and resolving. Default: none.
-    pub webhook: Option<String>,
-    #[serde(rename = "rule")]
-    pub rules: Vec<AlertRule>,
-}
-
-/// `[[alerts.rule]]`: a queue (any figure of `/metrics`, summed over its label sets)
-/// above `above` for `for_s` seconds.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AlertRule {
-    pub name: String,
-    pub metric: String,
-    pub above: f64,
-    #[serde(default)]
-    pub for_s: u64,
-}
+use crate::config::{AlertRule, AlertsConfig, ReporterConfig};
+use crate::metrics::{Activity, ActivityCell};
 
 /// Rules always in force beside the configured ones (a configured rule of the same name
 /// replaces one): `disk_full`, while a shard's disk is under its reserve.
@@ -82,82 +38,6 @@ fn with_builtin_rules(mut rules: Vec<AlertRule>) -> Vec<AlertRule> {
     }
     rules
 }
-
-impl ReporterConfig {
-    pub fn validate(&self, alerts: &AlertsConfig) -> Result<(), String> {
-        if !(1..=3600).contains(&self.interval_s) {
-            return Err("reporter.interval_s: from 1 to 3,600".into());
-        }
-        if self.file_bytes_max < 4096 {
-            return Err("reporter.file_bytes_max: at least 4,096".into());
-        }
-        if let Some(w) = &alerts.webhook {
-            if !w.starts_with("http://") && !w.starts_with("https://") {
-                return Err(format!(
-                    "alerts.webhook: {w:?} is not an http:// or https:// URL"
-                ));
-            }
-        }
-        let known = crate::admin::metric_names();
-        let mut names = std::collections::HashSet::new();
-        for r in &alerts.rules {
-            if !known.iter().any(|k| *k == r.metric) {
-                return Err(format!(
-                    "alerts.rule {:?}: no metric named {:?} (see docs/OPERATIONS.md for the list)",
-                    r.name, r.metric
-                ));
-            }
-            if !names.insert(&r.name) {
-                return Err(format!("alerts.rule {:?}: the name is used twice", r.name));
-            }
-            if r.for_s > 86_400 {
-                return Err(format!("alerts.rule {:?}: for_s at most 86,400", r.name));
-            }
-        }
-        Ok(())
-    }
-}
-
-/// A value kept as exponentially decaying averages over about 1, 10 and 100 samples
-/// (one sample a second).
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Avg {
-    pub last: f64,
-    pub s1: f64,
-    pub s10: f64,
-    pub s100: f64,
-    started: bool,
-}
-
-impl Avg {
-    pub fn add(&mut self, v: f64) {
-        if !self.started {
-            *self = Avg {
-                last: v,
-                s1: v,
-                s10: v,
-                s100: v,
-                started: true,
-            };
-            return;
-        }
-        self.last = v;
-        self.s1 = v;
-        self.s10 += (v - self.s10) / 10.0;
-        self.s100 += (v - self.s100) / 100.0;
-    }
-}
-
-/// What the reporter shares with the admin API.
-#[derive(Default)]
-pub struct Activity {
-    /// Figure → averages; counters as rates per second, gauges as values.
-    pub figures: BTreeMap<String, Avg>,
-    /// Alert name → since when it fires.
-    pub firing: BTreeMap<String, u64>,
-}
-
-pub type ActivityCell = Arc<Mutex<Activity>>;
 
 /// Host and process counters read from `/proc` (cumulative ones become rates).
 /// `/proc/net/snmp` and `/proc/net/netstat` keep a protocol's figures as two lines
@@ -452,19 +332,6 @@ fn write_rolling(path: &std::path::Path, line: &str, max: u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn averages_decay_towards_new_values() {
-        let mut a = Avg::default();
-        a.add(100.0);
-        assert_eq!((a.s1, a.s10, a.s100), (100.0, 100.0, 100.0));
-        for _ in 0..10 {
-            a.add(0.0);
-        }
-        assert_eq!(a.s1, 0.0);
-        assert!(a.s10 < 40.0 && a.s10 > 30.0, "{}", a.s10); // 100 × 0.9^10 ≈ 34.9
-        assert!(a.s100 > 90.0, "{}", a.s100);
-    }
 
     #[test]
     fn the_host_sample_has_the_accept_queue_and_each_thread() {

@@ -13,18 +13,23 @@ use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use gateway::link::{RouterLink, WorkerLink};
-use gateway::tls::{server_config, Identity};
-use gateway::uring::{StatsCell, Worker, WorkerConfig, WorkerStats};
-use router::driver::{self, unix_ms, Dispatch, ShardBatches, ShardMsg, ShardRx, ShardTx};
+use gateway::uring::Worker;
+use gateway::worker::WorkerStats;
+use gateway::worker::{StatsCell, WorkerConfig};
+use router::driver::{self, unix_ms, Dispatch, ShardBatches, ShardMsg, ShardTx};
 use router::{PartitionMap, Shard};
 use rustls::ServerConfig;
+use std::thread::JoinHandle;
 use wire::link::{ConnId, FromRouter, ToClient, ToRouter};
 
 use crate::config::Config;
+use crate::error::Error;
+use crate::process::{
+    open_shard, process_stats, ready, spawn_shard, start, start_operations, take_hup, tune_thread,
+};
 use crate::sms::Sms;
 
 /// A gateway worker's reply queue and the eventfd that wakes it.
@@ -68,7 +73,7 @@ struct ServeQueues {
     tee: Option<Arc<crate::tee::Tee>>,
 }
 
-impl crate::admin::Queues for ServeQueues {
+impl crate::metrics::Queues for ServeQueues {
     fn shard_inboxes(&self) -> Vec<(u16, usize)> {
         (self.routes.shards.iter().enumerate())
             .map(|(i, tx)| (i as u16, tx.queued()))
@@ -206,180 +211,6 @@ impl Dispatch for Routes {
     }
 }
 
-/// How often the process figures are logged (issue 7 brings the full activity reporter).
-const STATS_EVERY: Duration = Duration::from_secs(60);
-
-/// Resident memory and huge pages of this process, for the periodic stats line.
-pub fn process_stats() -> String {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let rss = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .unwrap_or("?");
-    let huge = sysctl::process::anon_huge_pages_kb().map_or("?".to_string(), |k| k.to_string());
-    format!("rss {rss} kB, AnonHugePages {huge} kB")
-}
-
-/// Raises the open-files limit to the hard limit; says so when that is below what the
-/// configuration may need.
-fn raise_nofile(needed: u64) {
-    match rlimit::increase_nofile_limit(u64::MAX) {
-        Ok(soft) if soft < needed => tracing::warn!(
-            "the open-files limit is {soft} (the hard limit) but the configuration allows up to {needed} \
-             connections (workers × gateway.conns_per_worker + 1024): connections beyond the limit will be refused. \
-             Raise the hard limit (LimitNOFILE= in the systemd unit, /etc/security/limits.conf) or lower gateway.conns_per_worker."
-        ),
-        Ok(_) => {}
-        Err(e) => tracing::warn!("cannot raise the open-files limit: {e}"),
-    }
-}
-
-/// With `huge_pages = false`, runs again with jemalloc told not to use THP (its options
-/// are read once, at start). Returns only if no re-exec was needed.
-fn maybe_reexec_without_thp(config: &Config) -> Result<(), String> {
-    const VAR: &str = "_RJEM_MALLOC_CONF";
-    if config.process.huge_pages || std::env::var_os(VAR).is_some() {
-        return Ok(());
-    }
-    use std::os::unix::process::CommandExt;
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let err = std::process::Command::new(exe)
-        .args(std::env::args_os().skip(1))
-        .env(VAR, "thp:never,metadata_thp:disabled")
-        .exec();
-    Err(format!("re-exec without huge pages: {err}"))
-}
-
-/// Realtime scheduling must be allowed before any worker starts: try it on a scratch thread.
-fn check_realtime(priority: u8) -> Result<(), String> {
-    if priority == 0 {
-        return Ok(());
-    }
-    std::thread::spawn(move || sysctl::process::realtime(priority))
-        .join()
-        .map_err(|_| "realtime check panicked".to_string())?
-        .map_err(|e| {
-            format!("process.realtime_priority = {priority}: not permitted ({e}); run as root or with CAP_SYS_NICE (systemd: CPUSchedulingPolicy=fifo), or set it to 0")
-        })
-}
-
-fn tune_thread(config: &Config, cpu: usize, realtime: bool) {
-    if config.process.pin_threads {
-        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-        if let Err(e) = sysctl::process::pin_to_cpu(cpu % cpus) {
-            tracing::warn!("pinning to CPU {}: {e}", cpu % cpus);
-        }
-    }
-    if realtime && config.process.realtime_priority > 0 {
-        if let Err(e) = sysctl::process::realtime(config.process.realtime_priority) {
-            tracing::warn!("realtime priority: {e}");
-        }
-    }
-}
-
-/// Everything every role does first: validate, signals, process checks, data directory,
-/// open-files limit. Returns the flag SIGINT/SIGTERM set.
-/// How long a process taking over waits for the old one to release the logs.
-const TAKEOVER_WAIT: Duration = Duration::from_secs(600);
-
-/// Set by SIGHUP; taken by [`take_hup`].
-static HUP: std::sync::LazyLock<Arc<AtomicBool>> =
-    std::sync::LazyLock::new(|| Arc::new(AtomicBool::new(false)));
-
-/// Whether a SIGHUP arrived since the last call.
-pub(crate) fn take_hup() -> bool {
-    HUP.swap(false, Ordering::AcqRel)
-}
-
-pub(crate) fn start(config: &Config) -> Result<Arc<AtomicBool>, String> {
-    config.validate()?;
-    crate::logging::init(config.log.index()?);
-    maybe_reexec_without_thp(config)?;
-    // Signals first: a SIGTERM at any point after this stops cleanly.
-    let signalled = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(sig, Arc::clone(&signalled)).map_err(|e| e.to_string())?;
-    }
-    // SIGHUP asks for a reload (serve) and must never kill the process (its default).
-    signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&HUP))
-        .map_err(|e| e.to_string())?;
-    check_realtime(config.process.realtime_priority)?;
-    if !config.process.tune_profile.is_empty() {
-        crate::tune::report_shortfalls(&config.process.tune_profile);
-    }
-    std::fs::create_dir_all(&config.data_dir)
-        .map_err(|e| format!("{}: {e}", config.data_dir.display()))?;
-    raise_nofile((config.workers() * config.gateway.conns_per_worker) as u64 + 1024);
-    Ok(signalled)
-}
-
-pub(crate) fn load_tls(config: &Config) -> Result<Arc<ServerConfig>, String> {
-    let identity = match &config.tls {
-        Some(t) => Identity::from_pem_files(&t.cert, &t.key).map_err(|e| e.to_string())?,
-        None => {
-            let dir = config.data_dir.join("tls");
-            std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-            let (id, made) = Identity::self_signed_in(&dir, &[]).map_err(|e| e.to_string())?;
-            if made {
-                tracing::info!("generated a self-signed certificate in {}", dir.display());
-            }
-            id
-        }
-    };
-    tracing::info!("certificate sha256 fingerprint {}", identity.fingerprint());
-    server_config(identity).map_err(|e| e.to_string())
-}
-
-pub(crate) fn open_shard(
-    config: &Config,
-    id: u16,
-    map: PartitionMap,
-    dir: &std::path::Path,
-) -> Result<Shard, String> {
-    let (shard, report) = Shard::open(
-        id,
-        map,
-        config.router.clone(),
-        config.storage.clone(),
-        dir,
-        unix_ms(),
-    )
-    .map_err(|e| format!("shard {id}: {e}"))?;
-    tracing::info!(
-        "shard {id}: {} records, {} pending messages, {} accounts recovered in {:.0} ms{}",
-        report.records,
-        report.messages_live,
-        report.accounts_live,
-        report.elapsed.as_secs_f64() * 1e3,
-        if report.clean() {
-            String::new()
-        } else {
-            format!(" — damage: {}", report.notes.join("; "))
-        }
-    );
-    Ok(shard)
-}
-
-pub(crate) fn spawn_shard<D: Dispatch>(
-    config: &Config,
-    shard: Shard,
-    rx: ShardRx,
-    d: Arc<D>,
-    cpu: usize,
-    tuned: Sender<()>,
-) -> Result<JoinHandle<()>, String> {
-    let c = config.clone();
-    std::thread::Builder::new()
-        .name(format!("shard-{}", shard.id()))
-        .spawn(move || {
-            tune_thread(&c, cpu, false);
-            let _ = tuned.send(());
-            driver::run(shard, rx, d)
-        })
-        .map_err(|e| e.to_string())
-}
-
 /// Worker reply channels: the senders (for routes) and what each worker receives.
 pub(crate) type WorkerEnd = (Receiver<Vec<(ConnId, ToClient)>>, Arc<OwnedFd>);
 
@@ -393,8 +224,6 @@ pub(crate) fn worker_channels(n: usize) -> Result<(Vec<WorkerInbox>, Vec<WorkerE
     }
     Ok((inboxes, ends))
 }
-
-pub(crate) type Workers = Vec<JoinHandle<io::Result<WorkerStats>>>;
 
 /// Binds the public listeners (the first picks the port; the rest share it) and starts
 /// the gateway workers.
@@ -653,6 +482,15 @@ pub(crate) fn offer_takeover(
     Ok(())
 }
 
+/// The gateway workers' threads.
+pub(crate) type Workers = Vec<JoinHandle<io::Result<WorkerStats>>>;
+
+/// How often the process figures are logged (issue 7 brings the full activity reporter).
+const STATS_EVERY: Duration = Duration::from_secs(60);
+
+/// How long a process taking over waits for the old one to release the logs.
+const TAKEOVER_WAIT: Duration = Duration::from_secs(600);
+
 /// After a takeover: waits (at most [`TAKEOVER_WAIT`]) until the running process has
 /// drained and released the admin API's address, so this one can serve it.
 pub(crate) fn wait_for_admin_address(config: &Config, signalled: &AtomicBool) {
@@ -660,7 +498,7 @@ pub(crate) fn wait_for_admin_address(config: &Config, signalled: &AtomicBool) {
         return;
     }
     let addr = config.admin.listen.unwrap_or_else(|| {
-        crate::admin::DEFAULT_LISTEN
+        crate::config::DEFAULT_LISTEN
             .parse()
             .expect("a valid default address")
     });
@@ -681,105 +519,6 @@ pub(crate) fn wait_for_admin_address(config: &Config, signalled: &AtomicBool) {
             Err(_) => return, // start_operations says what is wrong
         }
     }
-}
-
-/// Reloads the configuration and says what happened (SIGHUP, `POST /reload`).
-pub(crate) fn reload_logged(control: &crate::control::Control) -> Result<String, String> {
-    match control.reload(load_tls) {
-        Ok(summary) => {
-            tracing::info!("reloaded: {summary}");
-            Ok(summary)
-        }
-        Err(e) => {
-            tracing::warn!("reload refused, the running configuration stays: {e}");
-            Err(e)
-        }
-    }
-}
-
-/// What watches a running process: the activity reporter (with the alerts) and the
-/// admin API. Both stop when this is dropped.
-pub(crate) struct Operations {
-    _admin: Option<crate::admin::Admin>,
-    _reporter: Option<crate::reporter::Reporter>,
-}
-
-/// Starts the reporter and the admin API as configured (the token file is made on
-/// first start).
-pub(crate) fn start_operations(
-    config: &Config,
-    mut src: crate::admin::Sources,
-) -> Result<Operations, String> {
-    let activity = crate::reporter::ActivityCell::default();
-    if config.reporter.enabled {
-        src.activity = Some(Arc::clone(&activity));
-    }
-    let src = Arc::new(src);
-    let reporter = if config.reporter.enabled {
-        Some(crate::reporter::start(
-            &config.reporter,
-            &config.alerts,
-            config.data_dir.clone(),
-            Arc::clone(&src),
-            activity,
-        )?)
-    } else {
-        None
-    };
-    if !config.admin.enabled {
-        return Ok(Operations {
-            _admin: None,
-            _reporter: reporter,
-        });
-    }
-    let token_file = config
-        .admin
-        .token_file
-        .clone()
-        .unwrap_or_else(|| config.data_dir.join("admin.token"));
-    let token = crate::admin::load_or_make_token(&token_file)?;
-    let admin = match crate::admin::start(&config.admin, token, src) {
-        Ok(a) => Some(a),
-        Err(e) if config.admin.listen.is_none() => {
-            tracing::warn!(
-                "admin api not started: {e} (another appliance on this host? set [admin] listen)"
-            );
-            None
-        }
-        Err(e) => return Err(e),
-    };
-    if let Some(a) = &admin {
-        tracing::info!(
-            "admin api on http://{} (/metrics, /status, /activity, /knobs; bearer token in {})",
-            a.addr,
-            token_file.display()
-        );
-    }
-    Ok(Operations {
-        _admin: admin,
-        _reporter: reporter,
-    })
-}
-
-/// Waits until every tuned thread has started, then reports huge pages.
-pub(crate) fn ready(config: &Config, tuned_rx: Receiver<()>, threads: usize) -> Result<(), String> {
-    for _ in 0..threads {
-        tuned_rx
-            .recv_timeout(Duration::from_secs(10))
-            .map_err(|_| "a thread did not start".to_string())?;
-    }
-    match sysctl::process::anon_huge_pages_kb() {
-        Some(kb) => tracing::info!(
-            "huge pages: AnonHugePages {kb} kB (jemalloc thp {})",
-            if config.process.huge_pages {
-                "always"
-            } else {
-                "never"
-            }
-        ),
-        None => tracing::info!("huge pages: not reported by this system"),
-    }
-    Ok(())
 }
 
 /// Runs until a signal (or a worker dies), logging stats now and then; `on_hup` runs
@@ -830,7 +569,7 @@ pub(crate) fn stop_workers(stop: &AtomicBool, inboxes: &[WorkerInbox], workers: 
     }
 }
 
-pub fn serve(config: Config, source: crate::control::ConfigSource) -> Result<(), String> {
+pub fn serve(config: Config, source: crate::control::ConfigSource) -> Result<(), Error> {
     let takeover = source.takeover;
     let signalled = start(&config)?;
     // First the listeners (a takeover makes the old process start draining and, once
@@ -838,7 +577,7 @@ pub fn serve(config: Config, source: crate::control::ConfigSource) -> Result<(),
     let (inherited, epoch) = inherit_listeners(&config, takeover)?;
     let shards = config.shards();
     let workers = worker_count(&config, &inherited);
-    let tls = load_tls(&config)?;
+    let tls = crate::control::load_tls(&config)?;
     let control = crate::control::Control::new(
         crate::control::Role::Serve,
         &config,
@@ -854,11 +593,7 @@ pub fn serve(config: Config, source: crate::control::ConfigSource) -> Result<(),
         let mut shard = loop {
             match open_shard(&config, id, map.clone(), &dir) {
                 // The process handing over still holds the log until it has drained.
-                Err(e)
-                    if takeover
-                        && e.contains("in use by another process")
-                        && waited.elapsed() < TAKEOVER_WAIT =>
-                {
+                Err(e) if takeover && e.is_log_locked() && waited.elapsed() < TAKEOVER_WAIT => {
                     std::thread::sleep(Duration::from_millis(50));
                 }
                 other => break other?,
@@ -958,7 +693,9 @@ pub fn serve(config: Config, source: crate::control::ConfigSource) -> Result<(),
             started: Instant::now(),
             control: Some(Arc::clone(&control)),
             activity: None,
-            tee: tee.clone(),
+            tee: tee
+                .clone()
+                .map(|t| t as Arc<dyn crate::metrics::TeeFigures>),
             queues: Some(Arc::new(ServeQueues {
                 routes: Arc::clone(&routes),
                 tee: tee.clone(),
@@ -976,7 +713,7 @@ pub fn serve(config: Config, source: crate::control::ConfigSource) -> Result<(),
         &signalled,
         &worker_threads,
         &|| {
-            let _ = reload_logged(&control);
+            let _ = crate::control::reload_logged(&control);
         },
         Some(&drain),
     );

@@ -3,6 +3,11 @@
 
 use crate::config::Config;
 
-pub fn serve(_config: Config) -> Result<(), String> {
-    Err("serve needs the io_uring gateway driver (Linux); the kqueue driver for this OS is not built yet".into())
+pub fn serve(
+    _config: Config,
+    _source: crate::control::ConfigSource,
+) -> Result<(), crate::error::Error> {
+    Err(crate::error::Error::Other(
+        "serve needs the io_uring gateway driver (Linux); the kqueue driver for this OS is not built yet".into(),
+    ))
 }

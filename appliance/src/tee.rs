@@ -25,56 +25,12 @@ use std::time::Duration;
 
 use gateway::link::RouterLink;
 use router::PartitionMap;
-use serde::Deserialize;
 use wire::link::ToRouter;
 use wire::linkcodec::{LinkMsg, PeerKind};
 use wire::Phone;
 
-use crate::cluster::ClusterConfig;
-use crate::link::{link_channel, LinkSender};
-
-/// `[tee]`.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct TeeConfig {
-    /// Mirror traffic. Default: false.
-    pub enabled: bool,
-    /// Percentage of users whose requests are mirrored (0 to 100). Default: 0.
-    pub sample_percent: u64,
-    /// Frames queued per shadow router; past it copies are dropped. Default: 10,000.
-    pub queue: usize,
-    /// The shadow cluster (secret, routers and their partitions).
-    pub cluster: ClusterConfig,
-}
-
-impl Default for TeeConfig {
-    fn default() -> Self {
-        TeeConfig {
-            enabled: false,
-            sample_percent: 0,
-            queue: 10_000,
-            cluster: ClusterConfig::default(),
-        }
-    }
-}
-
-impl TeeConfig {
-    pub fn validate(&self, partitions: u32) -> Result<(), String> {
-        if self.sample_percent > 100 {
-            return Err("tee.sample_percent: from 0 to 100".into());
-        }
-        if !self.enabled {
-            return Ok(());
-        }
-        if !(16..=10_000_000).contains(&self.queue) {
-            return Err("tee.queue: from 16 to 10,000,000".into());
-        }
-        self.cluster
-            .validate(partitions)
-            .map(|_| ())
-            .map_err(|e| format!("tee.{e}"))
-    }
-}
+use crate::config::TeeConfig;
+use link::{link_channel, LinkSender};
 
 /// The mirror: where copies go, how many, and what became of them.
 pub struct Tee {
@@ -85,6 +41,15 @@ pub struct Tee {
     hasher: ahash::RandomState,
     pub sent: AtomicU64,
     pub dropped: AtomicU64,
+}
+
+impl crate::metrics::TeeFigures for Tee {
+    fn sent(&self) -> u64 {
+        self.sent.load(Ordering::Relaxed)
+    }
+    fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
 }
 
 impl Tee {
@@ -117,23 +82,21 @@ impl Tee {
         for node in cluster.routers.iter().cloned() {
             let (tx, rx) = link_channel(config.queue).map_err(|e| e.to_string())?;
             queues.insert(node.id, tx);
-            let tls = crate::roles::link_tls_to(&cluster, &node)?;
-            let (secret, batch, stop) = (
-                cluster.secret.clone(),
+            let to = cluster.dial(
+                &node,
+                cluster.link_tls_to(&node)?,
+                PeerKind::Gateway,
+                origin,
+            );
+            let (batch, stop) = (
                 Arc::new(AtomicUsize::new(cluster.link_batch_bytes)),
                 Arc::clone(stop),
             );
             std::thread::Builder::new()
                 .name(format!("tee-router-{}", node.id))
                 .spawn(move || {
-                    crate::roles::dial(
-                        node,
-                        None,
-                        None,
-                        secret,
-                        tls,
-                        PeerKind::Gateway,
-                        origin,
+                    link::dial(
+                        to,
                         rx,
                         batch,
                         stop,

@@ -179,7 +179,7 @@ fn the_host_is_checked_against_the_configured_profile_at_start() {
 
 #[test]
 fn process_stats_report_huge_pages() {
-    let line = switchboard::serve::process_stats();
+    let line = switchboard::process::process_stats();
     assert!(
         line.contains("AnonHugePages") && line.contains("rss"),
         "{line}"

@@ -4,10 +4,8 @@
 //!
 //! # Layout
 //! - `lib.rs`: [`Client`], [`Trust`], [`Incoming`], [`ClientError`].
-//! - [`pin`]: the fingerprint-pinning certificate verifier (also used by router links).
+//! - The fingerprint-pinning verifier is the `certpin` crate (the links use it too).
 //! - `main.rs`: the `switchboard-client` CLI.
-
-pub mod pin;
 
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
@@ -131,7 +129,7 @@ pub fn tls_config(trust: &Trust) -> Result<Arc<ClientConfig>, ClientError> {
             builder.with_root_certificates(roots).with_no_client_auth()
         }
         Trust::Fingerprint(hex) => {
-            let verifier = pin::Pinned::new(hex, provider).map_err(ClientError::Trust)?;
+            let verifier = certpin::Pinned::new(hex, provider).map_err(ClientError::Trust)?;
             builder
                 .dangerous()
                 .with_custom_certificate_verifier(Arc::new(verifier))

@@ -13,6 +13,7 @@
 //! - [`live`]: values replaced at run time that workers follow.
 //! - [`link`]: a worker's side of the way to routers (`RouterLink`, `WorkerLink`,
 //!   `SourceLimits`), whatever drives its sockets.
+//! - [`worker`]: a worker's settings, knobs and counters, whatever drives its sockets.
 //! - `wake` (Unix): eventfd rings, `poll` on a socket and an eventfd, the reuseport
 //!   listener: for threads outside the io_uring driver.
 #![deny(unsafe_code)] // allowed only in `uring` and `handover`
@@ -30,5 +31,6 @@ pub mod uring;
 #[cfg(unix)]
 #[allow(unsafe_code)] // eventfd, read/write of 8 bytes, poll; every block has a SAFETY note
 pub mod wake;
+pub mod worker;
 
 pub use conn::{Conn, Ended, Limits, Phase};

@@ -5,15 +5,19 @@
 //! Each link is one loop ([`Link::run`]) on a non-blocking socket: it waits (`poll`) on
 //! the socket and on an eventfd that [`LinkSender`] rings when a frame is queued, so a
 //! TLS session is never shared between threads and nothing waits on a timer.
+//!
+//! [`dial`] keeps a link to a router up for ever (backoff, re-announcing who dials);
+//! the router side accepts with [`Link::accept`]. The frames are `wire::linkcodec`'s.
 
 use crossbeam_channel::{Receiver, SendError, Sender, TrySendError};
 use std::io::{self, Read, Write};
-use std::net::TcpStream;
+use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use gateway::wake;
 use hmac::{KeyInit, Mac};
 use rustls::pki_types::ServerName;
 use wire::linkcodec::{decode_link, LinkError, LinkMsg, PeerKind};
@@ -81,7 +85,7 @@ pub struct LinkReceiver {
 
 pub fn link_channel(capacity: usize) -> io::Result<(LinkSender, LinkReceiver)> {
     let (tx, rx) = crossbeam_channel::bounded(capacity);
-    let wake = Arc::new(gateway::wake::eventfd()?);
+    let wake = Arc::new(wake::eventfd()?);
     Ok((
         LinkSender {
             tx,
@@ -102,7 +106,7 @@ impl LinkReceiver {
 impl LinkSender {
     pub fn try_send(&self, m: LinkMsg) -> Result<(), TrySendError<LinkMsg>> {
         self.tx.try_send(m)?;
-        gateway::wake::wake(&self.wake);
+        wake::wake(&self.wake);
         Ok(())
     }
 
@@ -115,7 +119,7 @@ impl LinkSender {
     /// Blocks while the queue is full.
     pub fn send(&self, m: LinkMsg) -> Result<(), SendError<LinkMsg>> {
         self.tx.send(m)?;
-        gateway::wake::wake(&self.wake);
+        wake::wake(&self.wake);
         Ok(())
     }
 }
@@ -134,7 +138,7 @@ impl LinkTls {
     /// A client config trusting one certificate fingerprint (SHA-256, hex).
     pub fn pinned(fingerprint: &str) -> Result<LinkTls, String> {
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let verifier = client::pin::Pinned::new(fingerprint, Arc::clone(&provider))?;
+        let verifier = certpin::Pinned::new(fingerprint, Arc::clone(&provider))?;
         let config = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .map_err(|e| e.to_string())?
@@ -409,10 +413,9 @@ impl Link {
                 };
             // Paused: look again for room every millisecond.
             let timeout = if reading { 100 } else { 1 };
-            let (revents, woken) =
-                gateway::wake::poll_two(fd, events, rx.wake.as_raw_fd(), timeout)?;
+            let (revents, woken) = wake::poll_two(fd, events, rx.wake.as_raw_fd(), timeout)?;
             if woken {
-                gateway::wake::drain_eventfd(&rx.wake);
+                wake::drain_eventfd(&rx.wake);
             }
             // Frames left from before a pause go first.
             if !self.take_frames(&may_read, &mut on_frame)? {
@@ -461,6 +464,109 @@ impl Link {
 
 /// What a link reads from its socket at a time.
 const LINK_CHUNK: usize = 64 * 1024;
+
+/// What happens on a dialed link.
+pub enum LinkEvent<'a> {
+    /// A frame from the router.
+    Frame(LinkMsg),
+    /// The link that was up went down; its queue (what was not sent yet) is there to
+    /// take. Dialing starts again after this.
+    Down(&'a LinkReceiver),
+}
+
+/// Where and as whom a link is dialed.
+pub struct Dial {
+    /// The router dialed, by its id in the cluster map and its private address.
+    pub router: u16,
+    pub address: SocketAddr,
+    /// The local address and interface links leave from (`SO_BINDTODEVICE`: Linux;
+    /// elsewhere routing from `source` picks the interface).
+    pub source: Option<IpAddr>,
+    pub interface: Option<String>,
+    pub secret: Vec<u8>,
+    pub tls: LinkTls,
+    /// Who dials: its kind and id (a gateway's `ConnId::origin`, a router's id).
+    pub peer: PeerKind,
+    pub id: u16,
+}
+
+/// Dials `to.router` for ever (with backoff) and runs the link: `rx`'s frames go out,
+/// received frames and the link going down go to `on_event`. `on_connect` queues frames
+/// that must go first (session re-attachment). `up` says whether the link is up.
+pub fn dial(
+    to: Dial,
+    rx: LinkReceiver,
+    batch: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+    up: Arc<AtomicBool>,
+    on_connect: impl Fn(&mut Link) -> io::Result<()>,
+    mut on_event: impl FnMut(LinkEvent<'_>),
+) {
+    let Dial {
+        router,
+        address,
+        source,
+        interface,
+        secret,
+        tls,
+        peer,
+        id,
+    } = to;
+    let mut backoff = Duration::from_millis(50);
+    while !stop.load(Ordering::Acquire) {
+        let connected = (|| -> io::Result<Link> {
+            let sock = socket2::Socket::new(
+                socket2::Domain::for_address(address),
+                socket2::Type::STREAM,
+                None,
+            )?;
+            if let Some(ifc) = &interface {
+                #[cfg(target_os = "linux")]
+                sock.bind_device(Some(ifc.as_bytes()))?;
+                // Elsewhere routing from `source` picks the interface (cluster.rs says so).
+                #[cfg(not(target_os = "linux"))]
+                tracing::debug!("interface {ifc}: not bound (SO_BINDTODEVICE is Linux's)");
+            }
+            if let Some(src) = source {
+                sock.bind(&SocketAddr::new(src, 0).into())?;
+            }
+            sock.connect_timeout(&address.into(), Duration::from_secs(2))?;
+            let mut link = Link::connect(sock.into(), &tls, &secret, peer, id)?;
+            on_connect(&mut link)?;
+            Ok(link)
+        })();
+        let link = match connected {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(
+                    "link to router {} ({}): {e}; retrying in {backoff:?}",
+                    router,
+                    address
+                );
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+                continue;
+            }
+        };
+        up.store(true, Ordering::Release);
+        backoff = Duration::from_millis(50);
+        tracing::info!("link to router {router} ({address}) up");
+        let ended = link.run(&rx, &batch, &stop, |m| {
+            on_event(LinkEvent::Frame(m));
+            true
+        });
+        up.store(false, Ordering::Release);
+        if stop.load(Ordering::Acquire) {
+            return;
+        }
+        on_event(LinkEvent::Down(&rx));
+        tracing::warn!(
+            "link to router {} down ({}); reconnecting",
+            router,
+            ended.err().map_or("closed".to_string(), |e| e.to_string())
+        );
+    }
+}
 
 #[cfg(test)]
 mod tests {

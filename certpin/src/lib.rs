@@ -1,5 +1,6 @@
 //! Trust by certificate fingerprint: the server's end-entity certificate must hash
-//! (SHA-256) to the pinned value; signatures are still checked.
+//! (SHA-256) to the pinned value; signatures are still checked. The client SDK pins the
+//! appliance this way (`--fingerprint`), and a gateway pins its routers on TLS links.
 
 use std::sync::Arc;
 
