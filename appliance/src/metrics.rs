@@ -150,7 +150,7 @@ fn worker_families(workers: &[WorkerStats]) -> Vec<Family> {
 
 fn shard_families(shards: &[ShardReport]) -> Vec<Family> {
     type Get = fn(&ShardReport) -> u64;
-    let defs: [(&'static str, &'static str, &'static str, Get); 33] = [
+    let defs: [(&'static str, &'static str, &'static str, Get); 34] = [
         (
             "switchboard_router_sessions",
             "gauge",
@@ -282,6 +282,12 @@ fn shard_families(shards: &[ShardReport]) -> Vec<Family> {
             "gauge",
             "1 while the disk holding the log has less free than the reserve kept for acknowledgements (new messages refused with DiskFull).",
             |r| r.log.disk_full as u64,
+        ),
+        (
+            "switchboard_storage_flush_failed",
+            "gauge",
+            "1 once flushing the log failed (msync or directory fsync): nothing more is acknowledged and writes are refused until a restart.",
+            |r| r.log.flush_failed as u64,
         ),
         (
             "switchboard_storage_disk_free_bytes",

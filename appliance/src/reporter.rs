@@ -26,15 +26,21 @@ use crate::config::{AlertRule, AlertsConfig, ReporterConfig};
 use crate::metrics::{Activity, ActivityCell};
 
 /// Rules always in force beside the configured ones (a configured rule of the same name
-/// replaces one): `disk_full`, while a shard's disk is under its reserve.
+/// replaces one): `disk_full`, while a shard's disk is under its reserve, and
+/// `flush_failed`, once a shard's log could not be flushed.
 fn with_builtin_rules(mut rules: Vec<AlertRule>) -> Vec<AlertRule> {
-    if !rules.iter().any(|r| r.name == "disk_full") {
-        rules.push(AlertRule {
-            name: "disk_full".into(),
-            metric: "switchboard_storage_disk_full".into(),
-            above: 0.0,
-            for_s: 0,
-        });
+    for (name, metric) in [
+        ("disk_full", "switchboard_storage_disk_full"),
+        ("flush_failed", "switchboard_storage_flush_failed"),
+    ] {
+        if !rules.iter().any(|r| r.name == name) {
+            rules.push(AlertRule {
+                name: name.into(),
+                metric: metric.into(),
+                above: 0.0,
+                for_s: 0,
+            });
+        }
     }
     rules
 }

@@ -203,6 +203,8 @@ pub struct Shard<S: Store = Log> {
     flush_knob: Option<FlushKnob>,
     /// The log's disk was full at the last tick (logged when it changes).
     disk_full: bool,
+    /// The log's flush failed (logged once: it stays so).
+    flush_failed: bool,
 }
 
 /// Returns a new group-commit interval (µs) when it changed.
@@ -280,6 +282,7 @@ impl<S: Store> Shard<S> {
             report: None,
             flush_knob: None,
             disk_full: false,
+            flush_failed: false,
         }
     }
 
@@ -380,6 +383,18 @@ impl<S: Store> Shard<S> {
                     "shard {}: disk space is back ({} bytes free): new messages are taken again",
                     self.id,
                     disk.free
+                );
+            }
+        }
+        if !self.flush_failed {
+            if let Some(why) = self.log.flush_failure() {
+                self.flush_failed = true;
+                tracing::error!(
+                    "shard {}: flushing {} failed ({why}): nothing more is acknowledged, \
+                     sends and acknowledgements are refused (Internal) until the process is \
+                     restarted on a working disk; what was acknowledged before is on disk",
+                    self.id,
+                    self.log.describe(),
                 );
             }
         }

@@ -37,6 +37,9 @@ pub trait Store {
     fn set_group_interval_us(&mut self, us: u64) -> Result<(), ConfigError>;
     fn stats(&self) -> LogStats;
     fn disk(&self) -> DiskSpace;
+    /// Why flushing failed, once it has: nothing more becomes durable and every write
+    /// is refused.
+    fn flush_failure(&self) -> Option<String>;
     /// Where it lives, for log lines.
     fn describe(&self) -> String;
     fn close(self) -> Result<(), StorageError>;
@@ -108,6 +111,10 @@ impl Store for Log {
         Log::disk(self)
     }
     #[inline]
+    fn flush_failure(&self) -> Option<String> {
+        Log::flush_failure(self)
+    }
+    #[inline]
     fn describe(&self) -> String {
         self.dir().display().to_string()
     }
@@ -144,7 +151,7 @@ struct Kept {
 
 /// Storage in memory for tests: every write advances `written` by one position; nothing
 /// is durable until [`MemStore::make_durable`] says so, and a full disk is a switch
-/// ([`MemStore::set_disk_full`]).
+/// ([`MemStore::set_disk_full`]), and so is a failed flush ([`MemStore::fail_flush`]).
 #[derive(Default)]
 pub struct MemStore {
     messages: HashMap<UserId, BTreeMap<MsgSeq, Kept>>,
@@ -153,6 +160,7 @@ pub struct MemStore {
     written: u32,
     durable: u32,
     disk_full: bool,
+    flush_failure: Option<String>,
 }
 
 impl MemStore {
@@ -165,7 +173,15 @@ impl MemStore {
 
     /// Everything written so far becomes durable.
     pub fn make_durable(&mut self) {
-        self.durable = self.written;
+        if self.flush_failure.is_none() {
+            self.durable = self.written;
+        }
+    }
+
+    /// Flushing fails from now on: nothing more becomes durable, every write is refused
+    /// with `FlushFailed`.
+    pub fn fail_flush(&mut self, why: &str) {
+        self.flush_failure = Some(why.to_string());
     }
 
     /// While set, new messages and accounts are refused with `DiskFull`.
@@ -178,7 +194,15 @@ impl MemStore {
         Lsn::new(SegmentId(1), self.written)
     }
 
+    fn refuse_if_failed(&self) -> Result<(), StorageError> {
+        match &self.flush_failure {
+            Some(why) => Err(StorageError::FlushFailed(why.clone())),
+            None => Ok(()),
+        }
+    }
+
     fn refuse_if_full(&self) -> Result<(), StorageError> {
+        self.refuse_if_failed()?;
         if self.disk_full {
             return Err(StorageError::DiskFull {
                 free: 0,
@@ -230,6 +254,7 @@ impl Store for MemStore {
         })
     }
     fn erase(&mut self, recipient: UserId, seq: MsgSeq) -> Result<Option<Lsn>, StorageError> {
+        self.refuse_if_failed()?;
         let gone = self
             .messages
             .get_mut(&recipient)
@@ -292,6 +317,7 @@ impl Store for MemStore {
             written: self.written(),
             durable: self.durable(),
             disk_full: self.disk_full,
+            flush_failed: self.flush_failure.is_some(),
             ..LogStats::default()
         }
     }
@@ -301,6 +327,9 @@ impl Store for MemStore {
             reserve: 1,
             full: self.disk_full,
         }
+    }
+    fn flush_failure(&self) -> Option<String> {
+        self.flush_failure.clone()
     }
     fn describe(&self) -> String {
         "memory".into()

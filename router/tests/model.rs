@@ -201,6 +201,79 @@ fn a_full_disk_refuses_new_messages_with_its_own_code_and_acks_still_erase() {
     );
 }
 
+#[test]
+fn a_failed_flush_stops_acknowledging_and_refuses_with_internal() {
+    let mut s = One::new(RouterConfig::default());
+    let (a, b) = (phone(15550000001), phone(15550000002));
+    let ka = s.register(1, a);
+    let kb = s.register(2, b);
+    s.send(ToRouter::Login {
+        conn: ConnId(1),
+        phone: a,
+        key: ka,
+    });
+    let send = |s: &mut One, msg_id: u64| {
+        s.send(ToRouter::Send {
+            conn: ConnId(1),
+            from: a,
+            to: b,
+            msg_id,
+            body: format!("m{msg_id}").into_bytes(),
+        })
+    };
+    send(&mut s, 1);
+    s.durable();
+    assert!(s
+        .drain(1)
+        .contains(&ToClient::ServerAck { to: b, msg_id: 1 }));
+    // Taken but not yet durable when the disk fails: never acknowledged.
+    send(&mut s, 2);
+    s.shard.store_mut().fail_flush("msync: Input/output error");
+    s.durable();
+    send(&mut s, 3);
+    s.durable();
+    let got = s.drain(1);
+    assert!(
+        !got.iter()
+            .any(|m| matches!(m, ToClient::ServerAck { msg_id: 2, .. })),
+        "{got:?}"
+    );
+    assert!(
+        got.contains(&ToClient::Refused {
+            to: b,
+            msg_id: 3,
+            code: wire::ErrorCode::Internal
+        }),
+        "not TryAgain: retrying does not help: {got:?}"
+    );
+    // An acknowledgement is not erased either: the message stays pending.
+    s.send(ToRouter::Login {
+        conn: ConnId(2),
+        phone: b,
+        key: kb,
+    });
+    let seq = s
+        .drain(2)
+        .iter()
+        .find_map(|m| match m {
+            ToClient::Deliver { seq, msg_id: 1, .. } => Some(*seq),
+            _ => None,
+        })
+        .expect("the acknowledged message is delivered");
+    s.send(ToRouter::Ack {
+        conn: ConnId(2),
+        user: b,
+        seq,
+    });
+    let pending = s
+        .shard
+        .log()
+        .pending_count(storage::UserId::new(b.get()).unwrap())
+        .0;
+    assert!(pending >= 1, "{pending}");
+    assert!(s.shard.stats().storage_errors >= 2);
+}
+
 /// What a test step does.
 #[derive(Clone, Debug)]
 enum Op {

@@ -24,6 +24,8 @@ struct Net {
     now: u64,
     inbox: BTreeMap<ConnId, VecDeque<ToClient>>,
     sms: BTreeMap<Phone, Pin>,
+    /// The test makes the logs durable itself (their flusher sleeps 10 s).
+    by_hand: bool,
 }
 
 fn phone(n: u64) -> Phone {
@@ -32,8 +34,6 @@ fn phone(n: u64) -> Phone {
 
 impl Net {
     fn new(shards: u16, config: RouterConfig, durability: Durability) -> Net {
-        let dir = tempfile::tempdir().unwrap();
-        let map = PartitionMap::even(config.partitions, shards);
         let log = LogConfig {
             segment_bytes: 1 << 20,
             durability,
@@ -41,6 +41,27 @@ impl Net {
             group_interval_us: 200,
             ..LogConfig::default()
         };
+        Net::with_log(shards, config, log)
+    }
+
+    /// Group commit whose flusher sleeps 10 s (longer than any test): nothing becomes
+    /// durable unless [`Net::make_durable`] says so.
+    fn durable_by_hand(shards: u16, config: RouterConfig) -> Net {
+        let log = LogConfig {
+            segment_bytes: 1 << 20,
+            durability: Durability::Group,
+            prefault: false,
+            group_interval_us: 10_000_000,
+            ..LogConfig::default()
+        };
+        let mut net = Net::with_log(shards, config, log);
+        net.by_hand = true;
+        net
+    }
+
+    fn with_log(shards: u16, config: RouterConfig, log: LogConfig) -> Net {
+        let dir = tempfile::tempdir().unwrap();
+        let map = PartitionMap::even(config.partitions, shards);
         let mut net = Net {
             dir,
             map,
@@ -50,6 +71,7 @@ impl Net {
             now: T0,
             inbox: BTreeMap::new(),
             sms: BTreeMap::new(),
+            by_hand: false,
         };
         for id in 0..shards {
             let s = net.open_shard(id);
@@ -126,9 +148,20 @@ impl Net {
         }
     }
 
+    /// Everything written so far becomes durable (the writer flushes), then a tick.
+    fn make_durable(&mut self) {
+        for s in self.shards.iter_mut().flatten() {
+            s.store_mut().flush().unwrap();
+        }
+        self.tick();
+    }
+
     /// What `conn` receives, ticking (group commit needs the flusher) for up to 2 s.
     fn wait(&mut self, conn: u64) -> Vec<ToClient> {
         for _ in 0..2000 {
+            if self.by_hand {
+                self.make_durable();
+            }
             self.tick();
             if self.inbox.get(&ConnId(conn)).is_some_and(|q| !q.is_empty()) {
                 break;
@@ -333,30 +366,69 @@ fn an_offline_recipient_gets_everything_in_order_at_login() {
 
 #[test]
 fn acks_wait_for_durability_in_group_mode() {
-    let mut net = Net::new(1, RouterConfig::default(), Durability::Group);
+    let mut net = Net::durable_by_hand(1, RouterConfig::default());
     let (a, b) = (phone(A), phone(B));
     let ka = net.register(1, a);
     net.register(2, b);
     net.login(1, a, ka);
     net.msg(1, a, b, 1, b"x");
-    let early = net.drain(1);
-    let mut acked = early.contains(&ToClient::ServerAck { to: b, msg_id: 1 });
-    for _ in 0..200 {
-        if acked {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(1));
-        net.tick();
-        acked = net
-            .drain(1)
-            .contains(&ToClient::ServerAck { to: b, msg_id: 1 });
-    }
+    let ack = ToClient::ServerAck { to: b, msg_id: 1 };
     assert!(
-        acked,
-        "the ack comes once the flusher has made the message durable"
+        !net.drain(1).contains(&ack),
+        "no ack before the log is durable"
+    );
+    net.tick();
+    assert!(
+        !net.drain(1).contains(&ack),
+        "nor at a tick while it is not"
     );
     let s = net.shards[0].as_ref().unwrap();
-    assert!(s.log().durable() >= s.log().written());
+    assert!(s.log().durable() < s.log().written());
+    net.make_durable();
+    assert!(
+        net.drain(1).contains(&ack),
+        "the ack comes at the first tick once the message is durable"
+    );
+}
+
+#[test]
+fn a_failing_disk_stops_acks_and_refuses_sends_with_internal() {
+    let mut net = Net::durable_by_hand(1, RouterConfig::default());
+    let (a, b) = (phone(A), phone(B));
+    let ka = net.register(1, a);
+    net.register(2, b);
+    net.login(1, a, ka);
+    net.msg(1, a, b, 1, b"before");
+    net.make_durable();
+    assert!(net
+        .drain(1)
+        .contains(&ToClient::ServerAck { to: b, msg_id: 1 }));
+    const EIO: i32 = 5; // Linux and FreeBSD
+    storage::fault::inject(net.dir.path(), storage::fault::Op::Msync, EIO, None);
+    net.msg(1, a, b, 2, b"taken, never durable");
+    let s = net.shards[0].as_mut().unwrap();
+    assert!(s.store_mut().flush().is_err());
+    net.tick();
+    net.msg(1, a, b, 3, b"after");
+    net.tick();
+    let got = net.drain(1);
+    assert!(
+        !got.iter()
+            .any(|m| matches!(m, ToClient::ServerAck { msg_id: 2, .. })),
+        "{got:?}"
+    );
+    assert!(
+        got.contains(&ToClient::Refused {
+            to: b,
+            msg_id: 3,
+            code: ErrorCode::Internal
+        }),
+        "{got:?}"
+    );
+    let s = net.shards[0].as_ref().unwrap();
+    assert!(s.log().stats().flush_failed);
+    assert!(s.log().flush_failure().unwrap().contains("msync"));
+    storage::fault::clear(net.dir.path());
 }
 
 #[test]

@@ -115,6 +115,7 @@ impl Shared {
     ) -> std::io::Result<()> {
         let started = Instant::now();
         self.sync_dir_through(dir, through.segment())?;
+        crate::fault::check(crate::fault::Op::Msync, dir)?;
         for (map, from, to) in ranges {
             flush_map(map, from, to)?;
         }

@@ -28,6 +28,8 @@
 //!   the CRC32C instruction for short records, where the CPU has it).
 //! - [`scan`]: recovery's walk over a segment's bytes: records, damage, torn tail (no I/O).
 //! - [`config`]: `LogConfig` and its validation.
+//! - `fault`: where tests make the disk fail (segment creation, `msync`, directory
+//!   `fsync`), by directory; unarmed in service.
 //! - `segment`: segment files, mappings, the directory lock (`unsafe`: mapping files).
 //! - `flusher`: the group-commit flusher and the segment preparer threads (`unsafe`:
 //!   the scheduling-class syscall).
@@ -39,6 +41,8 @@
 
 pub mod config;
 mod error;
+#[doc(hidden)]
+pub mod fault;
 mod flusher;
 pub mod fuzzing;
 mod index;

@@ -174,6 +174,10 @@ pub struct LogStats {
     /// acknowledgements ([`Log::disk_reserve`]): new messages are refused meanwhile.
     pub disk_free_bytes: u64,
     pub disk_full: bool,
+    /// A flush (`msync`, directory `fsync`) failed: the durable position no longer
+    /// advances and every append is refused with [`StorageError::FlushFailed`] (what was
+    /// reported durable before stays so). Until the process restarts.
+    pub flush_failed: bool,
 }
 
 pub struct Log {
@@ -200,6 +204,13 @@ pub struct Log {
     pub(crate) stats: LogStats,
     /// When `maintain` last looked at the free space.
     pub(crate) disk_checked_ms: u64,
+    /// The preparer's next segment, taken as soon as it was made ([`Log::look_ahead`]).
+    early: Option<crate::flusher::Prepared>,
+    /// The next segment could not be made (`ENOSPC`): new messages and accounts are
+    /// refused while the active segment keeps its room for acknowledgements; tried again
+    /// every second from `maintain` (at `next_retry_ms`).
+    next_unmakeable: bool,
+    next_retry_ms: u64,
 }
 
 impl Log {
@@ -257,6 +268,9 @@ impl Log {
             reclaim: Default::default(),
             stats: LogStats::default(),
             disk_checked_ms: 0,
+            early: None,
+            next_unmakeable: false,
+            next_retry_ms: 0,
         };
         let active = log.active();
         let end = Lsn::new(active.seg.id, active.used as u32);
@@ -301,7 +315,40 @@ impl Log {
     pub(crate) fn check_disk(&mut self) {
         if let Ok(free) = crate::segment::free_bytes(&self.dir) {
             self.stats.disk_free_bytes = free;
-            self.stats.disk_full = free < self.disk_reserve();
+            self.stats.disk_full = free < self.disk_reserve() || self.next_unmakeable;
+        }
+    }
+
+    /// Takes the preparer's next segment as soon as it is made, to learn while the active
+    /// segment still has room that the next one cannot be made (no room: a quota, or
+    /// space `statvfs` counted as free): new messages are refused from then on
+    /// (`DiskFull`), so the active segment's room stays for acknowledgements. Asks for it
+    /// again every second; the flag drops once one is made. Called by `maintain`.
+    pub(crate) fn look_ahead(&mut self, now_ms: u64) {
+        if self.early.is_none() {
+            if let Ok((id, made)) = self.preparer.rx.try_recv() {
+                match made {
+                    Err(e) if crate::segment::is_no_space(&e) => {
+                        if !self.next_unmakeable {
+                            self.next_unmakeable = true;
+                            self.next_retry_ms = now_ms + 1000;
+                        }
+                        self.stats.disk_full = true;
+                    }
+                    made => {
+                        let ok = made.is_ok();
+                        self.early = Some((id, made));
+                        if ok && self.next_unmakeable {
+                            self.next_unmakeable = false;
+                            self.check_disk();
+                        }
+                    }
+                }
+            }
+        }
+        if self.next_unmakeable && self.early.is_none() && now_ms >= self.next_retry_ms {
+            self.next_retry_ms = now_ms + 1000;
+            self.preparer.request(SegmentId(self.active().seg.id.0 + 1));
         }
     }
 
@@ -398,29 +445,45 @@ impl Log {
             if self.config.durability != Durability::None {
                 self.shared
                     .sync_dir_through(&self.dir, written.segment())
-                    .map_err(StorageError::io("sync directory", &self.dir))?;
+                    .map_err(flush_failed(&self.shared, "sync directory", &self.dir))?;
             }
             for (s, from, to) in self.unflushed(durable) {
                 s.seg
                     .flush(from, to)
-                    .map_err(StorageError::io("msync", &s.seg.path))?;
+                    .map_err(flush_failed(&self.shared, "msync", &s.seg.path))?;
             }
             self.shared.set_durable(written);
         }
         Ok(written)
     }
 
-    /// Appends one record; returns where it starts and ends.
-    pub(crate) fn append(&mut self, rec: &Record<'_>) -> Result<(Lsn, Lsn), StorageError> {
-        self.append_with(rec.encoded_len(), |buf| {
+    /// Appends one record; returns where it starts and ends. `grows`: a message or an
+    /// account (see [`Log::append_with`]).
+    pub(crate) fn append(
+        &mut self,
+        rec: &Record<'_>,
+        grows: bool,
+    ) -> Result<(Lsn, Lsn), StorageError> {
+        self.append_with(rec.encoded_len(), grows, |buf| {
             rec.encode(buf);
         })
     }
 
-    /// Appends `len` bytes that `write` fills (an encoded record).
+    /// Bytes at the end of each segment that a record making the log grow (a message,
+    /// an account) takes only once the next segment is ready: when it cannot be made
+    /// (no room), new messages are refused and acknowledgements (erase records) still
+    /// fit, so recipients read and free space.
+    pub fn erase_reserve(&self) -> usize {
+        (self.config.segment_bytes as usize / 64).max(4096)
+    }
+
+    /// Appends `len` bytes that `write` fills (an encoded record). `grows`: the record
+    /// adds to what the log holds (a message, an account), and may cut into the
+    /// [`Log::erase_reserve`] only once the next segment is ready.
     pub(crate) fn append_with(
         &mut self,
         len: usize,
+        grows: bool,
         write: impl FnOnce(&mut [u8]),
     ) -> Result<(Lsn, Lsn), StorageError> {
         if self.shared.failed.load(Ordering::Relaxed) {
@@ -434,8 +497,11 @@ impl Log {
         }
         // A segment's capacity is its file's size (the config may have changed since).
         let seg_bytes = self.active().seg.len();
-        if self.active().sealed || self.active().used + len + SEAL_RECORD_BYTES > seg_bytes {
+        let room = seg_bytes.saturating_sub(self.active().used + SEAL_RECORD_BYTES);
+        if self.active().sealed || len > room {
             self.roll()?;
+        } else if grows && len + self.erase_reserve() > room {
+            self.make_room_ahead()?;
         }
         let active = self.segments.back_mut().expect("active");
         let at = active.used;
@@ -470,7 +536,7 @@ impl Log {
                 };
                 s.seg
                     .flush(from, end.offset() as usize)
-                    .map_err(StorageError::io("msync", &s.seg.path))?;
+                    .map_err(flush_failed(&self.shared, "msync", &s.seg.path))?;
                 self.shared.set_durable(end);
             }
         }
@@ -482,8 +548,69 @@ impl Log {
     /// low priority: [`crate::starve`]), one the writer makes itself, not pre-faulted.
     /// The preparer's late copy is removed when it arrives.
     fn next_segment(&mut self, next: SegmentId) -> Result<Segment, StorageError> {
-        let sync_dir = self.config.durability == Durability::Always;
+        let prepared = self.await_prepared(next)?;
+        self.install_prepared(next, prepared)
+    }
+
+    /// Near the end of the active segment, before a message cuts into the erase
+    /// reserve: makes sure the next segment exists (waits for the preparer, or makes it),
+    /// or refuses with `DiskFull` when there is no room for it.
+    fn make_room_ahead(&mut self) -> Result<(), StorageError> {
+        let next = SegmentId(self.active().seg.id.0 + 1);
+        if matches!(&self.early, Some((id, Ok(_))) if *id == next) {
+            return Ok(());
+        }
+        let path = self.dir.join(next.file_name());
+        let made = match self.await_prepared(next)? {
+            Some(made) => made,
+            None => {
+                // Kept from the CPU: the writer makes it (installed under its name now;
+                // installing it again at the roll renames it onto itself).
+                self.stats.prepare_takeovers += 1;
+                let (bytes, sync_dir) = (
+                    self.config.segment_bytes,
+                    self.config.durability == Durability::Always,
+                );
+                Segment::create(&self.dir, next, bytes, false, sync_dir)
+            }
+        };
+        match made {
+            Ok(seg) => {
+                self.early = Some((next, Ok(seg)));
+                Ok(())
+            }
+            Err(e) if crate::segment::is_no_space(&e) => {
+                self.next_unmakeable = true;
+                self.next_retry_ms = 0;
+                self.stats.disk_full = true;
+                Err(StorageError::DiskFull {
+                    free: self.stats.disk_free_bytes,
+                    reserve: self.disk_reserve(),
+                })
+            }
+            Err(e) => {
+                self.preparer.request(next);
+                Err(StorageError::io("prepare segment", path)(e))
+            }
+        }
+    }
+
+    /// What the preparer made for `next` (taken early by [`Log::look_ahead`], or waited
+    /// for); `None` when it is kept from the CPU while the writer waits.
+    fn await_prepared(
+        &mut self,
+        next: SegmentId,
+    ) -> Result<Option<std::io::Result<Segment>>, StorageError> {
         let mut stall: Option<Watch> = None;
+        match self.early.take() {
+            Some((id, made)) if id == next => return Ok(Some(made)),
+            Some((_, Ok(stale))) => stale.discard(),
+            _ => {}
+        }
+        if self.next_unmakeable {
+            // The preparer's last try failed and nothing may be on its way: try again.
+            self.preparer.request(next);
+        }
         let prepared = loop {
             // Not waiting yet: take what is there (a zero timeout receives first).
             let wait = stall.as_ref().map_or(Duration::ZERO, |_| PREPARE_POLL);
@@ -528,6 +655,17 @@ impl Log {
         if let Some(w) = &stall {
             self.stats.prepare_stall_us += w.elapsed().as_micros() as u64;
         }
+        Ok(prepared)
+    }
+
+    /// Installs what the preparer made for `next` (`None`: it is kept from the CPU, the
+    /// writer makes the segment itself).
+    fn install_prepared(
+        &mut self,
+        next: SegmentId,
+        prepared: Option<std::io::Result<Segment>>,
+    ) -> Result<Segment, StorageError> {
+        let sync_dir = self.config.durability == Durability::Always;
         let path = self.dir.join(next.file_name());
         match prepared {
             Some(Ok(mut seg)) => match seg.install(&self.dir, sync_dir) {
@@ -619,22 +757,29 @@ impl Log {
             active.used += SEAL_RECORD_BYTES;
             active.sealed = true;
             if self.config.durability == Durability::Always {
-                active
-                    .seg
-                    .flush(at, active.used)
-                    .map_err(StorageError::io("msync", &active.seg.path))?;
+                active.seg.flush(at, active.used).map_err(flush_failed(
+                    &self.shared,
+                    "msync",
+                    &active.seg.path,
+                ))?;
             }
         }
         let prev = (active.seg.id, active.used);
         let mut seg = match self.next_segment(next) {
             Ok(seg) => seg,
-            Err(e) => {
-                if matches!(&e, StorageError::Io { source, .. } if crate::segment::is_no_space(source))
-                {
-                    self.stats.disk_full = true;
-                }
-                return Err(e);
+            // No room for the next segment (the disk, or a quota `statvfs` does not
+            // see): refused as a full disk until `maintain` finds room again, when the
+            // next append tries once more.
+            Err(StorageError::Io { source, .. }) if crate::segment::is_no_space(&source) => {
+                self.next_unmakeable = true;
+                self.next_retry_ms = 0; // the next `maintain` asks the preparer again
+                self.stats.disk_full = true;
+                return Err(StorageError::DiskFull {
+                    free: self.stats.disk_free_bytes,
+                    reserve: self.disk_reserve(),
+                });
             }
+            Err(e) => return Err(e),
         };
         let header = SegmentHeader {
             version: FORMAT_VERSION,
@@ -645,8 +790,11 @@ impl Log {
         };
         seg.bytes_mut()[..SEGMENT_HEADER_BYTES].copy_from_slice(&header.encode());
         if self.config.durability == Durability::Always {
-            seg.flush(0, SEGMENT_HEADER_BYTES)
-                .map_err(StorageError::io("msync", &seg.path))?;
+            seg.flush(0, SEGMENT_HEADER_BYTES).map_err(flush_failed(
+                &self.shared,
+                "msync",
+                &seg.path,
+            ))?;
         }
         if seg.prefaulted {
             self.stats.prefaulted_segments += 1;
@@ -707,7 +855,7 @@ impl Log {
             body: m.body,
         });
         rec.check()?;
-        let (start, end) = self.append(&rec)?;
+        let (start, end) = self.append(&rec, true)?;
         self.next_seq += 1;
         self.index.push(probe, m.recipient, start, body);
         let active = self.segments.back_mut().expect("active");
@@ -730,7 +878,7 @@ impl Log {
             seq,
             target: at.segment(),
         };
-        let (_, end) = self.append(&rec)?;
+        let (_, end) = self.append(&rec, false)?;
         self.segments
             .back_mut()
             .expect("active")
@@ -765,7 +913,7 @@ impl Log {
         }
         let rec = Record::AccountPut { key, value };
         rec.check()?;
-        let (start, end) = self.append(&rec)?;
+        let (start, end) = self.append(&rec, true)?;
         let len = rec.encoded_len() as u32;
         let old = self.accounts.insert(
             key.into(),
@@ -792,7 +940,7 @@ impl Log {
         let target = old.at.segment();
         let rec = Record::AccountDelete { key, target };
         rec.check()?;
-        let (_, end) = self.append(&rec)?;
+        let (_, end) = self.append(&rec, false)?;
         self.segments
             .back_mut()
             .expect("active")
@@ -911,8 +1059,17 @@ impl Log {
             flush_us_max: s.flush_ns_max.load(Ordering::Relaxed) / 1000,
             flush_us_total: s.flush_ns_total.load(Ordering::Relaxed) / 1000,
             dir_syncs: s.dir_syncs.load(Ordering::Relaxed),
+            flush_failed: s.failed.load(Ordering::Relaxed),
             ..self.stats.clone()
         }
+    }
+
+    /// Why flushing failed, once it has (see [`LogStats::flush_failed`]).
+    pub fn flush_failure(&self) -> Option<String> {
+        if !self.shared.failed.load(Ordering::Relaxed) {
+            return None;
+        }
+        Some(self.shared.failure().unwrap_or_default())
     }
 
     /// Flushes and stops the helper threads; reports a flush failure.
@@ -930,6 +1087,9 @@ impl Log {
         // Before the directory's lock goes (a field dropped after this): the next
         // process to open the log must find the directory as it will stay.
         self.preparer.stop();
+        if let Some((_, Ok(staged))) = self.early.take() {
+            staged.discard();
+        }
         if let Some(why) = self.shared.failure() {
             return Err(StorageError::FlushFailed(why));
         }
@@ -975,6 +1135,25 @@ pub(crate) fn unix_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// A flush the writer made failed (`msync`, directory `fsync`): as when the flusher's
+/// fails, nothing after the last good flush is durable any more, and the log refuses
+/// every append from now on ([`StorageError::FlushFailed`]) instead of pretending.
+fn flush_failed<'a>(
+    shared: &'a Shared,
+    op: &'static str,
+    path: &'a std::path::Path,
+) -> impl FnOnce(std::io::Error) -> StorageError + 'a {
+    move |source| {
+        let e = StorageError::Io {
+            op,
+            path: path.to_owned(),
+            source,
+        };
+        shared.fail(e.to_string());
+        e
+    }
 }
 
 #[cfg(test)]

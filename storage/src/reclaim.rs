@@ -59,6 +59,7 @@ impl Log {
         budget_bytes: usize,
     ) -> Result<MaintainReport, StorageError> {
         self.help_flusher();
+        self.look_ahead(now_ms);
         if now_ms >= self.disk_checked_ms + 1000 {
             self.disk_checked_ms = now_ms;
             self.check_disk();
@@ -314,7 +315,7 @@ impl Log {
         bytes: &[u8],
         kind: Copied,
     ) -> Result<(), StorageError> {
-        let (start, _) = self.append_with(bytes.len(), |buf| buf.copy_from_slice(bytes))?;
+        let (start, _) = self.append_with(bytes.len(), false, |buf| buf.copy_from_slice(bytes))?;
         let (record, len) = crate::record::decode(bytes).expect("copied a valid record");
         let len64 = len as u64;
         match (kind, record) {

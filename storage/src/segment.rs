@@ -60,6 +60,7 @@ pub(crate) fn staged_id(name: &str) -> Option<SegmentId> {
 
 /// Makes the directory's entries durable (`fsync` on the directory).
 pub(crate) fn sync_directory(dir: &Path) -> io::Result<()> {
+    crate::fault::check(crate::fault::Op::SyncDir, dir)?;
     File::open(dir)?.sync_all()
 }
 
@@ -118,6 +119,7 @@ impl Segment {
     }
 
     fn make(path: PathBuf, id: SegmentId, bytes: u64, prefault: bool) -> io::Result<Segment> {
+        crate::fault::check(crate::fault::Op::CreateSegment, &path)?;
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -188,6 +190,7 @@ impl Segment {
 
     /// Flushes `[from, to)` to the file (`msync`, synchronous).
     pub fn flush(&self, from: usize, to: usize) -> io::Result<()> {
+        crate::fault::check(crate::fault::Op::Msync, &self.path)?;
         flush_map(&self.map, from, to)
     }
 
