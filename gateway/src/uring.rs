@@ -29,7 +29,7 @@ use wire::ErrorCode;
 
 use crate::conn::{Conn, Limits};
 use crate::live::{Follower, Live};
-use crate::worker::{StatsCell, WorkerConfig, WorkerKnobs, WorkerStats};
+use crate::worker::{AcceptGate, Admit, Drain, StatsCell, WorkerConfig, WorkerKnobs, WorkerStats};
 
 const OP_ACCEPT: u64 = 1;
 const OP_RECV: u64 = 2;
@@ -291,16 +291,14 @@ impl Worker {
                 .build()
                 .user_data(ud(OP_TIMER, 0, 0)),
         );
-        let mut accept_window = (Instant::now(), 0u32);
+        let mut gate = AcceptGate::default();
         let mut touched: Vec<u32> = Vec::new();
         let mut stopping = false;
-        let (mut draining, mut drain_started, mut drained, mut drain_cursor) =
-            (false, Instant::now(), 0u64, 0usize);
+        let mut drain: Option<Drain> = None;
         loop {
             if let Some((flag, per_sec)) = &self.drain {
-                if !draining && !stopping && flag.load(Ordering::Acquire) {
-                    draining = true;
-                    drain_started = Instant::now();
+                if drain.is_none() && !stopping && flag.load(Ordering::Acquire) {
+                    drain = Some(Drain::start(*per_sec, now_ms()));
                     // The listener lives on in the new process, with its queue.
                     st.sq.push(
                         opcode::AsyncCancel::new(ud(OP_ACCEPT, 0, 0))
@@ -308,31 +306,24 @@ impl Worker {
                             .user_data(ud(OP_CANCEL, 0, 0)),
                     );
                 }
-                if draining && !stopping {
-                    let allowed =
-                        (drain_started.elapsed().as_secs_f64() * *per_sec as f64) as u64 + 1;
+                if let (Some(d), false) = (&mut drain, stopping) {
                     let now = now_ms();
-                    let mut visited = 0;
-                    while drained < allowed && visited < st.slots.len() {
-                        if drain_cursor >= st.slots.len() {
-                            drain_cursor = 0;
+                    d.next(now, st.slots.len(), |i| {
+                        let Some(s) = st.slots[i].as_mut() else {
+                            return false;
+                        };
+                        if s.conn.ended().is_some() {
+                            return false;
                         }
-                        let i = drain_cursor;
-                        drain_cursor += 1;
-                        visited += 1;
-                        if let Some(s) = st.slots[i].as_mut() {
-                            if s.conn.ended().is_none() {
-                                s.conn.close(
-                                    ErrorCode::Reconnect,
-                                    "the server is draining for an upgrade; reconnect",
-                                    now,
-                                    &mut st.to_router,
-                                );
-                                st.after(i as u32);
-                                drained += 1;
-                            }
-                        }
-                    }
+                        s.conn.close(
+                            ErrorCode::Reconnect,
+                            "the server is draining for an upgrade; reconnect",
+                            now,
+                            &mut st.to_router,
+                        );
+                        st.after(i as u32);
+                        true
+                    });
                     st.forward(&mut *self.link.to_router);
                     if st.stats.open == 0 {
                         break;
@@ -379,7 +370,7 @@ impl Worker {
                 let res = cqe.result();
                 match op {
                     OP_ACCEPT => {
-                        if !cqueue::more(cqe.flags()) && !stopping && !draining {
+                        if !cqueue::more(cqe.flags()) && !stopping && drain.is_none() {
                             st.sq.push(
                                 opcode::AcceptMulti::new(types::Fd(lfd))
                                     .build()
@@ -391,25 +382,14 @@ impl Worker {
                         }
                         // SAFETY: a fresh descriptor from accept, owned from here on.
                         let fd = unsafe { OwnedFd::from_raw_fd(res) };
-                        let now = Instant::now();
-                        if now.duration_since(accept_window.0) >= Duration::from_secs(1) {
-                            accept_window = (now, 0);
-                        }
-                        accept_window.1 += 1;
                         // Dropping `fd` closes it.
-                        if stopping || draining {
-                            st.stats.refused_stopping += 1;
-                            continue;
+                        let open = st.stats.open;
+                        match gate.admit(now_ms(), stopping || drain.is_some(), open, &self.cfg) {
+                            Admit::Yes => st.open(fd, &self.cfg, &self.tls, &self.limits, now_ms()),
+                            Admit::Stopping => st.stats.refused_stopping += 1,
+                            Admit::Rate => st.stats.refused_rate += 1,
+                            Admit::Full => st.stats.refused_full += 1,
                         }
-                        if accept_window.1 > self.cfg.accepts_per_sec {
-                            st.stats.refused_rate += 1;
-                            continue;
-                        }
-                        if st.stats.open as usize >= self.cfg.conns_max {
-                            st.stats.refused_full += 1;
-                            continue;
-                        }
-                        st.open(fd, &self.cfg, &self.tls, &self.limits, now_ms());
                     }
                     OP_RECV => st.on_recv(gen, slot, res, cqe.flags(), &mut bufs, now_ms()),
                     OP_SEND => st.on_send(gen, slot, res),

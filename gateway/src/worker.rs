@@ -109,3 +109,139 @@ pub struct WorkerKnobs {
     pub accepts_per_sec: u32,
     pub limits: Arc<Limits>,
 }
+
+/// Whether a connection just accepted is kept.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Admit {
+    Yes,
+    /// The worker is stopping or draining for an upgrade.
+    Stopping,
+    /// Over `accepts_per_sec` in the current second.
+    Rate,
+    /// At `conns_max`.
+    Full,
+}
+
+/// The accept gate: at most `accepts_per_sec` new connections per one-second window (a
+/// reconnect storm cannot starve established connections), none while stopping, none
+/// past `conns_max`. Sans-I/O: the time is passed in.
+#[derive(Debug, Default)]
+pub struct AcceptGate {
+    window_started_ms: u64,
+    in_window: u32,
+}
+
+impl AcceptGate {
+    /// Decides for one accepted connection at `now_ms` (it counts against the rate
+    /// whatever the answer, as the kernel made it).
+    pub fn admit(&mut self, now_ms: u64, stopping: bool, open: u64, cfg: &WorkerConfig) -> Admit {
+        if now_ms >= self.window_started_ms + 1000 {
+            self.window_started_ms = now_ms;
+            self.in_window = 0;
+        }
+        self.in_window += 1;
+        if stopping {
+            Admit::Stopping
+        } else if self.in_window > cfg.accepts_per_sec {
+            Admit::Rate
+        } else if open as usize >= cfg.conns_max {
+            Admit::Full
+        } else {
+            Admit::Yes
+        }
+    }
+}
+
+/// Draining for an upgrade: connections are asked to reconnect at `per_sec` from the
+/// start (one at once), visiting the slots round-robin. Sans-I/O: the time is passed in
+/// and the caller closes what [`Drain::next`] picks.
+#[derive(Debug)]
+pub struct Drain {
+    per_sec: u32,
+    started_ms: u64,
+    drained: u64,
+    cursor: usize,
+}
+
+impl Drain {
+    pub fn start(per_sec: u32, now_ms: u64) -> Drain {
+        Drain {
+            per_sec,
+            started_ms: now_ms,
+            drained: 0,
+            cursor: 0,
+        }
+    }
+
+    /// Connections that may have been asked to leave by `now_ms`.
+    pub fn allowed(&self, now_ms: u64) -> u64 {
+        now_ms.saturating_sub(self.started_ms) * u64::from(self.per_sec) / 1000 + 1
+    }
+
+    /// Visits at most `slots` slots from where the last call stopped, while fewer than
+    /// [`Drain::allowed`] were asked; `close(i)` asks slot `i`'s connection to leave and
+    /// says whether there was a live one. Returns how many were asked now.
+    pub fn next(&mut self, now_ms: u64, slots: usize, mut close: impl FnMut(usize) -> bool) -> u64 {
+        let allowed = self.allowed(now_ms);
+        let (before, mut visited) = (self.drained, 0);
+        while self.drained < allowed && visited < slots {
+            if self.cursor >= slots {
+                self.cursor = 0;
+            }
+            let i = self.cursor;
+            self.cursor += 1;
+            visited += 1;
+            if close(i) {
+                self.drained += 1;
+            }
+        }
+        self.drained - before
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_accept_gate_holds_the_rate_per_second_then_opens_again() {
+        let cfg = WorkerConfig {
+            accepts_per_sec: 3,
+            conns_max: 10,
+            ..WorkerConfig::default()
+        };
+        let mut g = AcceptGate::default();
+        let t = 1_000_000;
+        let got: Vec<Admit> = (0..5).map(|i| g.admit(t + i, false, 0, &cfg)).collect();
+        assert_eq!(
+            got,
+            [Admit::Yes, Admit::Yes, Admit::Yes, Admit::Rate, Admit::Rate]
+        );
+        assert_eq!(g.admit(t + 999, false, 0, &cfg), Admit::Rate);
+        assert_eq!(
+            g.admit(t + 1000, false, 0, &cfg),
+            Admit::Yes,
+            "a new second"
+        );
+        assert_eq!(g.admit(t + 1001, false, 10, &cfg), Admit::Full);
+        assert_eq!(g.admit(t + 1002, true, 0, &cfg), Admit::Stopping);
+        // Refused ones counted: the window is full now.
+        assert_eq!(g.admit(t + 1003, false, 0, &cfg), Admit::Rate);
+    }
+
+    #[test]
+    fn a_drain_asks_connections_to_leave_at_its_pace_round_robin() {
+        let mut live = [true, false, true, true, true, false, true];
+        let mut d = Drain::start(2, 10_000); // two a second, one at once
+        let mut close = |live: &mut [bool], i: usize| std::mem::replace(&mut live[i], false);
+        assert_eq!(d.next(10_000, live.len(), |i| close(&mut live, i)), 1);
+        assert_eq!(live, [false, false, true, true, true, false, true]);
+        assert_eq!(d.next(10_400, live.len(), |i| close(&mut live, i)), 0);
+        assert_eq!(d.next(10_500, live.len(), |i| close(&mut live, i)), 1);
+        assert_eq!(live[2], false, "the next live slot, skipping the empty one");
+        assert_eq!(d.next(12_000, live.len(), |i| close(&mut live, i)), 3);
+        assert!(live.iter().all(|l| !l));
+        // Nothing left: it visits each slot once and stops.
+        assert_eq!(d.next(60_000, live.len(), |i| close(&mut live, i)), 0);
+    }
+}
