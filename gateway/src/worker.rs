@@ -233,12 +233,12 @@ mod tests {
     fn a_drain_asks_connections_to_leave_at_its_pace_round_robin() {
         let mut live = [true, false, true, true, true, false, true];
         let mut d = Drain::start(2, 10_000); // two a second, one at once
-        let mut close = |live: &mut [bool], i: usize| std::mem::replace(&mut live[i], false);
+        let close = |live: &mut [bool], i: usize| std::mem::replace(&mut live[i], false);
         assert_eq!(d.next(10_000, live.len(), |i| close(&mut live, i)), 1);
         assert_eq!(live, [false, false, true, true, true, false, true]);
         assert_eq!(d.next(10_400, live.len(), |i| close(&mut live, i)), 0);
         assert_eq!(d.next(10_500, live.len(), |i| close(&mut live, i)), 1);
-        assert_eq!(live[2], false, "the next live slot, skipping the empty one");
+        assert!(!live[2], "the next live slot, skipping the empty one");
         assert_eq!(d.next(12_000, live.len(), |i| close(&mut live, i)), 3);
         assert!(live.iter().all(|l| !l));
         // Nothing left: it visits each slot once and stops.
