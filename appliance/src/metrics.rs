@@ -35,114 +35,13 @@ pub struct Family {
 }
 
 fn worker_families(workers: &[WorkerStats]) -> Vec<Family> {
-    type Get = fn(&WorkerStats) -> u64;
-    let defs: [(&'static str, &'static str, &'static str, Get); 16] = [
-        (
-            "switchboard_gateway_accepted_total",
-            "counter",
-            "Connections accepted and set up.",
-            |w| w.accepted,
-        ),
-        (
-            "switchboard_gateway_refused_rate_total",
-            "counter",
-            "Connections refused over the accept rate.",
-            |w| w.refused_rate,
-        ),
-        (
-            "switchboard_gateway_refused_full_total",
-            "counter",
-            "Connections refused at conns_per_worker.",
-            |w| w.refused_full,
-        ),
-        (
-            "switchboard_gateway_refused_stopping_total",
-            "counter",
-            "Connections refused while stopping.",
-            |w| w.refused_stopping,
-        ),
-        (
-            "switchboard_gateway_closed_total",
-            "counter",
-            "Connections closed.",
-            |w| w.closed,
-        ),
-        (
-            "switchboard_gateway_connections",
-            "gauge",
-            "Connections open.",
-            |w| w.open,
-        ),
-        (
-            "switchboard_gateway_handshakes_full_total",
-            "counter",
-            "Full TLS handshakes completed.",
-            |w| w.handshakes_full,
-        ),
-        (
-            "switchboard_gateway_handshakes_resumed_total",
-            "counter",
-            "Resumed TLS handshakes completed.",
-            |w| w.handshakes_resumed,
-        ),
-        (
-            "switchboard_gateway_handshakes_failed_total",
-            "counter",
-            "Connections that ended during the TLS handshake.",
-            |w| w.handshakes_failed,
-        ),
-        (
-            "switchboard_gateway_bytes_in_total",
-            "counter",
-            "Bytes received from client sockets.",
-            |w| w.bytes_in,
-        ),
-        (
-            "switchboard_gateway_bytes_out_total",
-            "counter",
-            "Bytes sent to client sockets.",
-            |w| w.bytes_out,
-        ),
-        (
-            "switchboard_gateway_requests_total",
-            "counter",
-            "Requests handed to the router link.",
-            |w| w.requests,
-        ),
-        (
-            "switchboard_gateway_replies_total",
-            "counter",
-            "Router replies for live connections.",
-            |w| w.replies,
-        ),
-        (
-            "switchboard_gateway_link_blocked",
-            "gauge",
-            "Requests held back by a full router link.",
-            |w| w.link_blocked,
-        ),
-        (
-            "switchboard_gateway_backlog_bytes",
-            "gauge",
-            "Bytes waiting to be sent, all connections.",
-            |w| w.backlog_bytes_sum,
-        ),
-        (
-            "switchboard_gateway_backlog_bytes_max",
-            "gauge",
-            "Bytes waiting to be sent, largest connection.",
-            |w| w.backlog_bytes_max,
-        ),
-    ];
-    defs.iter()
-        .map(|(name, kind, help, get)| Family {
-            name,
-            kind,
-            help,
-            values: workers
-                .iter()
-                .enumerate()
-                .map(|(i, w)| (format!("worker=\"{i}\""), get(w)))
+    (WorkerStats::FIGURES.iter())
+        .map(|f| Family {
+            name: f.name,
+            kind: f.kind,
+            help: f.help,
+            values: (workers.iter().enumerate())
+                .map(|(i, w)| (format!("worker=\"{i}\""), (f.get)(w)))
                 .collect(),
         })
         .collect()

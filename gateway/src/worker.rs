@@ -39,35 +39,85 @@ impl Default for WorkerConfig {
     }
 }
 
-/// Worker counters and gauges, kept by the worker alone in plain fields (no atomics on
-/// the hot path) and copied to [`WorkerStats::publish`]'s shared place every sweep
-/// (250 ms) and when the worker stops; readers add the workers up.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct WorkerStats {
-    /// Connections accepted and set up.
-    pub accepted: u64,
-    /// Connections refused at accept: over the accept rate, at `conns_max`, stopping.
-    pub refused_rate: u64,
-    pub refused_full: u64,
-    pub refused_stopping: u64,
-    pub closed: u64,
-    /// Gauge: connections open.
-    pub open: u64,
-    /// TLS handshakes completed (full, resumed) and connections that ended during one.
-    pub handshakes_full: u64,
-    pub handshakes_resumed: u64,
-    pub handshakes_failed: u64,
-    /// Bytes received from and sent to sockets (TLS records).
-    pub bytes_in: u64,
-    pub bytes_out: u64,
-    /// Requests handed to the router link, and replies from it for a live connection.
-    pub requests: u64,
-    pub replies: u64,
-    /// Gauges, measured at each sweep: requests held back by a full link; bytes waiting
-    /// to be sent, summed over connections and the largest.
-    pub link_blocked: u64,
-    pub backlog_bytes_sum: u64,
-    pub backlog_bytes_max: u64,
+/// A figure described once: its metric name, type and help, and where its value is.
+/// The admin API's `/metrics`, the reporter and the documentation test read these.
+#[derive(Clone, Copy, Debug)]
+pub struct Figure<T> {
+    pub name: &'static str,
+    /// `counter` or `gauge` (Prometheus types).
+    pub kind: &'static str,
+    pub help: &'static str,
+    pub get: fn(&T) -> u64,
+}
+
+/// Defines [`WorkerStats`] from one table: each field with its type, how workers add
+/// up (`sum`, or `max` for a largest-of), its metric name and help.
+macro_rules! worker_stats {
+    ($($field:ident: $kind:ident $combine:ident, $name:literal, $help:literal;)*) => {
+        /// Worker counters and gauges, kept by the worker alone in plain fields (no
+        /// atomics on the hot path) and copied to [`WorkerStats::publish`]'s shared
+        /// place every sweep (250 ms) and when the worker stops; readers add the workers
+        /// up. Each field is described in [`WorkerStats::FIGURES`].
+        #[derive(Clone, Debug, Default, PartialEq, Eq)]
+        pub struct WorkerStats {
+            $(#[doc = $help] pub $field: u64,)*
+        }
+
+        impl WorkerStats {
+            /// Every figure, in the order `/metrics` shows them.
+            pub const FIGURES: &'static [Figure<WorkerStats>] = &[
+                $(Figure {
+                    name: $name,
+                    kind: stringify!($kind),
+                    help: $help,
+                    get: |w| w.$field,
+                },)*
+            ];
+
+            /// Adds another worker's figures (gauges too: the sum over workers, or the
+            /// largest where a figure is a largest-of).
+            pub fn add(&mut self, o: &WorkerStats) {
+                $(worker_stats!(@combine $combine, self.$field, o.$field);)*
+            }
+        }
+    };
+    (@combine sum, $a:expr, $b:expr) => { $a += $b };
+    (@combine max, $a:expr, $b:expr) => { $a = $a.max($b) };
+}
+
+worker_stats! {
+    accepted: counter sum, "switchboard_gateway_accepted_total",
+        "Connections accepted and set up.";
+    refused_rate: counter sum, "switchboard_gateway_refused_rate_total",
+        "Connections refused over the accept rate.";
+    refused_full: counter sum, "switchboard_gateway_refused_full_total",
+        "Connections refused at conns_per_worker.";
+    refused_stopping: counter sum, "switchboard_gateway_refused_stopping_total",
+        "Connections refused while stopping.";
+    closed: counter sum, "switchboard_gateway_closed_total",
+        "Connections closed.";
+    open: gauge sum, "switchboard_gateway_connections",
+        "Connections open.";
+    handshakes_full: counter sum, "switchboard_gateway_handshakes_full_total",
+        "Full TLS handshakes completed.";
+    handshakes_resumed: counter sum, "switchboard_gateway_handshakes_resumed_total",
+        "Resumed TLS handshakes completed.";
+    handshakes_failed: counter sum, "switchboard_gateway_handshakes_failed_total",
+        "Connections that ended during the TLS handshake.";
+    bytes_in: counter sum, "switchboard_gateway_bytes_in_total",
+        "Bytes received from client sockets.";
+    bytes_out: counter sum, "switchboard_gateway_bytes_out_total",
+        "Bytes sent to client sockets.";
+    requests: counter sum, "switchboard_gateway_requests_total",
+        "Requests handed to the router link.";
+    replies: counter sum, "switchboard_gateway_replies_total",
+        "Router replies for live connections.";
+    link_blocked: gauge sum, "switchboard_gateway_link_blocked",
+        "Requests held back by a full router link (measured at each sweep).";
+    backlog_bytes_sum: gauge sum, "switchboard_gateway_backlog_bytes",
+        "Bytes waiting to be sent, all connections (measured at each sweep).";
+    backlog_bytes_max: gauge max, "switchboard_gateway_backlog_bytes_max",
+        "Bytes waiting to be sent, largest connection (measured at each sweep).";
 }
 
 /// Where a worker publishes its counters for readers on other threads.
@@ -79,27 +129,6 @@ impl WorkerStats {
         if let Some(c) = cell {
             *c.lock().unwrap_or_else(|e| e.into_inner()) = self.clone();
         }
-    }
-
-    /// Adds another worker's figures (gauges too: the sum over workers; the maximum for
-    /// `backlog_bytes_max`).
-    pub fn add(&mut self, o: &WorkerStats) {
-        self.accepted += o.accepted;
-        self.refused_rate += o.refused_rate;
-        self.refused_full += o.refused_full;
-        self.refused_stopping += o.refused_stopping;
-        self.closed += o.closed;
-        self.open += o.open;
-        self.handshakes_full += o.handshakes_full;
-        self.handshakes_resumed += o.handshakes_resumed;
-        self.handshakes_failed += o.handshakes_failed;
-        self.bytes_in += o.bytes_in;
-        self.bytes_out += o.bytes_out;
-        self.requests += o.requests;
-        self.replies += o.replies;
-        self.link_blocked += o.link_blocked;
-        self.backlog_bytes_sum += o.backlog_bytes_sum;
-        self.backlog_bytes_max = self.backlog_bytes_max.max(o.backlog_bytes_max);
     }
 }
 
@@ -202,6 +231,42 @@ impl Drain {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn workers_add_up_by_the_table_and_every_figure_is_described() {
+        let a = WorkerStats {
+            accepted: 3,
+            open: 2,
+            backlog_bytes_max: 10,
+            ..WorkerStats::default()
+        };
+        let b = WorkerStats {
+            accepted: 4,
+            open: 1,
+            backlog_bytes_max: 7,
+            ..WorkerStats::default()
+        };
+        let mut t = a.clone();
+        t.add(&b);
+        assert_eq!((t.accepted, t.open, t.backlog_bytes_max), (7, 3, 10));
+        let names: std::collections::BTreeSet<_> =
+            WorkerStats::FIGURES.iter().map(|f| f.name).collect();
+        assert_eq!(names.len(), WorkerStats::FIGURES.len(), "one name each");
+        for f in WorkerStats::FIGURES {
+            assert!(matches!(f.kind, "counter" | "gauge"), "{}", f.name);
+            assert_eq!(
+                f.kind == "counter",
+                f.name.ends_with("_total"),
+                "{}",
+                f.name
+            );
+        }
+        let accepted = WorkerStats::FIGURES
+            .iter()
+            .find(|f| f.name == "switchboard_gateway_accepted_total")
+            .unwrap();
+        assert_eq!((accepted.get)(&t), 7);
+    }
 
     #[test]
     fn the_accept_gate_holds_the_rate_per_second_then_opens_again() {
