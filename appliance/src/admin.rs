@@ -84,6 +84,25 @@ pub struct Sources {
 }
 
 impl Sources {
+    /// A running process's sources (the reporter adds `activity` when it runs).
+    pub fn new(
+        workers: Vec<StatsCell>,
+        shards: Vec<ReportCell>,
+        control: &Arc<crate::control::Control>,
+        tee: Option<Arc<dyn TeeFigures>>,
+        queues: Arc<dyn Queues>,
+    ) -> Sources {
+        Sources {
+            workers,
+            shards,
+            started: Instant::now(),
+            control: Some(Arc::clone(control)),
+            activity: None,
+            tee,
+            queues: Some(queues),
+        }
+    }
+
     /// Every metric, as published now.
     fn families(&self) -> Vec<Family> {
         let workers: Vec<WorkerStats> = (self.workers.iter())

@@ -687,20 +687,16 @@ pub fn serve(config: Config, source: crate::control::ConfigSource) -> Result<(),
     ready(&config, tuned_rx, workers + shard_threads.len())?;
     let _operations = start_operations(
         &config,
-        crate::admin::Sources {
-            workers: worker_cells,
-            shards: reports,
-            started: Instant::now(),
-            control: Some(Arc::clone(&control)),
-            activity: None,
-            tee: tee
-                .clone()
-                .map(|t| t as Arc<dyn crate::metrics::TeeFigures>),
-            queues: Some(Arc::new(ServeQueues {
+        crate::admin::Sources::new(
+            worker_cells,
+            reports,
+            &control,
+            crate::tee::figures(&tee),
+            Arc::new(ServeQueues {
                 routes: Arc::clone(&routes),
                 tee: tee.clone(),
-            })),
-        },
+            }),
+        ),
     )?;
     tracing::info!(
         "listening on {addr} ({workers} gateway workers, {shards} router shards{}, data in {})",

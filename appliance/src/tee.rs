@@ -43,6 +43,12 @@ pub struct Tee {
     pub dropped: AtomicU64,
 }
 
+/// The mirror's counters for the figures, when it runs.
+pub fn figures(tee: &Option<Arc<Tee>>) -> Option<Arc<dyn crate::metrics::TeeFigures>> {
+    tee.clone()
+        .map(|t| t as Arc<dyn crate::metrics::TeeFigures>)
+}
+
 impl crate::metrics::TeeFigures for Tee {
     fn sent(&self) -> u64 {
         self.sent.load(Ordering::Relaxed)

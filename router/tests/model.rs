@@ -81,6 +81,29 @@ impl One {
             .unwrap_or_default()
     }
 
+    /// `who` logs in on `conn` and acknowledges the delivery of message `msg_id` (which
+    /// must be delivered).
+    fn login_and_ack(&mut self, conn: u64, who: Phone, key: Key, msg_id: u64) {
+        self.send(ToRouter::Login {
+            conn: ConnId(conn),
+            phone: who,
+            key,
+        });
+        let seq = self
+            .drain(conn)
+            .iter()
+            .find_map(|m| match m {
+                ToClient::Deliver { seq, msg_id: m, .. } if *m == msg_id => Some(*seq),
+                _ => None,
+            })
+            .expect("the message is delivered");
+        self.send(ToRouter::Ack {
+            conn: ConnId(conn),
+            user: who,
+            seq,
+        });
+    }
+
     fn register(&mut self, conn: u64, phone: Phone) -> Key {
         self.send(ToRouter::Register {
             conn: ConnId(conn),
@@ -174,24 +197,7 @@ fn a_full_disk_refuses_new_messages_with_its_own_code_and_acks_still_erase() {
         }),
         "{got:?}"
     );
-    s.send(ToRouter::Login {
-        conn: ConnId(2),
-        phone: b,
-        key: kb,
-    });
-    let seq = s
-        .drain(2)
-        .iter()
-        .find_map(|m| match m {
-            ToClient::Deliver { seq, msg_id: 1, .. } => Some(*seq),
-            _ => None,
-        })
-        .expect("the stored message");
-    s.send(ToRouter::Ack {
-        conn: ConnId(2),
-        user: b,
-        seq,
-    });
+    s.login_and_ack(2, b, kb, 1);
     assert_eq!(
         s.shard
             .log()
@@ -247,24 +253,7 @@ fn a_failed_flush_stops_acknowledging_and_refuses_with_internal() {
         "not TryAgain: retrying does not help: {got:?}"
     );
     // An acknowledgement is not erased either: the message stays pending.
-    s.send(ToRouter::Login {
-        conn: ConnId(2),
-        phone: b,
-        key: kb,
-    });
-    let seq = s
-        .drain(2)
-        .iter()
-        .find_map(|m| match m {
-            ToClient::Deliver { seq, msg_id: 1, .. } => Some(*seq),
-            _ => None,
-        })
-        .expect("the acknowledged message is delivered");
-    s.send(ToRouter::Ack {
-        conn: ConnId(2),
-        user: b,
-        seq,
-    });
+    s.login_and_ack(2, b, kb, 1);
     let pending = s
         .shard
         .log()

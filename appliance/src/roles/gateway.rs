@@ -425,20 +425,16 @@ pub fn gateway(config: Config, id: u8, source: ConfigSource) -> Result<(), Error
     }
     let operations = process::start_operations(
         &config,
-        crate::admin::Sources {
-            workers: worker_cells,
-            shards: vec![],
-            started: std::time::Instant::now(),
-            control: Some(Arc::clone(&control)),
-            activity: None,
-            tee: tee
-                .clone()
-                .map(|t| t as Arc<dyn crate::metrics::TeeFigures>),
-            queues: Some(Arc::new(GatewayQueues {
+        crate::admin::Sources::new(
+            worker_cells,
+            vec![],
+            &control,
+            crate::tee::figures(&tee),
+            Arc::new(GatewayQueues {
                 routes: Arc::clone(&routes),
                 tee: tee.clone(),
-            })),
-        },
+            }),
+        ),
     )?;
     if !takeover {
         listening();

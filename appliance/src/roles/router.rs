@@ -269,19 +269,17 @@ pub fn router(config: Config, id: u16, source: ConfigSource) -> Result<(), Error
     process::ready(&config, tuned_rx, 1)?;
     let _operations = process::start_operations(
         &config,
-        crate::admin::Sources {
-            workers: vec![],
-            shards: vec![report],
-            started: std::time::Instant::now(),
-            control: Some(Arc::clone(&control)),
-            activity: None,
-            tee: None,
-            queues: Some(Arc::new(RouterQueues {
+        crate::admin::Sources::new(
+            vec![],
+            vec![report],
+            &control,
+            None,
+            Arc::new(RouterQueues {
                 id,
                 shard: tx.clone(),
                 routes: Arc::clone(&routes),
-            })),
-        },
+            }),
+        ),
     )?;
     tracing::info!(
         "router {id} listening for links on {addr}{} (data in {})",
