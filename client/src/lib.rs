@@ -3,7 +3,8 @@
 //! fingerprint (SHA-256, as `switchboard serve` prints it).
 //!
 //! # Layout
-//! - `lib.rs`: [`Client`], [`Trust`], [`Incoming`], [`ClientError`].
+//! - `lib.rs`: [`Client`], [`Trust`], [`Incoming`] (the server's own `wire::link::ToClient`),
+//!   [`ClientError`].
 //! - The fingerprint-pinning verifier is the `certpin` crate (the links use it too).
 //! - `main.rs`: the `switchboard-client` CLI.
 
@@ -17,7 +18,7 @@ use std::time::{Duration, Instant};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
-use wire::frame::{decode, Frame, ReceiptKind};
+use wire::frame::{decode, Frame};
 use wire::{ErrorCode, Key, Phone, Pin, PROTOCOL_VERSION};
 
 /// How the client decides the server is the right one.
@@ -47,52 +48,9 @@ pub enum ClientError {
     Timeout,
 }
 
-/// What the server sends a client.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Incoming {
-    RegisterPending {
-        phone: Phone,
-        expires_in_s: u32,
-    },
-    Registered {
-        phone: Phone,
-        key: Key,
-    },
-    LoggedIn {
-        pending: u32,
-    },
-    ServerAck {
-        to: Phone,
-        msg_id: u64,
-    },
-    Deliver {
-        seq: u64,
-        from: Phone,
-        msg_id: u64,
-        timestamp_ms: u64,
-        body: Vec<u8>,
-    },
-    Receipt {
-        seq: u64,
-        by: Phone,
-        msg_id: u64,
-        timestamp_ms: u64,
-        kind: ReceiptKind,
-    },
-    Refused {
-        to: Phone,
-        msg_id: u64,
-        code: ErrorCode,
-    },
-    Error {
-        code: ErrorCode,
-        reason: String,
-    },
-    Close {
-        code: ErrorCode,
-        reason: String,
-    },
-}
+/// What the server sends a client: the server's own type for it (one vocabulary on
+/// both sides of the connection; `LoggedIn` names the number this client logged in as).
+pub use wire::link::ToClient as Incoming;
 
 /// A socket timeout (or a would-block read in poll mode): nothing came in time.
 fn timed_out(e: &io::Error) -> bool {
@@ -109,6 +67,8 @@ pub struct Client {
     /// The server's maximum frame payload (from `Welcome`).
     pub frame_bytes_max: usize,
     closed: Option<(ErrorCode, String)>,
+    /// The number this client last asked to log in as.
+    me: Option<Phone>,
 }
 
 /// The rustls client configuration for `trust` (aws-lc-rs; TLS 1.3 and 1.2).
@@ -167,6 +127,7 @@ impl Client {
             backlog: VecDeque::new(),
             frame_bytes_max: wire::FRAME_BYTES_DEFAULT,
             closed: None,
+            me: None,
         };
         match c.write(Frame::Hello {
             min_version: 1,
@@ -212,7 +173,7 @@ impl Client {
         loop {
             match decode(&self.inbox, usize::MAX) {
                 Ok((f, n)) => {
-                    let got = convert(f)?;
+                    let got = convert(f, self.me)?;
                     self.inbox.drain(..n);
                     return Ok(Some(got));
                 }
@@ -334,9 +295,10 @@ impl Client {
 
     /// Logs in; returns how many stored messages and receipts will follow.
     pub fn login(&mut self, phone: Phone, key: Key, timeout: Duration) -> Result<u32, ClientError> {
+        self.me = Some(phone);
         self.write(Frame::Login { phone, key })?;
         match self.wait_for(timeout, |m| matches!(m, Incoming::LoggedIn { .. }))? {
-            Incoming::LoggedIn { pending } => Ok(pending),
+            Incoming::LoggedIn { pending, .. } => Ok(pending),
             _ => unreachable!(),
         }
     }
@@ -389,63 +351,22 @@ enum Got {
     Welcome(u32),
 }
 
-fn convert(f: Frame<'_>) -> Result<Got, ClientError> {
-    Ok(Got::Msg(match f {
+fn convert(f: Frame<'_>, me: Option<Phone>) -> Result<Got, ClientError> {
+    match f {
         Frame::Ping { nonce } => return Ok(Got::Ping(nonce)),
         Frame::Pong { .. } => return Ok(Got::Pong),
         Frame::Welcome {
             frame_bytes_max, ..
         } => return Ok(Got::Welcome(frame_bytes_max)),
-        Frame::RegisterPending {
-            phone,
-            expires_in_s,
-        } => Incoming::RegisterPending {
-            phone,
-            expires_in_s,
-        },
-        Frame::Registered { phone, key } => Incoming::Registered { phone, key },
-        Frame::LoggedIn { pending } => Incoming::LoggedIn { pending },
-        Frame::ServerAck { to, msg_id } => Incoming::ServerAck { to, msg_id },
-        Frame::Deliver {
-            seq,
-            from,
-            msg_id,
-            timestamp_ms,
-            body,
-        } => Incoming::Deliver {
-            seq,
-            from,
-            msg_id,
-            timestamp_ms,
-            body: body.to_vec(),
-        },
-        Frame::Receipt {
-            seq,
-            by,
-            msg_id,
-            timestamp_ms,
-            kind,
-        } => Incoming::Receipt {
-            seq,
-            by,
-            msg_id,
-            timestamp_ms,
-            kind,
-        },
-        Frame::Refused { to, msg_id, code } => Incoming::Refused { to, msg_id, code },
-        Frame::Error { code, reason } => Incoming::Error {
-            code,
-            reason: reason.into(),
-        },
-        Frame::Close { code, reason } => Incoming::Close {
-            code,
-            reason: reason.into(),
-        },
-        other => {
-            return Err(ClientError::Protocol(format!(
-                "a client frame from the server: {:?}",
-                other.kind()
-            )))
+        Frame::LoggedIn { .. } if me.is_none() => {
+            return Err(ClientError::Protocol(
+                "LoggedIn from the server before this client sent Login".into(),
+            ))
         }
-    }))
+        _ => {}
+    }
+    let me = me.unwrap_or(Phone::new(Phone::MIN).expect("the least number is one"));
+    Incoming::from_frame(f, me)
+        .map(Got::Msg)
+        .map_err(|kind| ClientError::Protocol(format!("a client frame from the server: {kind:?}")))
 }

@@ -6,7 +6,7 @@
 use std::net::IpAddr;
 
 use crate::error::ErrorCode;
-use crate::frame::{Frame, ReceiptKind};
+use crate::frame::{Frame, Kind, ReceiptKind};
 use crate::types::{Key, Phone, Pin};
 
 /// A client connection on some gateway process. The one place its layout is written:
@@ -237,6 +237,61 @@ pub enum ToClient {
 }
 
 impl ToClient {
+    /// What a client makes of a frame from the server: the inverse of
+    /// [`ToClient::frame`], with `me` (the number the client logs in as) for `LoggedIn`,
+    /// whose frame does not carry it. `Err(kind)` for a frame that is not a message to a
+    /// client: the connection's own `Welcome`, `Ping` and `Pong`, or a client's frame.
+    pub fn from_frame(f: Frame<'_>, me: Phone) -> Result<ToClient, Kind> {
+        Ok(match f {
+            Frame::RegisterPending {
+                phone,
+                expires_in_s,
+            } => ToClient::RegisterPending {
+                phone,
+                expires_in_s,
+            },
+            Frame::Registered { phone, key } => ToClient::Registered { phone, key },
+            Frame::LoggedIn { pending } => ToClient::LoggedIn { user: me, pending },
+            Frame::ServerAck { to, msg_id } => ToClient::ServerAck { to, msg_id },
+            Frame::Deliver {
+                seq,
+                from,
+                msg_id,
+                timestamp_ms,
+                body,
+            } => ToClient::Deliver {
+                seq,
+                from,
+                msg_id,
+                timestamp_ms,
+                body: body.to_vec(),
+            },
+            Frame::Receipt {
+                seq,
+                by,
+                msg_id,
+                timestamp_ms,
+                kind,
+            } => ToClient::Receipt {
+                seq,
+                by,
+                msg_id,
+                timestamp_ms,
+                kind,
+            },
+            Frame::Refused { to, msg_id, code } => ToClient::Refused { to, msg_id, code },
+            Frame::Error { code, reason } => ToClient::Error {
+                code,
+                reason: reason.into(),
+            },
+            Frame::Close { code, reason } => ToClient::Close {
+                code,
+                reason: reason.into(),
+            },
+            other => return Err(other.kind()),
+        })
+    }
+
     /// The wire frame for it.
     pub fn frame(&self) -> Frame<'_> {
         match self {
@@ -313,4 +368,97 @@ pub enum FromRouter {
         phone: Phone,
         pin: Pin,
     },
+}
+
+#[cfg(test)]
+mod to_client_tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn phone() -> impl Strategy<Value = Phone> {
+        (Phone::MIN..=Phone::MAX).prop_map(|n| Phone::new(n).unwrap())
+    }
+
+    fn code() -> impl Strategy<Value = ErrorCode> {
+        (1u16..=24).prop_map(|c| ErrorCode::from_u16(c).unwrap())
+    }
+
+    fn to_client() -> impl Strategy<Value = ToClient> {
+        prop_oneof![
+            (phone(), any::<u32>()).prop_map(|(phone, expires_in_s)| {
+                ToClient::RegisterPending {
+                    phone,
+                    expires_in_s,
+                }
+            }),
+            (phone(), any::<[u8; 32]>())
+                .prop_map(|(phone, k)| ToClient::Registered { phone, key: Key(k) }),
+            (phone(), any::<u64>()).prop_map(|(to, msg_id)| ToClient::ServerAck { to, msg_id }),
+            (
+                any::<u64>(),
+                phone(),
+                any::<u64>(),
+                any::<u64>(),
+                any::<Vec<u8>>()
+            )
+                .prop_map(|(seq, from, msg_id, timestamp_ms, body)| {
+                    ToClient::Deliver {
+                        seq,
+                        from,
+                        msg_id,
+                        timestamp_ms,
+                        body,
+                    }
+                }),
+            (
+                any::<u64>(),
+                phone(),
+                any::<u64>(),
+                any::<u64>(),
+                any::<bool>()
+            )
+                .prop_map(|(seq, by, msg_id, timestamp_ms, read)| ToClient::Receipt {
+                    seq,
+                    by,
+                    msg_id,
+                    timestamp_ms,
+                    kind: if read {
+                        ReceiptKind::Read
+                    } else {
+                        ReceiptKind::Delivered
+                    },
+                }),
+            (phone(), any::<u64>(), code()).prop_map(|(to, msg_id, code)| ToClient::Refused {
+                to,
+                msg_id,
+                code
+            }),
+            (code(), "[a-z ]{0,40}").prop_map(|(code, reason)| ToClient::Error { code, reason }),
+            (code(), "[a-z ]{0,40}").prop_map(|(code, reason)| ToClient::Close { code, reason }),
+        ]
+    }
+
+    proptest! {
+        /// The server's message and the client's reading of its frame are the same value:
+        /// one vocabulary, both ways.
+        #[test]
+        fn a_message_read_back_from_its_frame_is_itself(m in to_client(), me in phone()) {
+            prop_assert_eq!(ToClient::from_frame(m.frame(), me), Ok(m.clone()));
+            let logged_in = ToClient::LoggedIn { user: me, pending: 7 };
+            prop_assert_eq!(ToClient::from_frame(logged_in.frame(), me), Ok(logged_in.clone()));
+        }
+    }
+
+    #[test]
+    fn connection_frames_are_not_messages() {
+        let me = Phone::new(15550001).unwrap();
+        assert_eq!(
+            ToClient::from_frame(Frame::Ping { nonce: 1 }, me),
+            Err(Kind::Ping)
+        );
+        assert_eq!(
+            ToClient::from_frame(Frame::Ack { seq: 1 }, me),
+            Err(Kind::Ack)
+        );
+    }
 }
