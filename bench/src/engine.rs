@@ -14,12 +14,14 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use client::core::{Event, Session};
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, ClientConnection};
 use socket2::{Domain, Protocol, Socket, Type};
-use wire::frame::{decode, Frame};
+use wire::frame::Frame;
+use wire::link::ToClient;
 use wire::{ErrorCode, Key, Phone, Pin, PROTOCOL_VERSION};
 
 /// Where a connection is in its life.
@@ -76,7 +78,8 @@ pub enum Ev {
 pub struct Conn {
     sock: TcpStream,
     tls: ClientConnection,
-    inbox: Vec<u8>,
+    /// The server's frames, read through the SDK's sans-I/O core.
+    session: Session,
     pub phase: Phase,
     pub phone: Phone,
     key: Option<Key>,
@@ -212,7 +215,7 @@ impl Fleet {
         let mut c = Conn {
             sock,
             tls,
-            inbox: Vec::new(),
+            session: Session::new(),
             phase: Phase::Opening,
             phone,
             key,
@@ -232,6 +235,8 @@ impl Fleet {
                 max_version: PROTOCOL_VERSION,
             },
         );
+        // Every connection logs in as its phone, at once or after registering.
+        c.session.logging_in(phone);
         match key {
             Some(key) => {
                 c.phase = Phase::LoggingIn;
@@ -379,7 +384,7 @@ impl Fleet {
                             eof = true;
                             break;
                         }
-                        Ok(n) => c.inbox.extend_from_slice(&self.buf[..n]),
+                        Ok(n) => c.session.received(&self.buf[..n]),
                         Err(_) => break,
                     }
                 }
@@ -405,47 +410,41 @@ impl Fleet {
         }
     }
 
-    /// Runs every complete frame in the connection's inbox.
+    /// Runs every complete frame the connection received.
     fn frames(&mut self, id: usize, evs: &mut Vec<Ev>) -> Result<(), String> {
-        let mut inbox = {
+        loop {
             let c = self.conns[id].as_mut().expect("open");
-            std::mem::take(&mut c.inbox)
-        };
-        let mut used = 0;
-        let result = loop {
-            let (f, n) = match decode(&inbox[used..], usize::MAX) {
-                Ok(x) => x,
-                Err(wire::FrameError::Incomplete { .. }) => break Ok(()),
-                Err(e) => break Err(format!("bad frame from the server: {e}")),
-            };
-            used += n;
-            if let Err(e) = self.frame(id, f, evs) {
-                break Err(e);
+            match c.session.poll().map_err(|e| e.to_string())? {
+                None => return Ok(()),
+                Some(e) => self.event(id, e, evs)?,
             }
-        };
-        inbox.drain(..used);
-        if let Some(c) = self.conns[id].as_mut() {
-            c.inbox = inbox;
         }
-        result
     }
 
-    fn frame(&mut self, id: usize, f: Frame<'_>, evs: &mut Vec<Ev>) -> Result<(), String> {
+    fn event(&mut self, id: usize, e: Event, evs: &mut Vec<Ev>) -> Result<(), String> {
         let c = self.conns[id].as_mut().expect("open");
         let phone = c.phone;
-        match f {
-            Frame::Welcome { .. } => {} // Login or RegisterRequest went with Hello
-            Frame::RegisterPending { .. } => {
+        let m = match e {
+            Event::Welcome { .. } => return Ok(()), // Login or RegisterRequest went with Hello
+            Event::Ping { nonce } => {
+                self.send(id, Frame::Pong { nonce });
+                return Ok(());
+            }
+            Event::Pong { .. } => return Ok(()),
+            Event::Msg(m) => m,
+        };
+        match m {
+            ToClient::RegisterPending { .. } => {
                 c.phase = Phase::WaitingPin;
                 self.waiting_pin.push(id);
             }
-            Frame::Registered { key, .. } => {
+            ToClient::Registered { key, .. } => {
                 c.key = Some(key);
                 c.registered = true;
                 c.phase = Phase::LoggingIn;
                 self.send(id, Frame::Login { phone, key });
             }
-            Frame::LoggedIn { pending } => {
+            ToClient::LoggedIn { pending, .. } => {
                 c.phase = Phase::Ready;
                 let now = Instant::now();
                 let hs = c.handshake_at.unwrap_or(now);
@@ -457,22 +456,13 @@ impl Fleet {
                     pending,
                 });
             }
-            Frame::Ping { nonce } => {
-                self.send(id, Frame::Pong { nonce });
-            }
-            Frame::Pong { .. } => {}
-            Frame::Deliver { seq, body, .. } => evs.push(Ev::Deliver {
-                id,
-                seq,
-                body: body.to_vec(),
-            }),
-            Frame::Receipt { seq, .. } => evs.push(Ev::Receipt { id, seq }),
-            Frame::ServerAck { .. } => evs.push(Ev::ServerAck { id }),
-            Frame::Refused { code, .. } => evs.push(Ev::Refused { id, code }),
-            Frame::Error { code, reason } | Frame::Close { code, reason } => {
+            ToClient::Deliver { seq, body, .. } => evs.push(Ev::Deliver { id, seq, body }),
+            ToClient::Receipt { seq, .. } => evs.push(Ev::Receipt { id, seq }),
+            ToClient::ServerAck { .. } => evs.push(Ev::ServerAck { id }),
+            ToClient::Refused { code, .. } => evs.push(Ev::Refused { id, code }),
+            ToClient::Error { code, reason } | ToClient::Close { code, reason } => {
                 return Err(format!("server: {code:?}: {reason}"))
             }
-            other => return Err(format!("unexpected {:?} from the server", other.kind())),
         }
         Ok(())
     }

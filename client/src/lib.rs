@@ -5,6 +5,8 @@
 //! # Layout
 //! - `lib.rs`: [`Client`], [`Trust`], [`Incoming`] (the server's own `wire::link::ToClient`),
 //!   [`ClientError`].
+//! - [`core`]: the client side of the protocol without I/O (`Session`), which this
+//!   client and the load generator read the server through.
 //! - The fingerprint-pinning verifier is the `certpin` crate (the links use it too).
 //! - `main.rs`: the `switchboard-client` CLI.
 
@@ -18,7 +20,7 @@ use std::time::{Duration, Instant};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
-use wire::frame::{decode, Frame};
+use wire::frame::Frame;
 use wire::{ErrorCode, Key, Phone, Pin, PROTOCOL_VERSION};
 
 /// How the client decides the server is the right one.
@@ -52,6 +54,8 @@ pub enum ClientError {
 /// both sides of the connection; `LoggedIn` names the number this client logged in as).
 pub use wire::link::ToClient as Incoming;
 
+pub mod core;
+
 /// A socket timeout (or a would-block read in poll mode): nothing came in time.
 fn timed_out(e: &io::Error) -> bool {
     matches!(
@@ -62,13 +66,11 @@ fn timed_out(e: &io::Error) -> bool {
 
 pub struct Client {
     tls: StreamOwned<ClientConnection, TcpStream>,
-    inbox: Vec<u8>,
+    session: core::Session,
     backlog: VecDeque<Incoming>,
     /// The server's maximum frame payload (from `Welcome`).
     pub frame_bytes_max: usize,
     closed: Option<(ErrorCode, String)>,
-    /// The number this client last asked to log in as.
-    me: Option<Phone>,
 }
 
 /// The rustls client configuration for `trust` (aws-lc-rs; TLS 1.3 and 1.2).
@@ -123,11 +125,10 @@ impl Client {
         let conn = ClientConnection::new(tls_config(trust)?, name)?;
         let mut c = Client {
             tls: StreamOwned::new(conn, tcp),
-            inbox: Vec::new(),
+            session: core::Session::new(),
             backlog: VecDeque::new(),
             frame_bytes_max: wire::FRAME_BYTES_DEFAULT,
             closed: None,
-            me: None,
         };
         match c.write(Frame::Hello {
             min_version: 1,
@@ -144,11 +145,11 @@ impl Client {
             }
             match c.read_frame(left)? {
                 None => {}
-                Some(Got::Welcome(max)) => {
-                    c.frame_bytes_max = max as usize;
+                Some(core::Event::Welcome { frame_bytes_max }) => {
+                    c.frame_bytes_max = frame_bytes_max as usize;
                     return Ok(c);
                 }
-                Some(Got::Msg(
+                Some(core::Event::Msg(
                     Incoming::Close { code, reason } | Incoming::Error { code, reason },
                 )) => return Err(ClientError::Closed { code, reason }),
                 Some(other) => {
@@ -169,16 +170,14 @@ impl Client {
     }
 
     /// Reads until one frame is complete and takes it from `inbox`. `None` on timeout.
-    fn read_frame(&mut self, timeout: Duration) -> Result<Option<Got>, ClientError> {
+    fn read_frame(&mut self, timeout: Duration) -> Result<Option<core::Event>, ClientError> {
         loop {
-            match decode(&self.inbox, usize::MAX) {
-                Ok((f, n)) => {
-                    let got = convert(f, self.me)?;
-                    self.inbox.drain(..n);
-                    return Ok(Some(got));
-                }
-                Err(wire::FrameError::Incomplete { .. }) => {}
-                Err(e) => return Err(ClientError::Protocol(e.to_string())),
+            if let Some(event) = self
+                .session
+                .poll()
+                .map_err(|e| ClientError::Protocol(e.to_string()))?
+            {
+                return Ok(Some(event));
             }
             // A zero timeout is a poll: read what is there, without waiting.
             self.tls.sock.set_nonblocking(timeout.is_zero())?;
@@ -198,7 +197,7 @@ impl Client {
                         .unwrap_or((ErrorCode::Normal, "connection closed".into()));
                     return Err(ClientError::Closed { code, reason });
                 }
-                Ok(n) => self.inbox.extend_from_slice(&buf[..n]),
+                Ok(n) => self.session.received(&buf[..n]),
                 Err(e) if timed_out(&e) => return Ok(None),
                 Err(e) => return Err(e.into()),
             }
@@ -212,9 +211,9 @@ impl Client {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.read_frame(left)? {
                 None => return Ok(None),
-                Some(Got::Ping(nonce)) => self.write(Frame::Pong { nonce })?,
-                Some(Got::Welcome(_)) | Some(Got::Pong) => {}
-                Some(Got::Msg(m)) => {
+                Some(core::Event::Ping { nonce }) => self.write(Frame::Pong { nonce })?,
+                Some(core::Event::Welcome { .. }) | Some(core::Event::Pong { .. }) => {}
+                Some(core::Event::Msg(m)) => {
                     if let Incoming::Close { code, reason } = &m {
                         self.closed = Some((*code, reason.clone()));
                     }
@@ -295,7 +294,7 @@ impl Client {
 
     /// Logs in; returns how many stored messages and receipts will follow.
     pub fn login(&mut self, phone: Phone, key: Key, timeout: Duration) -> Result<u32, ClientError> {
-        self.me = Some(phone);
+        self.session.logging_in(phone);
         self.write(Frame::Login { phone, key })?;
         match self.wait_for(timeout, |m| matches!(m, Incoming::LoggedIn { .. }))? {
             Incoming::LoggedIn { pending, .. } => Ok(pending),
@@ -340,33 +339,4 @@ impl Client {
         self.tls.flush()?;
         Ok(())
     }
-}
-
-/// A frame as the client sees it: a message for the caller, or protocol upkeep.
-#[derive(Debug)]
-enum Got {
-    Msg(Incoming),
-    Ping(u64),
-    Pong,
-    Welcome(u32),
-}
-
-fn convert(f: Frame<'_>, me: Option<Phone>) -> Result<Got, ClientError> {
-    match f {
-        Frame::Ping { nonce } => return Ok(Got::Ping(nonce)),
-        Frame::Pong { .. } => return Ok(Got::Pong),
-        Frame::Welcome {
-            frame_bytes_max, ..
-        } => return Ok(Got::Welcome(frame_bytes_max)),
-        Frame::LoggedIn { .. } if me.is_none() => {
-            return Err(ClientError::Protocol(
-                "LoggedIn from the server before this client sent Login".into(),
-            ))
-        }
-        _ => {}
-    }
-    let me = me.unwrap_or(Phone::new(Phone::MIN).expect("the least number is one"));
-    Incoming::from_frame(f, me)
-        .map(Got::Msg)
-        .map_err(|kind| ClientError::Protocol(format!("a client frame from the server: {kind:?}")))
 }
