@@ -2,10 +2,42 @@
 
 use crate::frame::Kind;
 
-/// Codes carried by `Error` and `Close` frames. Stable: new codes are only added.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[repr(u16)]
-pub enum ErrorCode {
+/// Defines [`ErrorCode`] from one table: each code's name and number, with
+/// [`ErrorCode::from_u16`] and [`ErrorCode::get`] from the same lines.
+macro_rules! error_codes {
+    ($($(#[doc = $doc:literal])* $name:ident = $num:literal,)*) => {
+        /// Codes carried by `Refused`, `Error` and `Close` frames. Stable: new codes are
+        /// only added, and a code this build does not know (a newer peer's) is kept as
+        /// [`ErrorCode::Other`] rather than refused (docs/PROTOCOL.md: a client treats an
+        /// unknown code as a close in `Close`, and as not retryable elsewhere).
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        pub enum ErrorCode {
+            $($(#[doc = $doc])* $name,)*
+            /// A code this build does not know.
+            Other(u16),
+        }
+
+        impl ErrorCode {
+            /// The code numbered `v`, if this build knows it.
+            pub fn from_u16(v: u16) -> Option<ErrorCode> {
+                match v {
+                    $($num => Some(ErrorCode::$name),)*
+                    _ => None,
+                }
+            }
+
+            /// Its number on the wire.
+            pub fn get(self) -> u16 {
+                match self {
+                    $(ErrorCode::$name => $num,)*
+                    ErrorCode::Other(v) => v,
+                }
+            }
+        }
+    };
+}
+
+error_codes! {
     /// A frame's fields are not valid for its kind.
     Malformed = 1,
     /// A frame longer than the negotiated maximum.
@@ -59,35 +91,9 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    pub fn from_u16(v: u16) -> Option<ErrorCode> {
-        use ErrorCode::*;
-        Some(match v {
-            1 => Malformed,
-            2 => FrameTooLarge,
-            3 => UnknownKind,
-            4 => UnsupportedVersion,
-            5 => NotLoggedIn,
-            6 => AuthFailed,
-            7 => BadPhone,
-            8 => PinWrong,
-            9 => PinInvalid,
-            10 => RateLimited,
-            11 => RecipientUnknown,
-            12 => QueueFull,
-            13 => TryAgain,
-            14 => LoggedInElsewhere,
-            15 => IdleTimeout,
-            16 => HandshakeTimeout,
-            17 => ServerShutdown,
-            18 => Reconnect,
-            19 => ProtocolViolation,
-            20 => Internal,
-            21 => Normal,
-            22 => LoginTimeout,
-            23 => DiskFull,
-            24 => IdReused,
-            _ => return None,
-        })
+    /// The code numbered `v`: a known one, or [`ErrorCode::Other`].
+    pub fn from_wire(v: u16) -> ErrorCode {
+        ErrorCode::from_u16(v).unwrap_or(ErrorCode::Other(v))
     }
 
     /// The client may send the same request again later and expect it to succeed.

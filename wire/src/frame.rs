@@ -378,7 +378,7 @@ pub fn decode(buf: &[u8], max_payload: usize) -> Result<(Frame<'_>, usize), Fram
         Kind::Refused => {
             fixed(24)?;
             zero(18..24)?;
-            let code = ErrorCode::from_u16(u16_at(p, 16)).ok_or(bad("unknown error code"))?;
+            let code = ErrorCode::from_wire(u16_at(p, 16));
             Frame::Refused {
                 to: phone(0)?,
                 msg_id: u64_at(p, 8),
@@ -396,7 +396,7 @@ pub fn decode(buf: &[u8], max_payload: usize) -> Result<(Frame<'_>, usize), Fram
         }
         Kind::Error | Kind::Close => {
             at_least(2)?;
-            let code = ErrorCode::from_u16(u16_at(p, 0)).ok_or(bad("unknown error code"))?;
+            let code = ErrorCode::from_wire(u16_at(p, 0));
             if p.len() - 2 > REASON_BYTES_MAX {
                 return Err(bad("reason too long"));
             }
@@ -574,12 +574,12 @@ impl Frame<'_> {
             Frame::Refused { to, msg_id, code } => {
                 u64s(out, to.get());
                 u64s(out, msg_id);
-                u16s(out, code as u16);
+                u16s(out, code.get());
                 out.extend_from_slice(&[0; 6]);
             }
             Frame::Ping { nonce } | Frame::Pong { nonce } => u64s(out, nonce),
             Frame::Error { code, reason } | Frame::Close { code, reason } => {
-                u16s(out, code as u16);
+                u16s(out, code.get());
                 out.extend_from_slice(truncate_reason(reason).as_bytes());
             }
         }
@@ -623,6 +623,38 @@ mod tests {
                 len: 21
             }
         );
+    }
+
+    #[test]
+    fn a_code_this_build_does_not_know_is_kept_not_refused() {
+        // A newer server's code reaches an older client: the frame still reads, with the
+        // number kept, and is not retryable (docs/PROTOCOL.md).
+        for f in [
+            Frame::Refused {
+                to: phone(15551234567),
+                msg_id: 3,
+                code: ErrorCode::Other(999),
+            },
+            Frame::Close {
+                code: ErrorCode::Other(4242),
+                reason: "newer",
+            },
+            Frame::Error {
+                code: ErrorCode::Other(25),
+                reason: "",
+            },
+        ] {
+            let mut buf = vec![];
+            f.encode(&mut buf);
+            let (back, n) = decode(&buf, 1024).unwrap();
+            assert_eq!((back, n), (f, buf.len()));
+        }
+        assert_eq!(ErrorCode::from_wire(23), ErrorCode::DiskFull);
+        assert_eq!(ErrorCode::from_wire(999), ErrorCode::Other(999));
+        assert!(!ErrorCode::Other(999).is_retryable());
+        for v in 1..=24 {
+            assert_eq!(ErrorCode::from_u16(v).unwrap().get(), v);
+        }
     }
 
     #[test]

@@ -135,7 +135,7 @@ impl<'a> R<'a> {
             .map_err(|_| LinkError::Invalid("text is not UTF-8"))
     }
     fn code(&mut self) -> Result<ErrorCode, LinkError> {
-        ErrorCode::from_u16(self.u16()?).ok_or(LinkError::Invalid("unknown error code"))
+        Ok(ErrorCode::from_wire(self.u16()?))
     }
     fn receipt(&mut self) -> Result<ReceiptKind, LinkError> {
         match self.u8()? {
@@ -357,7 +357,7 @@ fn put_resp(w: &mut W<'_>, m: &ToClient) {
             w.u8(7);
             w.phone(*to);
             w.u64(*msg_id);
-            w.u16(*code as u16);
+            w.u16(code.get());
         }
         ToClient::Error { code, reason } | ToClient::Close { code, reason } => {
             w.u8(if matches!(m, ToClient::Error { .. }) {
@@ -365,7 +365,7 @@ fn put_resp(w: &mut W<'_>, m: &ToClient) {
             } else {
                 9
             });
-            w.u16(*code as u16);
+            w.u16(code.get());
             w.text(reason);
         }
     }
