@@ -29,7 +29,9 @@ use wire::ErrorCode;
 
 use crate::conn::{Conn, Limits};
 use crate::live::{Follower, Live};
-use crate::worker::{AcceptGate, Admit, Drain, StatsCell, WorkerConfig, WorkerKnobs, WorkerStats};
+use crate::worker::{
+    AcceptGate, Admit, Backpressure, Drain, StatsCell, WorkerConfig, WorkerKnobs, WorkerStats,
+};
 
 const OP_ACCEPT: u64 = 1;
 const OP_RECV: u64 = 2;
@@ -252,8 +254,7 @@ impl Worker {
             to_router: Vec::new(),
             sq: Vec::new(),
             gen: 0,
-            blocked: std::collections::VecDeque::new(),
-            paused_slots: Vec::new(),
+            backpressure: Backpressure::default(),
             retry_armed: false,
             sources: self.sources.take(),
         };
@@ -437,7 +438,7 @@ impl Worker {
                         }
                         st.stats.backlog_bytes_sum = sum;
                         st.stats.backlog_bytes_max = max;
-                        st.stats.link_blocked = st.blocked.len() as u64;
+                        st.stats.link_blocked = st.backpressure.blocked() as u64;
                         st.stats.publish(&self.stats_cell);
                         if !stopping {
                             st.sq.push(
@@ -494,7 +495,7 @@ impl Worker {
                     break;
                 }
             }
-            if !st.blocked.is_empty() && !st.retry_armed {
+            if st.backpressure.blocked() > 0 && !st.retry_armed {
                 st.retry_armed = true;
                 st.sq.push(
                     opcode::Timeout::new(&retry_ts)
@@ -533,7 +534,7 @@ impl Worker {
         }
         drop(ring); // before `bufs`: the kernel no longer uses the buffer ring
         drop(bufs);
-        st.stats.link_blocked = st.blocked.len() as u64;
+        st.stats.link_blocked = st.backpressure.blocked() as u64;
         st.stats.publish(&self.stats_cell);
         Ok(st.stats)
     }
@@ -546,10 +547,8 @@ struct State {
     to_router: Vec<ToRouter>,
     sq: Vec<squeue::Entry>,
     gen: u16,
-    /// Slots paused because a request of theirs waits in `blocked`.
-    paused_slots: Vec<u32>,
-    /// Requests a full link handed back, oldest first; their connections are paused.
-    blocked: std::collections::VecDeque<ToRouter>,
+    /// Requests a full link handed back, and the connections paused behind them.
+    backpressure: Backpressure,
     retry_armed: bool,
     sources: Option<Arc<dyn SourceLimits>>,
 }
@@ -587,78 +586,34 @@ fn over_source_limits(
     }
 }
 
-/// The worker slot a request came from (its `ConnId`'s low 32 bits), if any.
-fn slot_of(req: &ToRouter) -> Option<u32> {
-    match req {
-        ToRouter::Register { conn, .. }
-        | ToRouter::Verify { conn, .. }
-        | ToRouter::Login { conn, .. }
-        | ToRouter::Send { conn, .. }
-        | ToRouter::Ack { conn, .. }
-        | ToRouter::Read { conn, .. }
-        | ToRouter::Closed { conn, .. } => Some(conn.slot()),
-        ToRouter::Receipt { .. } => None,
-    }
-}
-
 impl State {
     /// Offers parked requests (oldest first), then new ones, to the link. A connection
     /// with a request handed back is paused (its receive cancelled) and its later
     /// requests wait behind it, in order; a connection with nothing parked any more is
     /// read again.
     fn forward(&mut self, link: &mut dyn RouterLink) {
-        if self.blocked.is_empty() && self.to_router.is_empty() {
-            return;
-        }
-        let mut stuck = std::collections::BTreeSet::new();
-        let mut still = std::collections::VecDeque::new();
-        let pending: Vec<ToRouter> = self
-            .blocked
-            .drain(..)
-            .chain(self.to_router.drain(..))
-            .collect();
-        for req in pending {
-            let slot = slot_of(&req);
-            if slot.is_some_and(|s| stuck.contains(&s)) {
-                still.push_back(req);
-                continue;
-            }
-            match link.send(req) {
-                Ok(()) => self.stats.requests += 1,
-                Err(req) => {
-                    if let Some(s) = slot {
-                        stuck.insert(s);
-                    }
-                    still.push_back(req);
-                }
-            }
-        }
-        self.blocked = still;
-        // Only the connections stuck now or paused before can change (not every slot:
-        // this runs every loop turn, with up to a hundred thousand connections).
-        let mut changed: Vec<u32> = stuck.iter().copied().collect();
-        changed.append(&mut self.paused_slots);
-        changed.sort_unstable();
-        changed.dedup();
-        for i in changed {
-            let i = i as usize;
-            let Some(s) = self.slots.get_mut(i).and_then(|s| s.as_mut()) else {
+        let done = self.backpressure.forward(&mut self.to_router, link);
+        self.stats.requests += done.sent;
+        for i in done.pause {
+            let Some(s) = self.slots.get_mut(i as usize).and_then(|s| s.as_mut()) else {
                 continue;
             };
-            let want = stuck.contains(&(i as u32));
-            if want {
-                self.paused_slots.push(i as u32);
-            }
-            if want && !s.paused {
+            if !s.paused {
                 s.paused = true;
                 if s.recv_armed {
                     self.sq.push(
-                        opcode::AsyncCancel::new(ud(OP_RECV, s.gen, i as u32))
+                        opcode::AsyncCancel::new(ud(OP_RECV, s.gen, i))
                             .build()
-                            .user_data(ud(OP_CANCEL, s.gen, i as u32)),
+                            .user_data(ud(OP_CANCEL, s.gen, i)),
                     );
                 }
-            } else if !want && s.paused {
+            }
+        }
+        for i in done.resume {
+            let Some(s) = self.slots.get_mut(i as usize).and_then(|s| s.as_mut()) else {
+                continue;
+            };
+            if s.paused {
                 s.paused = false;
                 if !s.recv_armed && s.conn.ended().is_none() {
                     s.recv_armed = true;
@@ -666,7 +621,7 @@ impl State {
                     self.sq.push(
                         opcode::RecvMulti::new(types::Fd(raw), BGID)
                             .build()
-                            .user_data(ud(OP_RECV, s.gen, i as u32)),
+                            .user_data(ud(OP_RECV, s.gen, i)),
                     );
                 }
             }

@@ -1,9 +1,13 @@
 //! What a gateway worker is told ([`WorkerConfig`], [`WorkerKnobs`]) and what it reports
 //! ([`WorkerStats`]), whatever drives its sockets (the io_uring driver today).
 
+use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
 
+use wire::link::ToRouter;
+
 use crate::conn::Limits;
+use crate::link::RouterLink;
 
 /// Settings of one worker.
 #[derive(Clone, Debug)]
@@ -228,6 +232,87 @@ impl Drain {
     }
 }
 
+/// The worker slot a request came from (its `ConnId`'s slot), if any.
+pub fn slot_of(req: &ToRouter) -> Option<u32> {
+    match req {
+        ToRouter::Register { conn, .. }
+        | ToRouter::Verify { conn, .. }
+        | ToRouter::Login { conn, .. }
+        | ToRouter::Send { conn, .. }
+        | ToRouter::Ack { conn, .. }
+        | ToRouter::Read { conn, .. }
+        | ToRouter::Closed { conn, .. } => Some(conn.slot()),
+        ToRouter::Receipt { .. } => None,
+    }
+}
+
+/// Requests on their way to the router link, and the connections paused behind a full
+/// one. Sans-I/O: the driver pauses and resumes reading the slots it is told to.
+#[derive(Debug, Default)]
+pub struct Backpressure {
+    /// Requests the link handed back, oldest first.
+    blocked: VecDeque<ToRouter>,
+    /// Slots with a request in `blocked`.
+    paused: Vec<u32>,
+}
+
+/// What one [`Backpressure::forward`] did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Forwarded {
+    /// Requests the link took.
+    pub sent: u64,
+    /// Slots with a request held back now: stop reading them (if not already).
+    pub pause: Vec<u32>,
+    /// Slots held back before and not now: read them again (if paused).
+    pub resume: Vec<u32>,
+}
+
+impl Backpressure {
+    /// Offers held-back requests (oldest first), then `new` ones, to the link. A slot
+    /// with a request handed back has its later requests held behind it, in order.
+    pub fn forward(&mut self, new: &mut Vec<ToRouter>, link: &mut dyn RouterLink) -> Forwarded {
+        let mut done = Forwarded::default();
+        if self.blocked.is_empty() && new.is_empty() {
+            return done;
+        }
+        let mut stuck = BTreeSet::new();
+        let mut still = VecDeque::new();
+        let pending: Vec<ToRouter> = self.blocked.drain(..).chain(new.drain(..)).collect();
+        for req in pending {
+            let slot = slot_of(&req);
+            if slot.is_some_and(|s| stuck.contains(&s)) {
+                still.push_back(req);
+                continue;
+            }
+            match link.send(req) {
+                Ok(()) => done.sent += 1,
+                Err(req) => {
+                    if let Some(s) = slot {
+                        stuck.insert(s);
+                    }
+                    still.push_back(req);
+                }
+            }
+        }
+        self.blocked = still;
+        // Only the slots stuck now or paused before change (not every slot: this runs
+        // every loop turn, with up to a hundred thousand connections).
+        done.resume = (self.paused.drain(..))
+            .filter(|s| !stuck.contains(s))
+            .collect();
+        done.resume.sort_unstable();
+        done.resume.dedup();
+        done.pause = stuck.into_iter().collect();
+        self.paused = done.pause.clone();
+        done
+    }
+
+    /// Requests held back by a full link.
+    pub fn blocked(&self) -> usize {
+        self.blocked.len()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -308,5 +393,73 @@ mod tests {
         assert!(live.iter().all(|l| !l));
         // Nothing left: it visits each slot once and stops.
         assert_eq!(d.next(60_000, live.len(), |i| close(&mut live, i)), 0);
+    }
+
+    /// A link that takes `room` requests, then hands them back.
+    struct Link {
+        room: usize,
+        got: Vec<ToRouter>,
+    }
+
+    impl RouterLink for Link {
+        fn send(&mut self, req: ToRouter) -> Result<(), ToRouter> {
+            if self.room == 0 {
+                return Err(req);
+            }
+            self.room -= 1;
+            self.got.push(req);
+            Ok(())
+        }
+        fn flush(&mut self) -> bool {
+            false
+        }
+    }
+
+    fn ack(slot: u32, seq: u64) -> ToRouter {
+        ToRouter::Ack {
+            conn: wire::link::ConnId::new(0, 0, 0, 1, slot),
+            user: wire::Phone::new(15550001).unwrap(),
+            seq,
+        }
+    }
+
+    fn seq_of(r: &ToRouter) -> u64 {
+        match r {
+            ToRouter::Ack { seq, .. } => *seq,
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn a_full_link_pauses_the_slots_it_refused_and_keeps_their_order() {
+        let mut bp = Backpressure::default();
+        let mut link = Link {
+            room: 2,
+            got: vec![],
+        };
+        // Slot 1: seq 1, 2, 3; slot 2: seq 10. Room for two.
+        let mut new = vec![ack(1, 1), ack(2, 10), ack(1, 2), ack(1, 3)];
+        let f = bp.forward(&mut new, &mut link);
+        assert_eq!(f.sent, 2);
+        assert_eq!((f.pause, f.resume), (vec![1], vec![]));
+        assert_eq!(bp.blocked(), 2, "slot 1's 2 and 3 wait, in order");
+        // Slot 2 goes on while slot 1 waits; slot 1's new request waits behind its own.
+        link.room = 1;
+        let mut new = vec![ack(1, 4)];
+        let f = bp.forward(&mut new, &mut link);
+        assert_eq!(f.sent, 1);
+        assert_eq!((f.pause, f.resume), (vec![1], vec![]));
+        link.room = 10;
+        let f = bp.forward(&mut vec![], &mut link);
+        assert_eq!(f.sent, 2);
+        assert_eq!((f.pause, f.resume), (vec![], vec![1]), "read again");
+        assert_eq!(bp.blocked(), 0);
+        let slot1: Vec<u64> = (link.got.iter())
+            .filter(|r| slot_of(r) == Some(1))
+            .map(seq_of)
+            .collect();
+        assert_eq!(slot1, [1, 2, 3, 4]);
+        // Nothing to do: nothing changes.
+        assert_eq!(bp.forward(&mut vec![], &mut link), Forwarded::default());
     }
 }
