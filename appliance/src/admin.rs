@@ -16,19 +16,20 @@ use std::time::{Duration, Instant};
 use gateway::worker::{StatsCell, WorkerStats};
 
 use crate::config::AdminConfig;
+use crate::error::Error;
 use crate::metrics::{families, Activity, ActivityCell, Family, Queues, TeeFigures};
 use router::{ReportCell, ShardReport};
 
 /// Reads the token, or creates the file with a new random one.
-pub fn load_or_make_token(path: &Path) -> Result<String, String> {
+pub fn load_or_make_token(path: &Path) -> Result<String, Error> {
     match std::fs::read_to_string(path) {
         Ok(t) => {
             let t = t.trim().to_string();
             if t.len() < 16 {
-                return Err(format!(
+                return Err(Error::Config(format!(
                     "{}: the admin token must be at least 16 characters",
                     path.display()
-                ));
+                )));
             }
             Ok(t)
         }
@@ -37,18 +38,18 @@ pub fn load_or_make_token(path: &Path) -> Result<String, String> {
             rustls::crypto::aws_lc_rs::default_provider()
                 .secure_random
                 .fill(&mut raw)
-                .map_err(|_| "no random numbers for the admin token".to_string())?;
+                .map_err(|_| Error::from("no random numbers for the admin token"))?;
             let token: String = raw.iter().map(|b| format!("{b:02x}")).collect();
             let mut f = std::fs::OpenOptions::new()
                 .write(true)
                 .create_new(true)
                 .mode_0600()
                 .open(path)
-                .map_err(|e| format!("{}: {e}", path.display()))?;
-            writeln!(f, "{token}").map_err(|e| format!("{}: {e}", path.display()))?;
+                .map_err(Error::io(path.display()))?;
+            writeln!(f, "{token}").map_err(Error::io(path.display()))?;
             Ok(token)
         }
-        Err(e) => Err(format!("{}: {e}", path.display())),
+        Err(e) => Err(Error::io(path.display())(e)),
     }
 }
 
@@ -248,14 +249,16 @@ pub struct Admin {
 }
 
 /// Binds the admin listener and serves it on its own thread.
-pub fn start(config: &AdminConfig, token: String, src: Arc<Sources>) -> Result<Admin, String> {
-    config.validate()?;
-    let server = tiny_http::Server::http(config.addr())
-        .map_err(|e| format!("admin.listen {}: {e}", config.addr()))?;
+pub fn start(config: &AdminConfig, token: String, src: Arc<Sources>) -> Result<Admin, Error> {
+    config.validate().map_err(Error::Config)?;
+    let server = tiny_http::Server::http(config.addr()).map_err(|e| Error::AdminBind {
+        addr: config.addr(),
+        why: e.to_string(),
+    })?;
     let addr = server
         .server_addr()
         .to_ip()
-        .ok_or("admin listener has no IP address")?;
+        .ok_or(Error::from("admin listener has no IP address"))?;
     let task = crate::task::Task::spawn("admin", move |stop| {
         while !stop.load(Ordering::Acquire) {
             match server.recv_timeout(Duration::from_millis(200)) {
@@ -442,6 +445,37 @@ mod tests {
     }
 
     #[test]
+    fn only_a_taken_address_is_an_admin_bind_error() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let config = AdminConfig {
+            listen: Some(taken.local_addr().unwrap()),
+            ..AdminConfig::default()
+        };
+        let src = Arc::new(Sources {
+            workers: vec![],
+            shards: vec![],
+            started: Instant::now(),
+            control: None,
+            activity: None,
+            tee: None,
+            queues: None,
+        });
+        let e = start(&config, "x".repeat(16), Arc::clone(&src))
+            .err()
+            .unwrap();
+        assert!(matches!(e, Error::AdminBind { .. }), "{e:?}");
+        let public = AdminConfig {
+            listen: Some("8.8.8.8:7480".parse().unwrap()),
+            ..AdminConfig::default()
+        };
+        let e = start(&public, "x".repeat(16), src).err().unwrap();
+        assert!(
+            matches!(e, Error::Config(_)),
+            "a refused address is not a taken one: {e:?}"
+        );
+    }
+
+    #[test]
     fn a_token_is_made_once_then_reread() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("t");
@@ -449,8 +483,8 @@ mod tests {
         assert_eq!(a.len(), 48);
         assert_eq!(load_or_make_token(&p).unwrap(), a);
         let missing_dir = dir.path().join("no/such/dir/t");
-        assert!(load_or_make_token(&missing_dir)
-            .unwrap_err()
-            .contains("no/such/dir"));
+        let e = load_or_make_token(&missing_dir).unwrap_err();
+        assert!(matches!(e, Error::Io { .. }), "{e:?}");
+        assert!(e.to_string().contains("no/such/dir"), "{e}");
     }
 }

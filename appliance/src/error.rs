@@ -2,6 +2,8 @@
 //! (exit status 2, as `--check`), a shard's log cannot be opened (its storage error kept,
 //! so callers decide by kind, never by text), or something else, said in words.
 
+use std::net::SocketAddr;
+
 use storage::StorageError;
 
 #[derive(Debug, thiserror::Error)]
@@ -16,12 +18,29 @@ pub enum Error {
         #[source]
         source: StorageError,
     },
-    /// Anything else (a file, a socket, a thread), said in words.
+    /// A file, a socket or a thread could not be had.
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The admin API's address is taken (by default, perhaps by another appliance on
+    /// the host: a warning then, not a stop).
+    #[error("admin.listen {addr}: {why}")]
+    AdminBind { addr: SocketAddr, why: String },
+    /// Anything else, said in words.
     #[error("{0}")]
     Other(String),
 }
 
 impl Error {
+    /// An I/O error on `what` (a path, a thread's name).
+    pub fn io(what: impl std::fmt::Display) -> impl FnOnce(std::io::Error) -> Error {
+        let what = what.to_string();
+        move |source| Error::Io { what, source }
+    }
+
     /// A shard's log is held by another process (a process handing over still holds it).
     pub fn is_log_locked(&self) -> bool {
         matches!(

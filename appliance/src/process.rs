@@ -46,7 +46,7 @@ fn raise_nofile(needed: u64) {
 
 /// With `huge_pages = false`, runs again with jemalloc told not to use THP (its options
 /// are read once, at start). Returns only if no re-exec was needed.
-fn maybe_reexec_without_thp(config: &Config) -> Result<(), String> {
+fn maybe_reexec_without_thp(config: &Config) -> Result<(), Error> {
     const VAR: &str = "_RJEM_MALLOC_CONF";
     if !cfg!(target_os = "linux") {
         return Ok(()); // the appliance's jemalloc is Linux's (FreeBSD's malloc is its own)
@@ -55,24 +55,24 @@ fn maybe_reexec_without_thp(config: &Config) -> Result<(), String> {
         return Ok(());
     }
     use std::os::unix::process::CommandExt;
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let exe = std::env::current_exe().map_err(Error::io("this program's path"))?;
     let err = std::process::Command::new(exe)
         .args(std::env::args_os().skip(1))
         .env(VAR, "thp:never,metadata_thp:disabled")
         .exec();
-    Err(format!("re-exec without huge pages: {err}"))
+    Err(Error::io("re-exec without huge pages")(err))
 }
 
 /// Realtime scheduling must be allowed before any worker starts: try it on a scratch thread.
-fn check_realtime(priority: u8) -> Result<(), String> {
+fn check_realtime(priority: u8) -> Result<(), Error> {
     if priority == 0 {
         return Ok(());
     }
     std::thread::spawn(move || sysctl::process::realtime(priority))
         .join()
-        .map_err(|_| "realtime check panicked".to_string())?
+        .map_err(|_| Error::from("realtime check panicked"))?
         .map_err(|e| {
-            format!("process.realtime_priority = {priority}: not permitted ({e}); run as root or with CAP_SYS_NICE (systemd: CPUSchedulingPolicy=fifo), or set it to 0")
+            Error::Config(format!("process.realtime_priority = {priority}: not permitted ({e}); run as root or with CAP_SYS_NICE (systemd: CPUSchedulingPolicy=fifo), or set it to 0"))
         })
 }
 
@@ -184,7 +184,7 @@ pub(crate) struct Operations {
 pub(crate) fn start_operations(
     config: &Config,
     mut src: crate::admin::Sources,
-) -> Result<Operations, String> {
+) -> Result<Operations, Error> {
     let activity = crate::metrics::ActivityCell::default();
     if config.reporter.enabled {
         src.activity = Some(Arc::clone(&activity));
@@ -215,7 +215,9 @@ pub(crate) fn start_operations(
     let token = crate::admin::load_or_make_token(&token_file)?;
     let admin = match crate::admin::start(&config.admin, token, src) {
         Ok(a) => Some(a),
-        Err(e) if config.admin.listen.is_none() => {
+        // Only the default address being taken is a warning: the operator asked for
+        // nothing, and a second appliance on the host holds it.
+        Err(e @ Error::AdminBind { .. }) if config.admin.listen.is_none() => {
             tracing::warn!(
                 "admin api not started: {e} (another appliance on this host? set [admin] listen)"
             );
@@ -237,7 +239,7 @@ pub(crate) fn start_operations(
 }
 
 /// Waits until every tuned thread has started, then reports huge pages.
-pub(crate) fn ready(config: &Config, tuned_rx: Receiver<()>, threads: usize) -> Result<(), String> {
+pub(crate) fn ready(config: &Config, tuned_rx: Receiver<()>, threads: usize) -> Result<(), Error> {
     for _ in 0..threads {
         tuned_rx
             .recv_timeout(Duration::from_secs(10))

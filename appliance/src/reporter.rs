@@ -180,8 +180,10 @@ pub fn start(
     data_dir: PathBuf,
     sources: Arc<Sources>,
     activity: ActivityCell,
-) -> Result<Reporter, String> {
-    config.validate(alerts)?;
+) -> Result<Reporter, crate::error::Error> {
+    config
+        .validate(alerts)
+        .map_err(crate::error::Error::Config)?;
     let (config, alerts) = (config.clone(), alerts.clone());
     let webhook = alerts.webhook.clone().map(|url| {
         let (tx, rx) = mpsc::sync_channel::<String>(64);
@@ -207,7 +209,7 @@ pub fn start(
             })
             .map(|_| tx)
     });
-    let webhook = webhook.transpose().map_err(|e| e.to_string())?;
+    let webhook = (webhook.transpose()).map_err(crate::error::Error::io("thread alert-webhook"))?;
     let path = data_dir.join("activity.log");
     crate::task::Task::spawn("reporter", move |s| {
         let mut prev: BTreeMap<Cow<'static, str>, f64> = BTreeMap::new();

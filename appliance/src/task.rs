@@ -17,13 +17,13 @@ impl Task {
     pub fn spawn(
         name: &str,
         body: impl FnOnce(&AtomicBool) + Send + 'static,
-    ) -> Result<Task, String> {
+    ) -> Result<Task, crate::error::Error> {
         let stop = Arc::new(AtomicBool::new(false));
         let s = Arc::clone(&stop);
         let thread = std::thread::Builder::new()
             .name(name.into())
             .spawn(move || body(&s))
-            .map_err(|e| format!("thread {name}: {e}"))?;
+            .map_err(crate::error::Error::io(format_args!("thread {name}")))?;
         Ok(Task {
             stop,
             thread: Some(thread),
