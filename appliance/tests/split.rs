@@ -150,26 +150,21 @@ fn a_peer_without_the_secret_gets_nothing_accepted_and_the_public_port_refuses_l
 #[test]
 fn a_full_link_stops_reading_the_client_instead_of_buffering_or_refusing() {
     let dir = tempfile::tempdir().unwrap();
-    let p0 = free_port();
-    let routers = [(0, format!("127.0.0.1:{p0}"), "0-15")];
-    let cfg = config(dir.path(), &routers, "127.0.0.1", None);
     // A tiny link queue; and room for 320 MB pending for one user (the default 256 MB
     // limit would refuse some with QueueFull while the receiver catches up).
-    let text = std::fs::read_to_string(&cfg)
-        .unwrap()
-        .replace(
-            &format!("secret = \"{SECRET}\"\n"),
-            &format!("secret = \"{SECRET}\"\nlink_queue = 16\n"),
-        )
-        .replace("[storage]\n", "[storage]\nuser_bytes_max = 1073741824\n");
-    std::fs::write(&cfg, text).unwrap();
-    let cfg = cfg.to_str().unwrap();
-    let d0 = dir.path().join("r0");
-    let r0 = router(None, cfg, 0, &d0);
-    let gw = gateway(None, cfg, "127.0.0.1:0", &dir.path().join("gw"));
-    let (addr, fp) = (
-        gw.listen_addr("switchboard: gateway 1 listening on "),
-        gw.fingerprint(),
+    let OneRouter {
+        r0,
+        gw,
+        addr,
+        fp,
+        d0,
+        ..
+    } = one_router(
+        dir.path(),
+        &[
+            (&secret_line(), "link_queue = 16\n"),
+            ("[storage]\n", "user_bytes_max = 1073741824\n"),
+        ],
     );
     let (a, b) = (phone_on(0, 2), phone_on(1, 2));
     let (mut ca, _) = register(&addr, &fp, &d0.join("sms.log"), a);
@@ -285,21 +280,20 @@ fn links_run_over_tls_when_configured() {
         (1, format!("127.0.0.1:{p1}"), "8-15"),
     ];
     let cfg = config(dir.path(), &routers, "127.0.0.1", None);
-    let text = std::fs::read_to_string(&cfg)
-        .unwrap()
-        .replace(
-            &format!("secret = \"{SECRET}\"\n"),
-            &format!("secret = \"{SECRET}\"\nlink_tls = true\n"),
-        )
-        .replace(
-            "partitions = \"0-7\"\n",
-            &format!("partitions = \"0-7\"\nfingerprint = \"{f0}\"\n"),
-        )
-        .replace(
-            "partitions = \"8-15\"\n",
-            &format!("partitions = \"8-15\"\nfingerprint = \"{f1}\"\n"),
-        );
-    std::fs::write(&cfg, text).unwrap();
+    add_to_config(
+        &cfg,
+        &[
+            (&secret_line(), "link_tls = true\n"),
+            (
+                "partitions = \"0-7\"\n",
+                &format!("fingerprint = \"{f0}\"\n"),
+            ),
+            (
+                "partitions = \"8-15\"\n",
+                &format!("fingerprint = \"{f1}\"\n"),
+            ),
+        ],
+    );
     let cfg = cfg.to_str().unwrap();
     let r0 = router(None, cfg, 0, &d0);
     assert!(
@@ -625,17 +619,14 @@ fn a_split_gateway_tees_its_traffic_to_a_shadow_router() {
 #[test]
 fn sends_in_flight_when_a_router_dies_are_answered_try_again() {
     let dir = tempfile::tempdir().unwrap();
-    let p0 = free_port();
-    let routers = [(0, format!("127.0.0.1:{p0}"), "0-15")];
-    let cfg = config(dir.path(), &routers, "127.0.0.1", None);
-    let cfg = cfg.to_str().unwrap();
-    let d0 = dir.path().join("r0");
-    let r0 = router(None, cfg, 0, &d0);
-    let gw = gateway(None, cfg, "127.0.0.1:0", &dir.path().join("gw"));
-    let (addr, fp) = (
-        gw.listen_addr("switchboard: gateway 1 listening on "),
-        gw.fingerprint(),
-    );
+    let OneRouter {
+        r0,
+        gw,
+        addr,
+        fp,
+        d0,
+        cfg,
+    } = one_router(dir.path(), &[]);
     let (a, b) = (phone_on(0, 5), phone_on(1, 5));
     let (mut ca, _) = register(&addr, &fp, &d0.join("sms.log"), a);
     let (mut cb, _) = register(&addr, &fp, &d0.join("sms.log"), b);
@@ -655,7 +646,7 @@ fn sends_in_flight_when_a_router_dies_are_answered_try_again() {
         "a frozen router answers nothing"
     );
     r0.kill();
-    let r0 = router(None, cfg, 0, &d0);
+    let r0 = router(None, &cfg, 0, &d0);
     let mut answered = std::collections::BTreeSet::new();
     while answered.len() < 8 {
         match ca
@@ -718,25 +709,20 @@ fn sends_in_flight_when_a_router_dies_are_answered_try_again() {
 #[test]
 fn a_slow_router_shard_pushes_back_over_the_link() {
     let dir = tempfile::tempdir().unwrap();
-    let p0 = free_port();
-    let routers = [(0, format!("127.0.0.1:{p0}"), "0-15")];
-    let cfg = config(dir.path(), &routers, "127.0.0.1", None);
-    let text = std::fs::read_to_string(&cfg)
-        .unwrap()
-        .replace("[router]\n", "[router]\ninbox_requests_max = 256\n")
-        .replace(
-            &format!("secret = \"{SECRET}\"\n"),
-            &format!("secret = \"{SECRET}\"\nlink_queue = 256\n"),
-        )
-        .replace("[storage]\n", "[storage]\nuser_bytes_max = 1073741824\n");
-    std::fs::write(&cfg, text).unwrap();
-    let cfg = cfg.to_str().unwrap();
-    let d0 = dir.path().join("r0");
-    let r0 = router(None, cfg, 0, &d0);
-    let gw = gateway(None, cfg, "127.0.0.1:0", &dir.path().join("gw"));
-    let (addr, fp) = (
-        gw.listen_addr("switchboard: gateway 1 listening on "),
-        gw.fingerprint(),
+    let OneRouter {
+        r0,
+        gw,
+        addr,
+        fp,
+        d0,
+        ..
+    } = one_router(
+        dir.path(),
+        &[
+            ("[router]\n", "inbox_requests_max = 256\n"),
+            (&secret_line(), "link_queue = 256\n"),
+            ("[storage]\n", "user_bytes_max = 1073741824\n"),
+        ],
     );
     let (a, b) = (phone_on(0, 7), phone_on(1, 7));
     let (ca, _) = register(&addr, &fp, &d0.join("sms.log"), a);

@@ -154,6 +154,61 @@ pub fn config(
     p
 }
 
+/// Adds lines to the configuration file `cfg`: each `(after, lines)` puts `lines` right
+/// after the first occurrence of `after` (a section header such as `"[storage]\n"`, or
+/// a whole line).
+pub fn add_to_config(cfg: &Path, additions: &[(&str, &str)]) {
+    let mut text = std::fs::read_to_string(cfg).unwrap();
+    for (after, lines) in additions {
+        let at = text
+            .find(after)
+            .unwrap_or_else(|| panic!("no {after:?} in {text}"));
+        text.insert_str(at + after.len(), lines);
+    }
+    std::fs::write(cfg, text).unwrap();
+}
+
+/// The `secret = ...` line of [`config`], to add lines to `[cluster]` after.
+pub fn secret_line() -> String {
+    format!("secret = \"{SECRET}\"\n")
+}
+
+/// One router (id 0, every partition, data in `dir/r0`) and one gateway (id 1) on
+/// loopback, started from [`config`] with `additions` ([`add_to_config`]).
+pub struct OneRouter {
+    pub r0: Proc,
+    pub gw: Proc,
+    /// The gateway's public address and certificate fingerprint.
+    pub addr: String,
+    pub fp: String,
+    /// The router's data directory (its `sms.log` has the PINs).
+    pub d0: PathBuf,
+    /// The configuration file (to start a role again).
+    pub cfg: String,
+}
+
+pub fn one_router(dir: &Path, additions: &[(&str, &str)]) -> OneRouter {
+    let routers = [(0, format!("127.0.0.1:{}", free_port()), "0-15")];
+    let cfg = config(dir, &routers, "127.0.0.1", None);
+    add_to_config(&cfg, additions);
+    let cfg = cfg.to_str().unwrap().to_string();
+    let d0 = dir.join("r0");
+    let r0 = router(None, &cfg, 0, &d0);
+    let gw = gateway(None, &cfg, "127.0.0.1:0", &dir.join("gw"));
+    let (addr, fp) = (
+        gw.listen_addr("switchboard: gateway 1 listening on "),
+        gw.fingerprint(),
+    );
+    OneRouter {
+        r0,
+        gw,
+        addr,
+        fp,
+        d0,
+        cfg,
+    }
+}
+
 /// A phone number whose partition belongs to router `r` (partitions 0-7 → 0, 8-15 → 1).
 pub fn phone_on(r: u16, nth: u64) -> Phone {
     (15550000000u64..)
