@@ -24,6 +24,10 @@ pub trait Queues: Send + Sync {
     fn shard_inboxes(&self) -> Vec<(u16, usize)>;
     /// Frames waiting in each link's queue: (link, length), e.g. ("router 1", 12).
     fn links(&self) -> Vec<(String, usize)>;
+    /// Replies waiting for each gateway worker: (worker, length).
+    fn worker_replies(&self) -> Vec<(usize, usize)> {
+        vec![]
+    }
 }
 
 /// One metric: name, type, help, and a value per label set.
@@ -312,6 +316,17 @@ pub fn families(
             q.links()
                 .into_iter()
                 .map(|(l, n)| (format!("link=\"{l}\""), n as u64))
+                .collect()
+        }),
+    });
+    all.push(Family {
+        name: "switchboard_gateway_reply_queue",
+        kind: "gauge",
+        help: "Router replies waiting for a gateway worker (bounded by its connections' requests and delivery windows).",
+        values: q.map_or(vec![], |q| {
+            q.worker_replies()
+                .into_iter()
+                .map(|(w, n)| (format!("worker=\"{w}\""), n as u64))
                 .collect()
         }),
     });

@@ -11,11 +11,11 @@ use std::io::{self, Write};
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::mpsc::{self, Sender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use gateway::link::{RouterLink, WorkerLink};
+use gateway::link::{reply_channel, ReplyRx, ReplyTx, RouterLink, WorkerLink};
 use gateway::uring::Worker;
 use gateway::worker::WorkerStats;
 use gateway::worker::{StatsCell, WorkerConfig};
@@ -33,7 +33,7 @@ use crate::process::{
 use crate::sms::Sms;
 
 /// A gateway worker's reply queue and the eventfd that wakes it.
-pub(crate) type WorkerInbox = (Sender<Vec<(ConnId, ToClient)>>, Arc<OwnedFd>);
+pub(crate) type WorkerInbox = ReplyTx;
 
 /// Sends replies to their workers, one batch per worker, and wakes each worker once.
 pub(crate) fn to_workers(
@@ -51,10 +51,8 @@ pub(crate) fn to_workers(
         }
     }
     for (w, batch) in batches.into_iter().enumerate() {
-        if !batch.is_empty() {
-            let (tx, fd) = &workers[w];
-            let _ = tx.send(batch);
-            gateway::wake::wake(fd);
+        if !batch.is_empty() && workers[w].queue(batch) {
+            gateway::wake::wake(workers[w].wake_fd());
         }
     }
 }
@@ -82,6 +80,12 @@ impl crate::metrics::Queues for ServeQueues {
 
     fn links(&self) -> Vec<(String, usize)> {
         self.tee.as_ref().map_or(vec![], |t| t.queued())
+    }
+
+    fn worker_replies(&self) -> Vec<(usize, usize)> {
+        (self.routes.workers.iter().enumerate())
+            .map(|(i, w)| (i, w.waiting()))
+            .collect()
     }
 }
 
@@ -151,7 +155,7 @@ impl InlineLink {
             return false;
         }
         // The worker reads its inbox right after this returns: no wake-up needed.
-        let _ = self.routes.workers[0].0.send(replies);
+        let _ = self.routes.workers[0].queue(replies);
         true
     }
 }
@@ -212,14 +216,14 @@ impl Dispatch for Routes {
 }
 
 /// Worker reply channels: the senders (for routes) and what each worker receives.
-pub(crate) type WorkerEnd = (Receiver<Vec<(ConnId, ToClient)>>, Arc<OwnedFd>);
+pub(crate) type WorkerEnd = (ReplyRx, Arc<OwnedFd>);
 
 pub(crate) fn worker_channels(n: usize) -> Result<(Vec<WorkerInbox>, Vec<WorkerEnd>), String> {
     let (mut inboxes, mut ends) = (vec![], vec![]);
     for _ in 0..n {
-        let (tx, rx) = mpsc::channel();
         let fd = Arc::new(gateway::wake::eventfd().map_err(|e| format!("eventfd: {e}"))?);
-        inboxes.push((tx, Arc::clone(&fd)));
+        let (tx, rx) = reply_channel(Arc::clone(&fd));
+        inboxes.push(tx);
         ends.push((rx, fd));
     }
     Ok((inboxes, ends))
@@ -468,8 +472,8 @@ pub(crate) fn offer_takeover(
                             "handed the listeners to a new process; draining connections at {per_sec}/s"
                         );
                         drain.store(true, Ordering::Release);
-                        for (_, fd) in &inboxes {
-                            gateway::wake::wake(fd);
+                        for w in &inboxes {
+                            gateway::wake::wake(w.wake_fd());
                         }
                         let _ = std::fs::remove_file(&path);
                         return;
@@ -557,8 +561,8 @@ pub(crate) fn wait(
 /// Closes every client connection with a reason and joins the workers.
 pub(crate) fn stop_workers(stop: &AtomicBool, inboxes: &[WorkerInbox], workers: Workers) {
     stop.store(true, Ordering::Release);
-    for (_, fd) in inboxes {
-        gateway::wake::wake(fd);
+    for w in inboxes {
+        gateway::wake::wake(w.wake_fd());
     }
     for t in workers {
         match t.join() {

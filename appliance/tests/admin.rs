@@ -776,17 +776,22 @@ fn slow_shard(inline: bool) {
     let receiver = common::receive_all(cb, N);
     std::thread::sleep(Duration::from_millis(500));
     let rss_before = common::rss_anon_kb(pid);
-    let mut inbox_max = 0;
+    let (mut inbox_max, mut replies_max) = (0, 0);
     for _ in 0..30 {
         let m = common::admin_get(&s.admin, &data, "/metrics");
         inbox_max = inbox_max.max(common::metric_sum(&m, "switchboard_shard_inbox"));
+        assert!(
+            m.contains("switchboard_gateway_reply_queue{worker=\"0\"}"),
+            "the worker's reply queue is measured"
+        );
+        replies_max = replies_max.max(common::metric_sum(&m, "switchboard_gateway_reply_queue"));
         std::thread::sleep(Duration::from_millis(100));
     }
     let stalled_at = sent.load(std::sync::atomic::Ordering::Relaxed);
     let rss_after = common::rss_anon_kb(pid);
     eprintln!(
         "slow shard (inline {inline}): sent {stalled_at} of {N}, inbox at most {inbox_max}, \
-         rss {rss_before} -> {rss_after} kB"
+         replies waiting at most {replies_max}, rss {rss_before} -> {rss_after} kB"
     );
     assert!(
         inbox_max <= 256,

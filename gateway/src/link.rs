@@ -5,7 +5,8 @@
 //! shares.
 
 use std::os::fd::OwnedFd;
-use std::sync::mpsc::Receiver;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -51,7 +52,76 @@ pub trait SourceLimits: Send + Sync {
 pub struct WorkerLink {
     pub to_router: Box<dyn RouterLink>,
     /// Router replies for this worker's connections, in batches.
-    pub replies: Receiver<Vec<(ConnId, ToClient)>>,
+    pub replies: ReplyRx,
     /// Written (8 bytes) by whoever queues a reply, to wake the worker.
     pub wake: Arc<OwnedFd>,
+}
+
+/// A batch of replies for one worker's connections.
+pub type Replies = Vec<(ConnId, ToClient)>;
+
+/// The sending side of a worker's replies: shards, link threads and the inline shard
+/// queue batches here and ring the worker's eventfd. Counted while they wait (the
+/// `switchboard_gateway_reply_queue` gauge). Not bounded by a count of its own: what
+/// waits for a worker is bounded already by what its connections may have in flight —
+/// their own requests (which the worker reads only as fast as it runs) and, per
+/// logged-in user, the delivery window (`router.window`, `router.window_bytes`).
+#[derive(Clone)]
+pub struct ReplyTx {
+    tx: Sender<Replies>,
+    waiting: Arc<AtomicUsize>,
+    wake: Arc<OwnedFd>,
+}
+
+/// The worker's side of [`ReplyTx`].
+pub struct ReplyRx {
+    rx: Receiver<Replies>,
+    waiting: Arc<AtomicUsize>,
+}
+
+/// A worker's reply channel; the eventfd `wake` rings it.
+pub fn reply_channel(wake: Arc<OwnedFd>) -> (ReplyTx, ReplyRx) {
+    let (tx, rx) = mpsc::channel();
+    let waiting = Arc::new(AtomicUsize::new(0));
+    (
+        ReplyTx {
+            tx,
+            waiting: Arc::clone(&waiting),
+            wake,
+        },
+        ReplyRx { rx, waiting },
+    )
+}
+
+impl ReplyTx {
+    /// Queues `batch` without waking the worker (the inline shard: the worker reads
+    /// right after). `false`: the worker is gone.
+    pub fn queue(&self, batch: Replies) -> bool {
+        let n = batch.len();
+        self.waiting.fetch_add(n, Ordering::Relaxed);
+        if self.tx.send(batch).is_err() {
+            self.waiting.fetch_sub(n, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+
+    /// The worker's eventfd.
+    pub fn wake_fd(&self) -> &Arc<OwnedFd> {
+        &self.wake
+    }
+
+    /// Replies waiting for the worker (read by the admin thread).
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::Relaxed)
+    }
+}
+
+impl ReplyRx {
+    /// The next batch, if any.
+    pub fn try_recv(&self) -> Option<Replies> {
+        let batch = self.rx.try_recv().ok()?;
+        self.waiting.fetch_sub(batch.len(), Ordering::Relaxed);
+        Some(batch)
+    }
 }

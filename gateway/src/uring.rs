@@ -30,7 +30,8 @@ use wire::ErrorCode;
 use crate::conn::{Conn, Limits};
 use crate::live::{Follower, Live};
 use crate::worker::{
-    AcceptGate, Admit, Backpressure, Drain, StatsCell, WorkerConfig, WorkerKnobs, WorkerStats,
+    sweep, AcceptGate, Admit, Backpressure, Drain, StatsCell, WorkerConfig, WorkerKnobs,
+    WorkerStats,
 };
 
 const OP_ACCEPT: u64 = 1;
@@ -420,24 +421,17 @@ impl Worker {
                         }
                     }
                     OP_TIMER => {
-                        let now = now_ms();
-                        let (mut sum, mut max) = (0, 0);
-                        for i in 0..st.slots.len() {
-                            if let Some(s) = st.slots[i].as_mut() {
-                                if s.conn.deadline_ms() <= now {
-                                    s.conn.timer(now, &mut st.to_router);
-                                    st.after(i as u32);
-                                }
-                            }
-                            if let Some(s) = st.slots[i].as_ref() {
-                                let b =
-                                    (s.sending.len() - s.send_at + s.conn.buffered_bytes()) as u64;
-                                sum += b;
-                                max = max.max(b);
-                            }
+                        let live = (st.slots.iter_mut().enumerate()).filter_map(|(i, s)| {
+                            let s = s.as_mut()?;
+                            let held = s.sending.len() - s.send_at;
+                            Some((i as u32, &mut s.conn, held))
+                        });
+                        let swept = sweep(live, now_ms(), &mut st.to_router);
+                        for i in swept.touched {
+                            st.after(i);
                         }
-                        st.stats.backlog_bytes_sum = sum;
-                        st.stats.backlog_bytes_max = max;
+                        st.stats.backlog_bytes_sum = swept.backlog_sum;
+                        st.stats.backlog_bytes_max = swept.backlog_max;
                         st.stats.link_blocked = st.backpressure.blocked() as u64;
                         st.stats.publish(&self.stats_cell);
                         if !stopping {
@@ -457,7 +451,7 @@ impl Worker {
             for _ in 0..8 {
                 // Replies: queue each, then encrypt and send once per connection.
                 let now = now_ms();
-                while let Ok(batch) = self.link.replies.try_recv() {
+                while let Some(batch) = self.link.replies.try_recv() {
                     for (id, msg) in batch {
                         let slot = id.0 as u32;
                         // The whole id: a reply for a connection of another process

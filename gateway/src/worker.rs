@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use wire::link::ToRouter;
 
-use crate::conn::Limits;
+use crate::conn::{Conn, Limits};
 use crate::link::RouterLink;
 
 /// Settings of one worker.
@@ -313,6 +313,37 @@ impl Backpressure {
     }
 }
 
+/// What a timer sweep found: the connections whose timers ran (the driver then sends
+/// or closes for them) and the bytes waiting to be sent.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Swept {
+    pub touched: Vec<u32>,
+    /// Bytes waiting to be sent, summed over connections and the largest.
+    pub backlog_sum: u64,
+    pub backlog_max: u64,
+}
+
+/// The worker's periodic sweep over its connections, given as (slot, connection, bytes
+/// the driver holds for it): runs the timers that are due at `now_ms` (handshake, login
+/// and idle timeouts, pings) and measures what waits to be sent. Sans-I/O.
+pub fn sweep<'a>(
+    conns: impl Iterator<Item = (u32, &'a mut Conn, usize)>,
+    now_ms: u64,
+    to_router: &mut Vec<ToRouter>,
+) -> Swept {
+    let mut s = Swept::default();
+    for (slot, conn, held) in conns {
+        if conn.deadline_ms() <= now_ms {
+            conn.timer(now_ms, to_router);
+            s.touched.push(slot);
+        }
+        let b = (held + conn.buffered_bytes()) as u64;
+        s.backlog_sum += b;
+        s.backlog_max = s.backlog_max.max(b);
+    }
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -461,5 +492,35 @@ mod tests {
         assert_eq!(slot1, [1, 2, 3, 4]);
         // Nothing to do: nothing changes.
         assert_eq!(bp.forward(&mut vec![], &mut link), Forwarded::default());
+    }
+
+    #[test]
+    fn a_sweep_runs_the_timers_that_are_due_and_measures_the_backlog() {
+        let dir = tempfile::tempdir().unwrap();
+        let (id, _) = crate::tls::Identity::self_signed_in(dir.path(), &[]).unwrap();
+        let tls = crate::tls::server_config(id).unwrap();
+        let limits = Arc::new(Limits {
+            handshake_timeout_ms: 100,
+            ..Limits::default()
+        });
+        let peer = std::net::IpAddr::from([127, 0, 0, 1]);
+        let conn = |t0: u64, n: u32| {
+            let id = wire::link::ConnId::new(0, 0, 0, 1, n);
+            Conn::new(Arc::clone(&tls), Arc::clone(&limits), id, peer, t0).unwrap()
+        };
+        // Slot 3 started at 0 (due at 100), slot 5 at 50 (due at 150).
+        let (mut old, mut young) = (conn(0, 3), conn(50, 5));
+        let mut to_router = vec![];
+        let swept = sweep(
+            [(3, &mut old, 10), (5, &mut young, 30)].into_iter(),
+            120,
+            &mut to_router,
+        );
+        assert_eq!(swept.touched, [3], "only the due timer ran");
+        assert!(old.ended().is_some(), "the handshake took too long");
+        assert!(young.ended().is_none());
+        assert_eq!((swept.backlog_sum, swept.backlog_max), (40, 30));
+        let swept = sweep([(5, &mut young, 0)].into_iter(), 150, &mut to_router);
+        assert_eq!(swept.touched, [5]);
     }
 }

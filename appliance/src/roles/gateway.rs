@@ -174,6 +174,12 @@ impl crate::metrics::Queues for GatewayQueues {
         q.extend(self.tee.as_ref().map_or(vec![], |t| t.queued()));
         q
     }
+
+    fn worker_replies(&self) -> Vec<(usize, usize)> {
+        (self.routes.workers.iter().enumerate())
+            .map(|(i, w)| (i, w.waiting()))
+            .collect()
+    }
 }
 
 /// A gateway worker's side of the TCP links: each request goes to its router's queue
