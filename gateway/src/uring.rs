@@ -232,21 +232,26 @@ impl Worker {
     }
 
     /// Runs until `stop` is set (then closes every connection with `ServerShutdown`).
+    /// Takes a new certificate and new knob values when they were changed.
+    fn follow_live_values(&mut self, st: &mut State) {
+        if let Some(t) = &mut self.live_tls {
+            if t.refresh() {
+                self.tls = Arc::clone(&t.value);
+            }
+        }
+        if let Some(k) = &mut self.knobs {
+            if k.refresh() {
+                self.cfg.accepts_per_sec = k.value.accepts_per_sec;
+                self.limits = Arc::clone(&k.value.limits);
+                for s in st.slots.iter_mut().flatten() {
+                    s.conn.set_limits(Arc::clone(&self.limits));
+                }
+            }
+        }
+    }
+
     pub fn run(mut self) -> io::Result<WorkerStats> {
-        // Only this thread submits, and it reaps completions only in `submit_and_wait`:
-        // deferred task work runs there, in one batch, instead of interrupting the
-        // thread (signal-style task work) whenever a socket has data. Kernels before 6.1
-        // lack it: fall back to cooperative task running.
-        let mut ring: IoUring = match IoUring::builder()
-            .setup_single_issuer()
-            .setup_defer_taskrun()
-            .build(self.cfg.ring_entries)
-        {
-            Ok(r) => r,
-            Err(_) => IoUring::builder()
-                .setup_coop_taskrun()
-                .build(self.cfg.ring_entries)?,
-        };
+        let mut ring = new_ring(self.cfg.ring_entries)?;
         let mut bufs = BufRing::new(&ring, self.cfg.buffers, self.cfg.buffer_bytes)?;
         let mut st = State {
             slots: Vec::new(),
@@ -309,43 +314,14 @@ impl Worker {
                     );
                 }
                 if let (Some(d), false) = (&mut drain, stopping) {
-                    let now = now_ms();
-                    d.next(now, st.slots.len(), |i| {
-                        let Some(s) = st.slots[i].as_mut() else {
-                            return false;
-                        };
-                        if s.conn.ended().is_some() {
-                            return false;
-                        }
-                        s.conn.close(
-                            ErrorCode::Reconnect,
-                            "the server is draining for an upgrade; reconnect",
-                            now,
-                            &mut st.to_router,
-                        );
-                        st.after(i as u32);
-                        true
-                    });
+                    st.drain_some(d, now_ms());
                     st.forward(&mut *self.link.to_router);
                     if st.stats.open == 0 {
                         break;
                     }
                 }
             }
-            if let Some(t) = &mut self.live_tls {
-                if t.refresh() {
-                    self.tls = Arc::clone(&t.value);
-                }
-            }
-            if let Some(k) = &mut self.knobs {
-                if k.refresh() {
-                    self.cfg.accepts_per_sec = k.value.accepts_per_sec;
-                    self.limits = Arc::clone(&k.value.limits);
-                    for s in st.slots.iter_mut().flatten() {
-                        s.conn.set_limits(Arc::clone(&self.limits));
-                    }
-                }
-            }
+            self.follow_live_values(&mut st);
             // Submit what is queued; wait for at least one completion.
             {
                 let mut sq = ring.submission();
@@ -580,7 +556,47 @@ fn over_source_limits(
     }
 }
 
+/// The ring. Only this thread submits, and it reaps completions only in
+/// `submit_and_wait`: deferred task work runs there, in one batch, instead of
+/// interrupting the thread (signal-style task work) whenever a socket has data. Kernels
+/// before 6.1 lack it: fall back to cooperative task running.
+fn new_ring(entries: u32) -> io::Result<IoUring> {
+    match IoUring::builder()
+        .setup_single_issuer()
+        .setup_defer_taskrun()
+        .build(entries)
+    {
+        Ok(r) => Ok(r),
+        Err(_) => IoUring::builder().setup_coop_taskrun().build(entries),
+    }
+}
+
 impl State {
+    /// Asks as many connections to reconnect as the drain's pace allows by `now`.
+    fn drain_some(&mut self, d: &mut Drain, now: u64) {
+        let slots = self.slots.len();
+        let mut asked = vec![];
+        d.next(now, slots, |i| {
+            let Some(s) = self.slots[i].as_mut() else {
+                return false;
+            };
+            if s.conn.ended().is_some() {
+                return false;
+            }
+            s.conn.close(
+                ErrorCode::Reconnect,
+                "the server is draining for an upgrade; reconnect",
+                now,
+                &mut self.to_router,
+            );
+            asked.push(i as u32);
+            true
+        });
+        for i in asked {
+            self.after(i);
+        }
+    }
+
     /// Offers parked requests (oldest first), then new ones, to the link. A connection
     /// with a request handed back is paused (its receive cancelled) and its later
     /// requests wait behind it, in order; a connection with nothing parked any more is
