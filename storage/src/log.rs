@@ -329,11 +329,13 @@ impl Log {
             if let Ok((id, made)) = self.preparer.rx.try_recv() {
                 match made {
                     Err(e) if crate::segment::is_no_space(&e) => {
-                        if !self.next_unmakeable {
-                            self.next_unmakeable = true;
-                            self.next_retry_ms = now_ms + 1000;
-                        }
-                        self.stats.disk_full = true;
+                        // A retry's failure keeps the retry's schedule.
+                        let retry_ms = if self.next_unmakeable {
+                            self.next_retry_ms
+                        } else {
+                            now_ms + 1000
+                        };
+                        self.no_room_for_next(retry_ms);
                     }
                     made => {
                         let ok = made.is_ok();
@@ -363,12 +365,33 @@ impl Log {
 
     fn refuse_if_disk_full(&self) -> Result<(), StorageError> {
         if self.stats.disk_full {
-            return Err(StorageError::DiskFull {
-                free: self.stats.disk_free_bytes,
-                reserve: self.disk_reserve(),
-            });
+            return Err(self.disk_full_error());
         }
         Ok(())
+    }
+
+    fn disk_full_error(&self) -> StorageError {
+        StorageError::DiskFull {
+            free: self.stats.disk_free_bytes,
+            reserve: self.disk_reserve(),
+        }
+    }
+
+    /// The next segment could not be made (`ENOSPC`): a full disk until one is made,
+    /// the preparer asked again at `retry_ms` (by `maintain`'s clock; 0: at once).
+    fn no_room_for_next(&mut self, retry_ms: u64) -> StorageError {
+        self.next_unmakeable = true;
+        self.next_retry_ms = retry_ms;
+        self.stats.disk_full = true;
+        self.disk_full_error()
+    }
+
+    /// The next segment, made by the writer itself because the preparer is kept from
+    /// the CPU: installed under its name at once, not pre-faulted.
+    fn made_by_writer(&mut self, next: SegmentId) -> std::io::Result<Segment> {
+        self.stats.prepare_takeovers += 1;
+        let sync_dir = self.config.durability == Durability::Always;
+        Segment::create(&self.dir, next, self.config.segment_bytes, false, sync_dir)
     }
 
     pub(crate) fn active(&self) -> &SegState {
@@ -563,31 +586,15 @@ impl Log {
         let path = self.dir.join(next.file_name());
         let made = match self.await_prepared(next)? {
             Some(made) => made,
-            None => {
-                // Kept from the CPU: the writer makes it (installed under its name now;
-                // installing it again at the roll renames it onto itself).
-                self.stats.prepare_takeovers += 1;
-                let (bytes, sync_dir) = (
-                    self.config.segment_bytes,
-                    self.config.durability == Durability::Always,
-                );
-                Segment::create(&self.dir, next, bytes, false, sync_dir)
-            }
+            // Installing it again at the roll renames it onto itself.
+            None => self.made_by_writer(next),
         };
         match made {
             Ok(seg) => {
                 self.early = Some((next, Ok(seg)));
                 Ok(())
             }
-            Err(e) if crate::segment::is_no_space(&e) => {
-                self.next_unmakeable = true;
-                self.next_retry_ms = 0;
-                self.stats.disk_full = true;
-                Err(StorageError::DiskFull {
-                    free: self.stats.disk_free_bytes,
-                    reserve: self.disk_reserve(),
-                })
-            }
+            Err(e) if crate::segment::is_no_space(&e) => Err(self.no_room_for_next(0)),
             Err(e) => {
                 self.preparer.request(next);
                 Err(StorageError::io("prepare segment", path)(e))
@@ -680,12 +687,9 @@ impl Log {
                 self.preparer.request(next);
                 Err(StorageError::io("prepare segment", path)(e))
             }
-            None => {
-                self.stats.prepare_takeovers += 1;
-                let bytes = self.config.segment_bytes;
-                Segment::create(&self.dir, next, bytes, false, sync_dir)
-                    .map_err(StorageError::io("create segment", path))
-            }
+            None => self
+                .made_by_writer(next)
+                .map_err(StorageError::io("create segment", path)),
         }
     }
 
@@ -770,14 +774,9 @@ impl Log {
             // No room for the next segment (the disk, or a quota `statvfs` does not
             // see): refused as a full disk until `maintain` finds room again, when the
             // next append tries once more.
+            // The next `maintain` asks the preparer again.
             Err(StorageError::Io { source, .. }) if crate::segment::is_no_space(&source) => {
-                self.next_unmakeable = true;
-                self.next_retry_ms = 0; // the next `maintain` asks the preparer again
-                self.stats.disk_full = true;
-                return Err(StorageError::DiskFull {
-                    free: self.stats.disk_free_bytes,
-                    reserve: self.disk_reserve(),
-                });
+                return Err(self.no_room_for_next(0));
             }
             Err(e) => return Err(e),
         };
