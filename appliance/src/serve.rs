@@ -525,12 +525,12 @@ pub(crate) fn wait_for_admin_address(config: &Config, signalled: &AtomicBool) {
     }
 }
 
-/// Runs until a signal (or a worker dies), logging stats now and then; `on_hup` runs
-/// for each SIGHUP.
+/// Runs until a signal (or a worker dies), logging stats now and then; each SIGHUP
+/// reloads the configuration through `control`.
 pub(crate) fn wait(
     signalled: &AtomicBool,
     workers: &Workers,
-    on_hup: &dyn Fn(),
+    control: &crate::control::Control,
     drain: Option<&AtomicBool>,
 ) {
     let mut last_stats = Instant::now();
@@ -544,7 +544,7 @@ pub(crate) fn wait(
             continue;
         }
         if take_hup() {
-            on_hup();
+            let _ = crate::control::reload_logged(control);
         }
         if last_stats.elapsed() >= STATS_EVERY {
             last_stats = Instant::now();
@@ -709,14 +709,7 @@ pub fn serve(config: Config, source: crate::control::ConfigSource) -> Result<(),
     );
     let _ = std::io::stdout().flush();
 
-    wait(
-        &signalled,
-        &worker_threads,
-        &|| {
-            let _ = crate::control::reload_logged(&control);
-        },
-        Some(&drain),
-    );
+    wait(&signalled, &worker_threads, &control, Some(&drain));
     // The admin port goes first: a process taking over binds it once the logs are free.
     drop(_operations);
     tracing::info!("stopping: closing connections, flushing logs");

@@ -445,14 +445,7 @@ pub fn gateway(config: Config, id: u8, source: ConfigSource) -> Result<(), Error
     if !takeover {
         listening();
     }
-    serve::wait(
-        &signalled,
-        &worker_threads,
-        &|| {
-            let _ = crate::control::reload_logged(&control);
-        },
-        Some(&drain),
-    );
+    serve::wait(&signalled, &worker_threads, &control, Some(&drain));
     // The admin address goes first: a process taking over binds it next.
     drop(operations);
     tracing::info!("stopping: closing connections");

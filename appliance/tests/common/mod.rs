@@ -540,6 +540,22 @@ pub fn send_pipelined(
     })
 }
 
+/// What a slow but live shard must do to a sender of `n` messages that had sent
+/// `stalled_at` when measured: stall it (under half sent), while each process's
+/// anonymous memory, `(name, before kB, after kB)`, grows by under 64 MB.
+pub fn assert_pushed_back(stalled_at: u64, n: u64, memory: &[(&str, u64, u64)]) {
+    assert!(
+        stalled_at < n / 2,
+        "the sender was not slowed: {stalled_at} of {n}"
+    );
+    for (name, before, after) in memory {
+        assert!(
+            *after < before + 64 * 1024,
+            "the {name} grew: {before} -> {after} kB"
+        );
+    }
+}
+
 /// Receives and acknowledges deliveries on `c` until `n` distinct message ids came.
 pub fn receive_all(mut c: Client, n: u64) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
